@@ -1,0 +1,261 @@
+"""Settings: one flat schema, YAML files, ``--set key=value`` overrides.
+
+Every hyperparameter of the method is a key here. Validation happens before any
+work starts and names the offending key together with what is allowed, so a
+typo in a config never costs a long run.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a value that is not allowed."""
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    check: Callable[[str, Any], Any]
+    help: str
+    stage: str
+
+
+# --- value checkers: each returns the normalised value or raises ConfigError ---
+
+def _int(lo=None, hi=None):
+    def check(key, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+        v = int(v)
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ConfigError(f"{key}: must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
+        return v
+    return check
+
+
+def _float(lo=None, hi=None, lo_open=False):
+    def check(key, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {v!r}")
+        v = float(v)
+        if lo is not None and (v < lo or (lo_open and v == lo)):
+            raise ConfigError(f"{key}: must be {'>' if lo_open else '>='} {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise ConfigError(f"{key}: must be <= {hi}, got {v}")
+        return v
+    return check
+
+
+def _choice(*choices):
+    def check(key, v):
+        if v not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {v!r}")
+        return v
+    return check
+
+
+def _bool(key, v):
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _crop(key, v):
+    if v == "auto":
+        return v
+    return _int(0)(key, v)
+
+
+def _resize(key, v):
+    """``native``, an int (square side) or ``[height, width]``."""
+    if v == "native":
+        return v
+    if isinstance(v, str) and "x" in v:
+        try:
+            v = [int(p) for p in v.lower().split("x")]
+        except ValueError:
+            raise ConfigError(f"{key}: expected 'native', N, HxW or [H, W]; got {v!r}") from None
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v, v]
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ConfigError(f"{key}: expected 'native', N, HxW or [H, W]; got {v!r}")
+    return [_int(8)(key, p) for p in v]
+
+
+def _percentiles(key, v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        raise ConfigError(f"{key}: expected [low, high] percentiles, got {v!r}")
+    lo, hi = (_float(0, 100)(key, p) for p in v)
+    if lo >= hi:
+        raise ConfigError(f"{key}: low percentile must be below high, got {v!r}")
+    return [lo, hi]
+
+
+def _optional(check):
+    def wrapped(key, v):
+        return None if v is None else check(key, v)
+    return wrapped
+
+
+def _alpha_h(key, v):
+    return v if v == "same" else _float(0)(key, v)
+
+
+def _sigmas(key, v):
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: expected a non-empty list of positive numbers, got {v!r}")
+    return [_float(0, lo_open=True)(key, s) for s in v]
+
+
+FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur")
+
+OPTIONS: dict[str, Option] = {
+    # ingest
+    "crop_bottom": Option("auto", _crop, "rows of SEM information band to remove: 'auto' detects the data bar, or N", "ingest"),
+    # preprocess
+    "resize": Option([512, 512], _resize, "'native', N, HxW or [H, W]: the processing grid", "preprocess"),
+    "normalize_percentiles": Option([0.0, 100.0], _percentiles, "per-image intensity percentiles mapped to 0 and 1", "preprocess"),
+    "clahe": Option(True, _bool, "apply CLAHE after normalisation", "preprocess"),
+    "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]", "preprocess"),
+    "clahe_kernel_size": Option(None, _optional(_int(2)), "CLAHE tile side in pixels; null = 1/8 of the image", "preprocess"),
+    # features
+    "features": Option(list(FEATURE_NAMES), None, "feature kinds, from " + ", ".join(FEATURE_NAMES), "features"),
+    "gradient_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the gradient magnitude", "features"),
+    "laplacian_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the Laplacian", "features"),
+    "variance_size": Option(7, _int(3), "window side of the local variance (odd)", "features"),
+    "blur_sigmas": Option([2.0, 8.0], _sigmas, "Gaussian blur sigmas, one feature each", "features"),
+    "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
+    "chunk_size": Option(256, _int(32), "spatial chunk side of features, activations and labels", "features"),
+    "store_features": Option(True, _bool, "write features to store.zarr (else segment recomputes them)", "features"),
+    # fit
+    "n_components": Option(5, _int(1, 12), "number of NMF components (phases)", "fit"),
+    "solver": Option("cd", _choice("cd", "minibatch"), "cd: full batch on a sample; minibatch: streamed", "fit"),
+    "beta_loss": Option("frobenius", _choice("frobenius"), "NMF loss (segmentation solves least squares)", "fit"),
+    "alpha_W": Option(0.0, _float(0), "regularisation of W", "fit"),
+    "alpha_H": Option("same", _alpha_h, "regularisation of H, or 'same' as alpha_W", "fit"),
+    "l1_ratio": Option(0.0, _float(0, 1), "L1 share of the regularisation (0 = L2, 1 = L1)", "fit"),
+    "max_iter": Option(400, _int(1), "cd: iterations; minibatch: passes over the streamed data", "fit"),
+    "tol": Option(1e-4, _float(0), "convergence tolerance", "fit"),
+    "init": Option("nndsvda", _choice("nndsvd", "nndsvda", "nndsvdar"), "NNDSVD-family initialisation", "fit"),
+    "sample_size": Option(200_000, _int(100), "pixels drawn across all images for cd and for scaling", "fit"),
+    "batch_size": Option(4096, _int(16), "pixels per minibatch", "fit"),
+    "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit"),
+    "random_state": Option(0, _int(0), "seed of sampling and initialisation", "fit"),
+}
+
+
+def _features_check(key, v):
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: expected a non-empty list from {', '.join(FEATURE_NAMES)}; got {v!r}")
+    bad = [f for f in v if f not in FEATURE_NAMES]
+    if bad:
+        raise ConfigError(f"{key}: unknown feature {bad[0]!r}; allowed: {', '.join(FEATURE_NAMES)}")
+    if len(set(v)) != len(v):
+        raise ConfigError(f"{key}: features listed twice in {v!r}")
+    return list(v)
+
+
+OPTIONS["features"] = Option(OPTIONS["features"].default, _features_check,
+                             OPTIONS["features"].help, "features")
+
+#: settings that change the numbers a model was fitted on; a model only applies
+#: to features computed with the same values.
+MODEL_BOUND_KEYS = (
+    "resize", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
+    "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "truncate",
+)
+
+
+def defaults() -> dict[str, Any]:
+    return {k: (list(o.default) if isinstance(o.default, list) else o.default) for k, o in OPTIONS.items()}
+
+
+def _unknown(key: str) -> ConfigError:
+    near = difflib.get_close_matches(key, OPTIONS, n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    return ConfigError(f"unknown setting {key!r}{hint}; allowed: {', '.join(OPTIONS)}")
+
+
+def validate(settings: dict[str, Any]) -> dict[str, Any]:
+    """Check every key and value; return a complete, normalised copy."""
+    out = defaults()
+    for key, value in settings.items():
+        if key not in OPTIONS:
+            raise _unknown(key)
+        out[key] = OPTIONS[key].check(key, value)
+    if out["solver"] == "minibatch" and out["init"] == "nndsvd":
+        raise ConfigError("init: 'nndsvd' leaves zeros that multiplicative updates never leave; "
+                          "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")
+    if out["variance_size"] % 2 == 0:
+        raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (so numbers, lists and null work)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if key not in OPTIONS:
+        raise _unknown(key)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
+    return key, value
+
+
+def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+         sets: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Settings from a YAML file (optional), then ``overrides``, then ``key=value`` strings."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {path} must be a mapping of key: value")
+        for key in raw:
+            if key not in OPTIONS:
+                err = _unknown(key)
+                raise ConfigError(f"{path}: {err}") from None
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for text in sets:
+        key, value = parse_override(text)
+        raw[key] = value
+    return validate(raw)
+
+
+def model_bound(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: settings[k] for k in MODEL_BOUND_KEYS}
+
+
+def check_same(expected: dict[str, Any], found: dict[str, Any], what: str) -> None:
+    """Raise naming the first model-bound setting whose values differ."""
+    for key in MODEL_BOUND_KEYS:
+        if key in expected and key in found and _norm(expected[key]) != _norm(found[key]):
+            raise ConfigError(
+                f"{what} was made with {key}={found[key]!r} but this run asks for {key}={expected[key]!r}; "
+                f"use the same {key} (or refit into a new output folder)")
+
+
+def _norm(v):
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v

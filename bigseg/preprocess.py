@@ -1,0 +1,61 @@
+"""Per-image preprocessing: resize, normalise to [0, 1], CLAHE.
+
+Pure functions of one image and explicit settings, so they run unchanged on a
+thread, a process or a cluster worker.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def target_shape(shape, resize) -> tuple[int, int]:
+    """The processing grid for an image of ``shape`` under the ``resize`` setting."""
+    if resize == "native":
+        return int(shape[0]), int(shape[1])
+    return int(resize[0]), int(resize[1])
+
+
+def resize_image(image: np.ndarray, shape) -> np.ndarray:
+    """Area-aware resize (anti-aliased when shrinking) to ``shape``, float32."""
+    from skimage.transform import resize
+
+    image = np.asarray(image, dtype=np.float32)
+    shape = tuple(int(s) for s in shape)
+    if image.shape == shape:
+        return image
+    shrinking = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    return resize(image, shape, order=1, mode="reflect", anti_aliasing=shrinking,
+                  preserve_range=True).astype(np.float32)
+
+
+def normalize(image: np.ndarray, percentiles=(0.0, 100.0)) -> np.ndarray:
+    """Map the given intensity percentiles to 0 and 1 and clip.
+
+    A constant image has no contrast to stretch; it maps to all zeros instead of
+    dividing by zero.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    lo, hi = np.percentile(image, percentiles) if tuple(percentiles) != (0.0, 100.0) else (image.min(), image.max())
+    span = float(hi) - float(lo)
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros_like(image)
+    return np.clip((image - np.float32(lo)) / np.float32(span), 0.0, 1.0)
+
+
+def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of an image in [0, 1]."""
+    from skimage.exposure import equalize_adapthist
+
+    if float(image.max()) <= float(image.min()):
+        return np.asarray(image, dtype=np.float32)
+    return equalize_adapthist(image, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
+
+
+def preprocess_image(image: np.ndarray, settings: dict) -> np.ndarray:
+    """Grey image as stored -> float32 image in [0, 1] on the processing grid."""
+    out = resize_image(image, target_shape(image.shape, settings["resize"]))
+    out = normalize(out, settings["normalize_percentiles"])
+    if settings["clahe"]:
+        out = clahe(out, settings["clahe_clip_limit"], settings["clahe_kernel_size"])
+    return out

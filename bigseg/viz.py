@@ -1,0 +1,47 @@
+"""Colour label maps and viridis activation panels, as uint8 RGB arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: distinct colours for up to 12 phases (ColorBrewer "Paired"-like, then tab10-like)
+PALETTE = np.array([
+    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
+    [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207], [255, 255, 153], [0, 0, 0],
+], dtype=np.uint8)
+
+# matplotlib's viridis (CC0) at 11 evenly spaced stops; linear interpolation between
+# them differs from the full 256-entry table by under 2 levels per channel
+_VIRIDIS_STOPS = np.array([
+    [68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
+    [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37],
+], dtype=np.float64)
+
+
+def viridis_lut() -> np.ndarray:
+    t = np.linspace(0, 1, 256)
+    xs = np.linspace(0, 1, len(_VIRIDIS_STOPS))
+    return np.stack([np.interp(t, xs, _VIRIDIS_STOPS[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+    """Label map (y, x) -> RGB (y, x, 3)."""
+    return PALETTE[np.asarray(labels) % len(PALETTE)]
+
+
+def activation_panels(acts: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Activations (k, y, x) -> one RGB image of k viridis panels side by side.
+
+    All panels share one scale (0 to the 99.5th percentile over every component)
+    so a brighter panel means a stronger component.
+    """
+    acts = np.asarray(acts, dtype=np.float32)
+    k, h, w = acts.shape
+    top = float(np.percentile(acts, 99.5)) if acts.size else 0.0
+    scaled = np.clip(acts / top, 0, 1) if top > 0 else np.zeros_like(acts)
+    idx = (scaled * 255).round().astype(np.uint8)
+    lut = viridis_lut()
+    out = np.full((h, k * w + (k - 1) * gap, 3), 255, np.uint8)
+    for i in range(k):
+        out[:, i * (w + gap): i * (w + gap) + w] = lut[idx[i]]
+    return out
