@@ -1,0 +1,254 @@
+"""The ``bigseg`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import ConfigError, load, model_bound, validate
+
+log = logging.getLogger("bigseg")
+
+#: exit status when the run finished but some inputs were skipped
+EXIT_SKIPPED = 3
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("bigseg: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _settings(config, sets, n_components=None, base=None):
+    try:
+        overrides = {"n_components": n_components} if n_components else {}
+        if base is None:
+            return load(config, overrides, sets)
+        from .config import load as _load
+
+        user = _load(config, overrides, sets) if (config or sets or overrides) else None
+        merged = dict(base)
+        if user is not None:
+            explicit = _explicit_keys(config, sets, overrides)
+            merged.update({k: user[k] for k in explicit})
+        return validate(merged)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _explicit_keys(config, sets, overrides):
+    import yaml
+
+    keys = set(overrides)
+    if config:
+        keys |= set((yaml.safe_load(Path(config).read_text()) or {}).keys())
+    keys |= {s.split("=", 1)[0].strip() for s in sets}
+    return keys
+
+
+def _cluster_options(f):
+    f = click.option("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (tcp://HOST:PORT)")(f)
+    f = click.option("--workers", type=click.IntRange(1), help="start a local Dask cluster of N worker processes")(f)
+    f = click.option("--quiet", is_flag=True, help="no progress output")(f)
+    return f
+
+
+def _config_options(f):
+    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")(f)
+    f = click.option("-k", "--n-components", type=click.IntRange(1), help="number of phases (components)")(f)
+    return f
+
+
+def _finish(summary: dict) -> None:
+    skipped = summary.get("skipped", [])
+    click.echo(f"segmented {summary['n_images']} image(s)"
+               + (f"; skipped {len(skipped)}: " + ", ".join(s["id"] for s in skipped) if skipped else ""))
+    if skipped:
+        for s in skipped:
+            click.echo(f"  skipped [{s['stage']}] {s['error']}", err=True)
+        sys.exit(EXIT_SKIPPED)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="bigseg")
+def main():
+    """Unsupervised phase segmentation of SEM micrographs with NMF, out of core."""
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+              help="image file, folder or glob (repeatable)")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
+@_config_options
+@_cluster_options
+def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
+    """Every stage: ingest, features, fit, segment, exports."""
+    from .cluster import runner
+    from .pipeline import run as run_pipeline
+
+    _setup_logging(quiet)
+    settings = _settings(config, sets, n_components)
+    with runner(workers, scheduler, quiet) as r:
+        summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r))
+    _finish(summary)
+
+
+@main.command()
+@click.argument("model_dir", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_cluster_options
+def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet):
+    """Segment new images with a saved MODEL (no refit)."""
+    from .cluster import runner
+    from .model import Model, ModelError
+    from .pipeline import run as run_pipeline
+
+    _setup_logging(quiet)
+    try:
+        model = Model.load(model_dir)
+    except ModelError as exc:
+        raise click.UsageError(str(exc)) from None
+    base = validate({k: v for k, v in model.settings.items() if k in model_bound(model.settings)})
+    settings = _settings(config, sets, None, base=base)
+    settings["store_features"] = False
+    try:
+        model.check_settings(settings)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    with runner(workers, scheduler, quiet) as r:
+        summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r, model=model))
+    _finish(summary)
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_cluster_options
+def ingest(config, inputs, out_dir, sets, workers, scheduler, quiet):
+    """Read, grey and crop images into OUT/store.zarr."""
+    from .cluster import runner
+    from .io import find_images
+    from .pipeline import ingest as ingest_stage
+
+    _setup_logging(quiet)
+    settings = _settings(config, sets)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with runner(workers, scheduler, quiet) as r:
+        ids, skipped = _guarded(lambda: ingest_stage(find_images(list(inputs)), out_dir, settings, r))
+    _finish({"n_images": len(ids), "skipped": skipped})
+
+
+def _stored_ids(out_dir):
+    from . import store
+
+    ids = [i for i in store.image_ids(store.open_root(Path(out_dir) / "store.zarr", mode="r"))
+           if store.is_done(out_dir, "ingest", i)]
+    if not ids:
+        raise click.UsageError(f"{out_dir}: no ingested image; run 'bigseg ingest' first")
+    return ids
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_cluster_options
+def features(config, out_dir, sets, workers, scheduler, quiet):
+    """Compute and store the features of every ingested image in OUT."""
+    from .cluster import runner
+    from .pipeline import compute_features_stage
+
+    _setup_logging(quiet)
+    settings = _settings(config, sets)
+    with runner(workers, scheduler, quiet) as r:
+        ids, skipped = _guarded(lambda: compute_features_stage(out_dir, _stored_ids(out_dir), settings, r))
+    _finish({"n_images": len(ids), "skipped": skipped})
+
+
+@main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@_config_options
+@_cluster_options
+def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
+    """Fit the scaling and NMF on the images in OUT; save OUT/model."""
+    from .cluster import runner
+    from .pipeline import fit_stage
+
+    _setup_logging(quiet)
+    settings = _settings(config, sets, n_components)
+    with runner(workers, scheduler, quiet) as r:
+        model = _guarded(lambda: fit_stage(out_dir, _stored_ids(out_dir), settings, r))
+    click.echo(json.dumps(model.report, indent=2, default=str))
+
+
+@main.command()
+@click.argument("pred_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--labels", "label_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="folder of class-index masks with the same file stems")
+@click.option("--n-classes", type=click.IntRange(1), help="number of classes (default: from the masks)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the scores here")
+def evaluate(pred_dir, label_dir, n_classes, json_out):
+    """Score label maps in PRED_DIR against masks (Hungarian match over the collection)."""
+    from .evaluate import evaluate_dirs, format_report
+    from .io import atomic_write_text
+
+    res = evaluate_dirs(pred_dir, label_dir, n_classes)
+    click.echo(format_report(res))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(res, indent=2))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--n-images", default=8, show_default=True, type=click.IntRange(2))
+@click.option("--seed", default=0, show_default=True)
+@_cluster_options
+def demo(out_dir, n_images, seed, workers, scheduler, quiet):
+    """Generate synthetic SEM micrographs with masks, run everything, print the evaluation."""
+    from .cluster import runner
+    from .demo import CLASS_NAMES, make_dataset
+    from .evaluate import evaluate_dirs, format_report
+    from .pipeline import run as run_pipeline
+
+    _setup_logging(quiet)
+    out = Path(out_dir)
+    img_dir, lab_dir = make_dataset(out / "demo_data", n_images, seed)
+    settings = load(None, {"n_components": len(CLASS_NAMES), "resize": "native", "chunk_size": 192})
+    with runner(workers, scheduler, quiet) as r:
+        summary = _guarded(lambda: run_pipeline([img_dir], out / "run", settings, r))
+    res = evaluate_dirs(out / "run" / "labels", lab_dir, len(CLASS_NAMES), CLASS_NAMES)
+    click.echo(f"demo: {summary['n_images']} synthetic micrographs in {img_dir}; outputs in {out / 'run'}")
+    click.echo(format_report(res))
+    _finish(summary)
+
+
+def _guarded(fn):
+    """Run a stage; turn expected failures into one clear line instead of a traceback."""
+    from .features import ImageTooSmallError
+    from .model import ModelError
+    from .pipeline import StageError
+
+    try:
+        return fn()
+    except (ConfigError, ModelError) as exc:
+        raise click.UsageError(str(exc)) from None
+    except (StageError, ImageTooSmallError, FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Feature scaling and the NMF fit (``cd`` on a sample, ``minibatch`` streamed); safe save/load.
+
+A model is a folder with ``model.json`` (settings, feature names, fit report,
+version) and ``model.npz`` (H and the scaling), read with ``allow_pickle=False``:
+a model received from someone else cannot run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import nnls
+from .config import ConfigError, check_same, model_bound
+
+MODEL_FORMAT = 1
+SCALE_PERCENTILES = (0.5, 99.5)
+
+
+class ModelError(ValueError):
+    """A model file is missing, damaged or does not fit the request."""
+
+
+# --- pure helpers shipped to workers ------------------------------------------
+
+def sample_block(block: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` random pixels (rows of features) of one block, without replacement."""
+    pix = block.reshape(-1, block.shape[-1])
+    count = min(int(count), pix.shape[0])
+    idx = np.random.default_rng(seed).choice(pix.shape[0], size=count, replace=False)
+    return pix[np.sort(idx)]
+
+
+def block_counts(sizes, total: int) -> list[int]:
+    """Split ``total`` draws over blocks in proportion to their pixel counts (largest remainder)."""
+    sizes = np.asarray(sizes, dtype=np.float64)
+    share = sizes / sizes.sum() * total
+    counts = np.floor(share).astype(int)
+    rest = int(total - counts.sum())
+    if rest > 0:
+        counts[np.argsort(-(share - counts), kind="stable")[:rest]] += 1
+    return np.minimum(counts, sizes.astype(int)).tolist()
+
+
+def feature_blocks(feature_arrays):
+    """Flat list of (delayed block, pixel count) over a list of lazy (y, x, f) arrays."""
+    out = []
+    for arr in feature_arrays:
+        delayed = arr.to_delayed()
+        for idx in np.ndindex(*delayed.shape):
+            size = int(np.prod([arr.chunks[a][idx[a]] for a in range(2)]))
+            out.append((delayed[idx], size))
+    return out
+
+
+def sample_graph(feature_arrays, n: int, seed: int):
+    """Lazy pixel sample of about ``n`` pixels drawn across all images and blocks."""
+    import dask
+
+    blocks = feature_blocks(feature_arrays)
+    counts = block_counts([s for _, s in blocks], n)
+    parts = [dask.delayed(sample_block, pure=True)(b, c, seed * 1_000_003 + i)
+             for i, ((b, _), c) in enumerate(zip(blocks, counts)) if c > 0]
+    return dask.delayed(np.concatenate, pure=True)(parts, axis=0)
+
+
+def fit_scaling(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature robust range: the 0.5th and 99.5th percentiles of the sample."""
+    lo, hi = np.percentile(sample, SCALE_PERCENTILES, axis=0)
+    hi = np.where(hi > lo, hi, lo + 1.0)
+    return lo.astype(np.float32), hi.astype(np.float32)
+
+
+def apply_scaling(X: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Map each feature's robust range to [0, 1] (clipped): non-negative, comparable weights."""
+    return np.clip((np.asarray(X, np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def regularisation(settings: dict, n_features: int) -> tuple[float, float]:
+    """The (l1, l2) penalties on one pixel's w, as scikit-learn scales alpha_W."""
+    a = settings.get("alpha_W", 0.0) * n_features
+    ratio = settings.get("l1_ratio", 0.0)
+    return a * ratio, a * (1.0 - ratio)
+
+
+# --- the model ------------------------------------------------------------------
+
+@dataclass
+class Model:
+    """H (unit-norm rows), the feature scaling and everything needed to reuse them."""
+
+    H: np.ndarray
+    scale_lo: np.ndarray
+    scale_hi: np.ndarray
+    feature_names: list
+    settings: dict
+    report: dict = field(default_factory=dict)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.H.shape[0])
+
+    def transform_block(self, feats: np.ndarray) -> np.ndarray:
+        return transform_block(feats, self.H, self.scale_lo, self.scale_hi, *regularisation(self.settings, self.H.shape[1]))
+
+    def check_settings(self, settings: dict) -> None:
+        """Fail, naming the setting, if ``settings`` would compute other features than the model's."""
+        check_same(settings, self.settings, "the model")
+
+    # --- persistence ---
+    def save(self, path) -> None:
+        """Write ``model.json`` + ``model.npz`` into ``path`` atomically (temp folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            np.savez(tmp / "model.npz", H=self.H.astype(np.float64), scale_lo=self.scale_lo, scale_hi=self.scale_hi)
+            meta = {"format": MODEL_FORMAT, "bigseg_version": __version__, "n_components": self.n_components,
+                    "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
+                    "fingerprints": fingerprints(self.H, self.feature_names)}
+            (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path) -> "Model":
+        path = Path(path)
+        meta_path, arr_path = path / "model.json", path / "model.npz"
+        if not meta_path.exists() or not arr_path.exists():
+            raise ModelError(f"{path}: not a bigseg model (needs model.json and model.npz)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            with np.load(arr_path, allow_pickle=False) as z:
+                H, lo, hi = z["H"], z["scale_lo"], z["scale_hi"]
+        except (ValueError, KeyError, OSError) as exc:
+            raise ModelError(f"{path}: damaged model file ({exc})") from None
+        if meta.get("format") != MODEL_FORMAT:
+            raise ModelError(f"{path}: model format {meta.get('format')!r}, this bigseg reads {MODEL_FORMAT}")
+        names = meta["feature_names"]
+        if H.ndim != 2 or H.shape[1] != len(names) or lo.shape != (len(names),) or hi.shape != (len(names),):
+            raise ModelError(f"{path}: H {H.shape} and scaling do not match {len(names)} features")
+        return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=meta["settings"],
+                   report=meta.get("report", {}))
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o))
+
+
+def fingerprints(H: np.ndarray, names) -> list[dict]:
+    """Each component's H row over the named features."""
+    return [{name: round(float(v), 6) for name, v in zip(names, row)} for row in H]
+
+
+def transform_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
+    """Activations W (y, x, k) of one feature block (y, x, f): scale, then exact NNLS."""
+    shape = feats.shape
+    X = apply_scaling(feats.reshape(-1, shape[-1]), lo, hi)
+    W = nnls.solve(X, H, l1, l2)
+    return W.reshape(shape[:-1] + (H.shape[0],))
+
+
+def normalise_rows(H: np.ndarray) -> np.ndarray:
+    """Unit-norm H rows: W H is unchanged if W absorbs the norms, and argmax W compares like with like."""
+    norms = np.linalg.norm(H, axis=1, keepdims=True)
+    return H / np.where(norms > 0, norms, 1.0)
+
+
+def reconstruction(X: np.ndarray, H: np.ndarray, settings: dict) -> dict:
+    """Frobenius error of the best W >= 0 for fixed H on the pixels X (already scaled)."""
+    W = nnls.solve(X, H, *regularisation(settings, H.shape[1])).astype(np.float64)
+    err = float(np.linalg.norm(X - W @ H))
+    return {"reconstruction_error": err, "relative_error": err / max(float(np.linalg.norm(X)), 1e-12),
+            "eval_pixels": int(X.shape[0])}
+
+
+def _nmf_kwargs(settings: dict) -> dict:
+    return dict(n_components=settings["n_components"], init=settings["init"], beta_loss=settings["beta_loss"],
+                tol=settings["tol"], random_state=settings["random_state"], alpha_W=settings["alpha_W"],
+                alpha_H=settings["alpha_H"], l1_ratio=settings["l1_ratio"])
+
+
+def fit_cd(X: np.ndarray, settings: dict) -> tuple[np.ndarray, dict]:
+    """Full-batch coordinate-descent NMF on an in-memory sample."""
+    from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
+
+    nmf = NMF(solver="cd", max_iter=settings["max_iter"], **_nmf_kwargs(settings))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        nmf.fit(X)
+    return nmf.components_, {"n_iter": int(nmf.n_iter_), "converged": bool(nmf.n_iter_ < settings["max_iter"]),
+                             "sklearn_reconstruction_err": float(nmf.reconstruction_err_)}
+
+
+def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, compute, log=None) -> tuple[np.ndarray, dict]:
+    """MiniBatchNMF fed with pixels streamed block by block from the store.
+
+    ``block_source`` is a list of delayed feature blocks; each pass visits them
+    in a new random order, a few blocks per ``compute`` call, so memory holds
+    only those blocks, never the store. A pass ends with the objective on
+    ``eval_X``; we stop after ``max_iter`` passes or when it improves by less
+    than ``tol`` (relative).
+    """
+    from sklearn.decomposition import MiniBatchNMF
+
+    rng = np.random.default_rng(settings["random_state"])
+    bs = settings["batch_size"]
+    nmf = MiniBatchNMF(batch_size=bs, max_iter=1, **_nmf_kwargs(settings))
+    per_call = 4
+    history, converged, passes, n_batches = [], False, 0, 0
+    pending = np.empty((0, len(lo)), np.float32)
+    for passes in range(1, settings["max_iter"] + 1):
+        order = rng.permutation(len(block_source))
+        for start in range(0, len(order), per_call):
+            blocks = compute([block_source[i] for i in order[start:start + per_call]])
+            pix = [b.reshape(-1, b.shape[-1]) for b in blocks]
+            pix = [p[rng.random(p.shape[0]) < settings["minibatch_fraction"]] for p in pix]
+            X = np.concatenate([pending] + pix, axis=0)
+            X = apply_scaling(X[rng.permutation(X.shape[0])], lo, hi)
+            full = (X.shape[0] // bs) * bs
+            for b0 in range(0, full, bs):
+                nmf.partial_fit(X[b0:b0 + bs])
+                n_batches += 1
+            pending = X[full:]
+        if n_batches == 0 and pending.shape[0] >= settings["n_components"]:
+            nmf.partial_fit(pending)   # smaller than one batch: still fit once
+            n_batches += 1
+            pending = pending[:0]
+        if n_batches == 0:
+            raise ValueError("too few pixels for one minibatch; lower batch_size")
+        obj = reconstruction(eval_X, normalise_rows(nmf.components_), settings)["reconstruction_error"]
+        history.append(obj)
+        if log:
+            log(f"minibatch pass {passes}: error {obj:.5g}")
+        if len(history) > 1 and abs(history[-2] - history[-1]) <= settings["tol"] * max(history[-2], 1e-12):
+            converged = True
+            break
+    return nmf.components_, {"n_iter": passes, "converged": converged, "n_batches": n_batches,
+                             "pass_errors": history}
+
+
+def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Model:
+    """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
+
+    ``compute`` evaluates a list of dask objects (threads, processes or a
+    cluster). The pixel sample for the scaling (and for ``cd``) is bounded by
+    ``sample_size`` whatever the collection's size.
+    """
+    t0 = time.perf_counter()
+    (sample,) = compute([sample_graph(feature_arrays, settings["sample_size"], settings["random_state"])])
+    lo, hi = fit_scaling(sample)
+    X = apply_scaling(sample, lo, hi)
+    if X.shape[0] < settings["n_components"]:
+        raise ValueError(f"only {X.shape[0]} pixels sampled; fewer than n_components={settings['n_components']}")
+    t1 = time.perf_counter()
+    if settings["solver"] == "cd":
+        H, report = fit_cd(X, settings)
+    else:
+        blocks = [b for b, _ in feature_blocks(feature_arrays)]
+        H, report = fit_minibatch(blocks, lo, hi, settings, X, compute, log)
+    H = normalise_rows(H)
+    report.update(reconstruction(X, H, settings))
+    report.update({"solver": settings["solver"], "sample_pixels": int(X.shape[0]),
+                   "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
+    keep = model_bound(settings)
+    keep.update({k: settings[k] for k in ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio",
+                                          "max_iter", "tol", "init", "sample_size", "batch_size", "random_state")})
+    return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
+
+
+__all__ = ["Model", "ModelError", "ConfigError", "fit", "transform_block", "apply_scaling", "fit_scaling"]

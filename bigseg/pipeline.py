@@ -1,0 +1,332 @@
+"""The stages in order over one output folder, resuming where a killed run stopped.
+
+Each stage builds one dask graph for all images that still need it and
+computes it once at its end. Per-image completion records (written last, after
+every output of that image) decide what a re-run skips.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, features, io, preprocess, store
+from .config import check_same, model_bound
+from .model import Model, ModelError, fit, regularisation
+from .segment import activations_graph, export_image
+from .viz import PALETTE
+
+log = logging.getLogger("bigseg")
+
+
+class StageError(RuntimeError):
+    """A stage failed on one image; the message names both."""
+
+
+def _guard(stage: str, image_id: str, func, *args, **kwargs):
+    try:
+        return func(*args, **kwargs)
+    except StageError:
+        raise
+    except Exception as exc:
+        raise StageError(f"{stage} failed on image {image_id!r}: {type(exc).__name__}: {exc}") from exc
+
+
+# --- ingest -----------------------------------------------------------------------
+
+def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, crop_bottom) -> dict:
+    """Read, grey, crop and store one file. Never raises: a bad file is reported, not fatal."""
+    try:
+        img = io.read_image(path)
+        grey, crop = io.crop_rows(img.data, crop_bottom, img.source)
+        prov = {"id": image_id, "source": str(Path(path).resolve()), "original_shape": list(img.original_shape),
+                "original_dtype": img.original_dtype, "stored_dtype": str(grey.dtype), "crop_bottom": int(crop),
+                "crop_setting": crop_bottom, "shape": list(grey.shape), "pixel_size": img.pixel_size}
+        store.write_image(store.open_root(store_path), image_id, grey, prov)
+        store.mark_done(out_dir, "ingest", image_id, {"source": prov["source"], "crop_setting": crop_bottom})
+        return {"id": image_id, "ok": True}
+    except Exception as exc:  # reported by name and skipped; the batch goes on
+        msg = str(exc) if isinstance(exc, io.ImageReadError) else f"{path}: {type(exc).__name__}: {exc}"
+        return {"id": image_id, "ok": False, "source": str(path), "stage": "ingest", "error": msg}
+
+
+def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
+    """Store every readable input; return the ids in the store and the skipped files."""
+    import dask
+
+    out_dir = Path(out_dir)
+    paths = [Path(p) for p in paths]
+    ids = io.image_ids(paths)
+    store_path = str(out_dir / "store.zarr")
+    store.open_root(store_path)
+    todo = []
+    for p, image_id in zip(paths, ids):
+        src = str(p.resolve())
+        if store.is_done(out_dir, "ingest", image_id):
+            rec = store.read_record(out_dir, "ingest", image_id)
+            if rec.get("source") == src and rec.get("crop_setting") == settings["crop_bottom"]:
+                continue
+        for stage in ("features", "segment"):   # a re-ingested image needs everything again
+            store.record_path(out_dir, stage, image_id).unlink(missing_ok=True)
+        todo.append(dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir),
+                                                          settings["crop_bottom"]))
+    results = runner.compute(todo, f"ingest: {len(todo)} image(s)")
+    skipped = [r for r in results if not r["ok"]]
+    for r in skipped:
+        log.warning("skipped %s", r["error"])
+    ok = [i for i in ids if store.is_done(out_dir, "ingest", i)]
+    return ok, skipped
+
+
+# --- features ------------------------------------------------------------------------
+
+def preprocess_named(block, settings, image_id):
+    return _guard("preprocess", image_id, preprocess.preprocess_image, block, settings)
+
+
+def lazy_features(root, image_id: str, settings: dict):
+    """Lazy (y, x, f) features of a stored image: preprocess as one block, then tiled filters."""
+    img = store.lazy_image(root, image_id)
+    shape = preprocess.target_shape(img.shape, settings["resize"])
+    features.check_size(img.shape, settings, image_id)
+    features.check_size(shape, settings, image_id)
+    pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
+                                   "clahe_kernel_size")}
+    # CLAHE and the resize see the whole frame: one block in, one processed frame out
+    pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id,
+                                            chunks=tuple((s,) for s in shape), dtype=np.float32,
+                                            name=f"bigseg-preprocess-{image_id}")
+    pre = pre.rechunk(settings["chunk_size"])
+    return features.compute_features(pre, settings, image_id)
+
+
+def stored_feature_settings(store_path, image_id):
+    attrs = store.open_features(store_path, image_id).attrs
+    return json.loads(attrs["settings"])
+
+
+def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], list[dict]]:
+    """Write features of every image not done yet; return usable ids and skipped ones."""
+    out_dir = Path(out_dir)
+    store_path = out_dir / "store.zarr"
+    root = store.open_root(store_path)
+    names = features.feature_names(settings)
+    attrs = {"settings": json.dumps(model_bound(settings), sort_keys=True),
+             "halo": features.halo(settings), "bigseg_version": __version__}
+    todo, ok, skipped = [], [], []
+    for image_id in ids:
+        if store.is_done(out_dir, "features", image_id):
+            check_same(model_bound(settings), stored_feature_settings(store_path, image_id),
+                       f"the stored features of {image_id!r}")
+            ok.append(image_id)
+            continue
+        try:
+            feats = lazy_features(root, image_id, settings)
+        except features.ImageTooSmallError as exc:
+            log.warning("skipped %s", exc)
+            skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+            continue
+        write = store.features_to_zarr(store_path, image_id, feats, names, attrs)
+        todo.append(_after(write, store.mark_done, str(out_dir), "features", image_id))
+        ok.append(image_id)
+    runner.compute(todo, f"features: {len(todo)} image(s)")
+    return ok, skipped
+
+
+def _after(dependency, func, *args):
+    """A delayed call of ``func(*args)`` that runs only once ``dependency`` is done."""
+    import dask
+
+    def call(_done, *a):
+        return func(*a)
+
+    return dask.delayed(call, pure=False)(dependency, *args)
+
+
+def feature_source(out_dir, image_id, settings):
+    """Stored features when present, else a lazy recomputation from the stored image."""
+    store_path = Path(out_dir) / "store.zarr"
+    if store.is_done(out_dir, "features", image_id):
+        return store.open_features(store_path, image_id).data
+    return lazy_features(store.open_root(store_path), image_id, settings)
+
+
+# --- fit -------------------------------------------------------------------------------
+
+FIT_KEYS = ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter", "tol", "init",
+            "sample_size", "batch_size", "random_state")
+
+
+def fit_stage(out_dir, ids, settings, runner) -> Model:
+    """Fit (or reuse a finished fit of the same settings) and save ``model/``."""
+    out_dir = Path(out_dir)
+    model_dir = out_dir / "model"
+    if model_dir.exists():
+        try:
+            existing = Model.load(model_dir)
+        except ModelError:
+            existing = None
+        if existing is not None:
+            existing.check_settings(settings)
+            if all(_same(existing.settings.get(k), settings[k]) for k in FIT_KEYS):
+                log.info("reusing the fitted model in %s", model_dir)
+                return existing
+            store.clear_records(out_dir, "segment")
+    if not ids:
+        raise ValueError("no image to fit on: every input was skipped")
+    arrays = [feature_source(out_dir, i, settings) for i in ids]
+    model = fit(arrays, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
+                log=log.info)
+    model.report["images"] = len(ids)
+    model.save(model_dir)
+    r = model.report
+    log.info("fit (%s): relative error %.4f, %d iterations, converged=%s", r["solver"], r["relative_error"],
+             r["n_iter"], r["converged"])
+    return model
+
+
+def _same(a, b):
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+# --- segment ---------------------------------------------------------------------------
+
+def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
+    """Activations, labels and exports of every image not done yet."""
+    import dask
+
+    out_dir = Path(out_dir)
+    root = store.open_root(out_dir / "store.zarr")
+    l1, l2 = regularisation(model.settings, model.H.shape[1])
+    k = model.n_components
+    todo, done_now = [], []
+    for image_id in ids:
+        if store.is_done(out_dir, "segment", image_id):
+            continue
+        feats = feature_source(out_dir, image_id, settings)
+        acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2).transpose(2, 0, 1)
+        chunk = settings["chunk_size"]
+        act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
+        native = tuple(store.image_info(root, image_id)["shape"])
+        lab_arr = store.create_labels(root, image_id, native, k, PALETTE, max(chunk, 512))
+        stored = acts.store(act_arr, lock=False, compute=False)
+        # exports read the stored activations back: handing the lazy array to a second
+        # consumer made dask compute every tile twice
+        fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
+                                                             lab_arr)
+        todo.append(dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id))
+        done_now.append(image_id)
+    runner.compute(todo, f"segment: {len(todo)} image(s)")
+    return done_now
+
+
+def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):
+    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr)
+
+
+def _finish(fractions, out_dir, image_id):
+    return store.mark_done(out_dir, "segment", image_id, {"fractions": fractions})
+
+
+# --- reports ---------------------------------------------------------------------------
+
+def write_tables(out_dir, ids, model: Model, summary: dict) -> None:
+    """``phase_fractions.csv`` (one row per image) and ``summary.json``, each atomically."""
+    out_dir = Path(out_dir)
+    k = model.n_components
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image"] + [f"phase_{i}" for i in range(k)])
+    for image_id in ids:
+        if store.is_done(out_dir, "segment", image_id):
+            fr = store.read_record(out_dir, "segment", image_id)["fractions"]
+            w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
+    io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
+    io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def versions() -> dict:
+    import dask
+    import sklearn
+    import skimage
+    import xarray
+    import zarr
+
+    return {"bigseg": __version__, "python": platform.python_version(), "numpy": np.__version__,
+            "dask": dask.__version__, "zarr": zarr.__version__, "xarray": xarray.__version__,
+            "scikit-learn": sklearn.__version__, "scikit-image": skimage.__version__}
+
+
+def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
+    """Every stage in order; with ``model`` given, segment only (no refit, features not stored).
+
+    Returns the summary (also written to ``summary.json``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = {}
+    t = time.perf_counter()
+    paths = io.find_images(inputs)
+    if not paths:
+        raise FileNotFoundError(f"no image found in {list(inputs)}")
+    if model is not None:
+        model.check_settings(settings)
+    ids, skipped = ingest(paths, out_dir, settings, runner)
+    timings["ingest"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if model is None and settings["store_features"]:
+        ids, more = compute_features_stage(out_dir, ids, settings, runner)
+        skipped += more
+    else:
+        ids, more = _size_checked(out_dir, ids, settings)
+        skipped += more
+    timings["features"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if model is None:
+        model = fit_stage(out_dir, ids, settings, runner)
+    else:
+        model.save(out_dir / "model")
+    timings["fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    segmented = segment_stage(out_dir, ids, model, settings, runner)
+    timings["segment"] = time.perf_counter() - t
+
+    summary = {
+        "settings": settings, "n_images": len(ids), "segmented_this_run": len(segmented),
+        "skipped": skipped, "model": model.report, "fingerprints": model_fingerprints(model),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()}, "scheduler": runner.description,
+        "versions": versions(),
+    }
+    write_tables(out_dir, ids, model, summary)
+    return summary
+
+
+def model_fingerprints(model: Model):
+    from .model import fingerprints
+
+    return fingerprints(model.H, model.feature_names)
+
+
+def _size_checked(out_dir, ids, settings):
+    root = store.open_root(Path(out_dir) / "store.zarr")
+    ok, skipped = [], []
+    for image_id in ids:
+        shape = tuple(store.image_info(root, image_id)["shape"])
+        try:
+            features.check_size(shape, settings, image_id)
+            features.check_size(preprocess.target_shape(shape, settings["resize"]), settings, image_id)
+            ok.append(image_id)
+        except features.ImageTooSmallError as exc:
+            log.warning("skipped %s", exc)
+            skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+    return ok, skipped

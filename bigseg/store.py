@@ -1,0 +1,161 @@
+"""The Zarr v3 store of a run, its xarray views, completion records and atomic files.
+
+Layout of ``store.zarr`` (OME-NGFF 0.5 where it fits, so images and labels open
+in napari/ome-zarr viewers)::
+
+    images/<id>/                 OME multiscales group, attrs["bigseg"] = provenance
+    images/<id>/0                (y, x) grey image as read, cropped, native size
+    images/<id>/labels/phases/0  (y, x) uint8 phase labels at the same size (OME image-label)
+    features/<id>/               xarray Dataset: features (y, x, feature) float32
+    activations/<id>             (component, y, x) float32 on the processing grid
+
+One array per image, not a padded stack: micrographs of one archive come in
+several sizes, and padding MetalDAM's 1024x703 and 1280x895 frames to one shape
+would store 35% zeros.
+
+Completion records live beside the store in ``<out>/records/<stage>/<id>.json``,
+each written last and atomically, so a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_text
+
+OME_VERSION = "0.5"
+
+
+def open_root(path, mode: str = "a"):
+    import zarr
+
+    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+
+def _multiscales(name: str, axes, scale) -> dict:
+    return {
+        "version": OME_VERSION,
+        "multiscales": [{
+            "name": name,
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }],
+    }
+
+
+def _yx_axes(pixel_size):
+    unit = {"unit": "micrometer"} if pixel_size else {}
+    return [dict(name="y", type="space", **unit), dict(name="x", type="space", **unit)]
+
+
+def write_image(root, image_id: str, grey: np.ndarray, provenance: dict, chunk: int = 1024) -> None:
+    """Store one cropped grey image with its provenance (source, shapes, dtype, crop, pixel size)."""
+    grp = root.require_group("images").create_group(image_id, overwrite=True)
+    px = provenance.get("pixel_size")
+    grp.attrs.update({"ome": _multiscales(image_id, _yx_axes(px), [px or 1.0, px or 1.0]),
+                      "bigseg": provenance})
+    arr = grp.create_array("0", shape=grey.shape, dtype=grey.dtype,
+                           chunks=tuple(min(chunk, s) for s in grey.shape), dimension_names=("y", "x"))
+    arr[...] = grey
+
+
+def image_info(root, image_id: str) -> dict:
+    return dict(root[f"images/{image_id}"].attrs["bigseg"])
+
+
+def image_ids(root) -> list[str]:
+    if "images" not in root:
+        return []
+    return sorted(name for name, _ in root["images"].groups())
+
+
+def lazy_image(root, image_id: str):
+    import dask.array as da
+
+    arr = root[f"images/{image_id}/0"]
+    return da.from_zarr(arr)
+
+
+def create_labels(root, image_id: str, shape, n_components: int, colors, chunk: int):
+    """An OME image-label array for one image, same size as the image; returns the zarr array."""
+    img = root[f"images/{image_id}"]
+    px = img.attrs["bigseg"].get("pixel_size")
+    labels = img.require_group("labels")
+    labels.attrs.update({"ome": {"version": OME_VERSION, "labels": ["phases"]}})
+    grp = labels.create_group("phases", overwrite=True)
+    ome = _multiscales("phases", _yx_axes(px), [px or 1.0, px or 1.0])
+    ome["image-label"] = {
+        "version": OME_VERSION,
+        "colors": [{"label-value": i, "rgba": [int(c) for c in colors[i]] + [255]} for i in range(n_components)],
+        "source": {"image": "../../"},
+    }
+    grp.attrs.update({"ome": ome})
+    return grp.create_array("0", shape=tuple(shape), dtype="uint8", chunks=(chunk, chunk),
+                            dimension_names=("y", "x"), fill_value=0)
+
+
+def create_activations(root, image_id: str, shape, n_components: int, chunk: int):
+    grp = root.require_group("activations")
+    return grp.create_array(image_id, shape=(n_components,) + tuple(shape), dtype="float32",
+                            chunks=(n_components, chunk, chunk), dimension_names=("component", "y", "x"),
+                            overwrite=True, fill_value=0.0)
+
+
+def features_group(image_id: str) -> str:
+    return f"features/{image_id}"
+
+
+def features_to_zarr(store_path, image_id: str, feats, names, attrs: dict):
+    """Lazy write of one image's feature stack through xarray; returns a dask Delayed.
+
+    Dimension names and the feature coordinate make ``xr.open_zarr`` give back a
+    labelled ``(y, x, feature)`` array with the image id as a scalar coordinate.
+    """
+    import xarray as xr
+
+    da_ = xr.DataArray(feats, dims=("y", "x", "feature"),
+                       coords={"feature": np.array(list(names), dtype=object),
+                               "image": np.array(image_id, dtype=object)}, name="features", attrs=attrs)
+    ds = da_.to_dataset()
+    chunks = tuple(c[0] for c in feats.chunks)
+    return ds.to_zarr(str(store_path), group=features_group(image_id), mode="w", compute=False,
+                      zarr_format=3, consolidated=False,
+                      encoding={"features": {"chunks": chunks}})
+
+
+def open_features(store_path, image_id: str):
+    """The stored ``(y, x, feature)`` xarray DataArray of one image, lazy (dask-backed)."""
+    import xarray as xr
+
+    ds = xr.open_zarr(str(store_path), group=features_group(image_id), zarr_format=3, consolidated=False)
+    return ds["features"]
+
+
+# --- completion records -------------------------------------------------------
+
+def record_path(out_dir, stage: str, image_id: str) -> Path:
+    return Path(out_dir) / "records" / stage / f"{image_id}.json"
+
+
+def mark_done(out_dir, stage: str, image_id: str, info: dict | None = None) -> str:
+    """Write the completion record of one image's stage; call it after every output is written."""
+    atomic_write_text(record_path(out_dir, stage, image_id), json.dumps(info or {}, sort_keys=True))
+    return image_id
+
+
+def is_done(out_dir, stage: str, image_id: str) -> bool:
+    return record_path(out_dir, stage, image_id).exists()
+
+
+def read_record(out_dir, stage: str, image_id: str) -> dict:
+    return json.loads(record_path(out_dir, stage, image_id).read_text())
+
+
+def clear_records(out_dir, stage: str) -> None:
+    d = Path(out_dir) / "records" / stage
+    if d.exists():
+        for f in d.glob("*.json"):
+            f.unlink()
