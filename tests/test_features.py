@@ -1,0 +1,44 @@
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from bigseg import config, features
+from conftest import raise_if_dask_computes
+
+
+@pytest.mark.parametrize("chunks", [(37, 53), (29, 101), (143, 31), (100, 143)])
+def test_chunked_equals_unchunked_at_odd_chunks(rng, chunks):
+    s = config.validate({"blur_sigmas": [1.5, 5.0]})
+    img = rng.random((143, 160)).astype(np.float32)
+    whole = features.feature_block(img, features.feature_params(s))
+    with raise_if_dask_computes():
+        lazy = features.compute_features(da.from_array(img, chunks=chunks), s)
+    assert lazy.shape == (143, 160, len(features.feature_names(s)))
+    np.testing.assert_allclose(lazy.compute(), whole, rtol=0, atol=1e-6)
+
+
+def test_kernel_matches_scipy_directly(rng):
+    s = config.defaults()
+    img = rng.random((80, 90)).astype(np.float32)
+    f = features.compute_features(da.from_array(img, chunks=(33, 41)), s).compute()
+    names = features.feature_names(s)
+    np.testing.assert_allclose(f[..., names.index("intensity")], img)
+    np.testing.assert_allclose(f[..., names.index("gradient_s1")],
+                               ndi.gaussian_gradient_magnitude(img, 1.0, mode="reflect"), atol=1e-6)
+    np.testing.assert_allclose(f[..., names.index("blur_s8")], ndi.gaussian_filter(img, 8.0, mode="reflect"),
+                               atol=1e-6)
+    var = ndi.uniform_filter(img * img, 7) - ndi.uniform_filter(img, 7) ** 2
+    np.testing.assert_allclose(f[..., names.index("variance_w7")], np.maximum(var, 0), atol=1e-6)
+
+
+def test_halo_follows_sigma():
+    s = config.validate({"blur_sigmas": [2.0, 10.0], "truncate": 3.0})
+    assert features.halo(s) == 30
+    assert features.halo(config.validate({"features": ["intensity"]})) == 0
+
+
+def test_image_smaller_than_halo_is_a_clear_error():
+    s = config.defaults()
+    with pytest.raises(features.ImageTooSmallError, match="tiny.*halo of 32"):
+        features.compute_features(np.zeros((20, 300), np.float32), s, "tiny")

@@ -1,0 +1,30 @@
+import numpy as np
+from scipy.optimize import nnls as scipy_nnls
+
+from bigseg import nnls
+
+
+def test_matches_scipy_nnls(rng):
+    H = rng.random((5, 8))
+    V = rng.random((500, 8)) * 2
+    W = nnls.solve(V, H)
+    ref = np.array([scipy_nnls(H.T, v)[0] for v in V])
+    np.testing.assert_allclose(W, ref, atol=1e-5)
+    assert (W.argmax(1) == ref.argmax(1)).all()
+
+
+def test_ridge_penalty_matches_augmented_nnls(rng):
+    H = rng.random((4, 6))
+    V = rng.random((200, 6))
+    l2 = 0.3
+    W = nnls.solve(V, H, l2=l2)
+    A = np.vstack([H.T, np.sqrt(l2) * np.eye(4)])
+    ref = np.array([scipy_nnls(A, np.concatenate([v, np.zeros(4)]))[0] for v in V])
+    np.testing.assert_allclose(W, ref, atol=1e-5)
+
+
+def test_l1_penalty_shrinks_to_zero(rng):
+    H = np.eye(3)
+    V = np.array([[0.5, 0.2, 0.05]])
+    W = nnls.solve(V, H, l1=0.1)
+    np.testing.assert_allclose(W, [[0.4, 0.1, 0.0]], atol=1e-7)

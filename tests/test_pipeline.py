@@ -1,0 +1,116 @@
+"""End to end through the CLI on the synthetic set, with the Zarr store on disk."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+from bigseg.cli import EXIT_SKIPPED, main
+from bigseg.demo import CLASS_NAMES
+from bigseg.evaluate import evaluate_dirs
+from bigseg.io import crop_rows, read_image
+
+FAST = ["--set", "resize=native", "--set", "chunk_size=96", "--set", "sample_size=20000", "-k", "4", "--quiet"]
+
+
+def _run(args):
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    return res
+
+
+@pytest.fixture(scope="module")
+def finished_run(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    res = _run(["run", "--input", str(synth_dir / "images"), "--out", str(out)] + FAST)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_run_writes_the_documented_layout(finished_run, synth_dir):
+    out = finished_run
+    stems = sorted(p.stem for p in (synth_dir / "images").iterdir())
+    for sub in ["labels", "color", "activations"]:
+        assert sorted(p.stem for p in (out / sub).glob("*.png")) == stems, sub
+    for stem in stems:
+        src = next((synth_dir / "images").glob(stem + ".*"))
+        cropped, _ = crop_rows(read_image(src).data, "auto")
+        lab = np.asarray(Image.open(out / "labels" / f"{stem}.png"))
+        assert lab.shape == cropped.shape and lab.dtype == np.uint8 and lab.max() < 4
+        assert np.asarray(Image.open(out / "color" / f"{stem}.png")).shape == cropped.shape + (3,)
+    rows = list(csv.DictReader(open(out / "phase_fractions.csv")))
+    assert [r["image"] for r in rows] == stems
+    assert all(abs(sum(float(r[f"phase_{i}"]) for i in range(4)) - 1) < 1e-4 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == len(stems) and summary["skipped"] == []
+    assert 0 < summary["model"]["relative_error"] < 1 and "versions" in summary
+    assert set(summary["timings_seconds"]) == {"ingest", "features", "fit", "segment"}
+    assert (out / "model" / "model.json").exists() and (out / "model" / "model.npz").exists()
+
+
+def test_store_is_ome_zarr_v3_with_named_dims(finished_run):
+    import xarray as xr
+
+    root = zarr.open_group(str(finished_run / "store.zarr"), mode="r")
+    img = root["images/synth00"]
+    assert img.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    assert img.attrs["bigseg"]["crop_bottom"] == 28 and img.attrs["bigseg"]["source"].endswith("synth00.png")
+    assert root["images/synth00/0"].metadata.zarr_format == 3
+    labels = root["images/synth00/labels/phases/0"]
+    assert labels.shape == root["images/synth00/0"].shape
+    assert np.array_equal(labels[:], np.asarray(Image.open(finished_run / "labels" / "synth00.png")))
+    ds = xr.open_zarr(str(finished_run / "store.zarr"), group="features/synth00", consolidated=False)
+    assert ds["features"].dims == ("y", "x", "feature") and str(ds["image"].values) == "synth00"
+    assert "blur_s8" in list(ds["feature"].values)
+    assert root["activations/synth00"].metadata.dimension_names == ("component", "y", "x")
+
+
+def test_demo_evaluation_is_well_above_chance(finished_run, synth_dir):
+    res = evaluate_dirs(finished_run / "labels", synth_dir / "labels", len(CLASS_NAMES), CLASS_NAMES)
+    # a uniformly random 4-way labelling of these masks scores about 0.12 mean IoU and 0 ARI
+    assert res["mean_iou"] > 0.25 and res["adjusted_rand"] > 0.15, res
+    out = _run(["evaluate", str(finished_run / "labels"), "--labels", str(synth_dir / "labels")])
+    assert out.exit_code == 0 and "mean IoU" in out.output
+
+
+def test_segment_with_saved_model_reproduces_labels(finished_run, synth_dir, tmp_path):
+    out = tmp_path / "seg"
+    res = _run(["segment", str(finished_run / "model"), "--input", str(synth_dir / "images" / "synth01.tif"),
+                "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    a = np.asarray(Image.open(out / "labels" / "synth01.png"))
+    b = np.asarray(Image.open(finished_run / "labels" / "synth01.png"))
+    assert np.mean(a == b) > 0.999        # features recomputed on the fly equal the stored ones
+
+
+def test_segment_refuses_other_feature_settings(finished_run, synth_dir, tmp_path):
+    res = CliRunner().invoke(main, ["segment", str(finished_run / "model"), "--input", str(synth_dir / "images"),
+                                    "--out", str(tmp_path / "x"), "--set", "gradient_sigma=2.5"])
+    assert res.exit_code != 0 and "gradient_sigma" in res.output
+
+
+def test_bad_config_key_fails_before_any_work(tmp_path, synth_dir):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("n_components: 3\nclahe_clip: 0.02\n")
+    res = CliRunner().invoke(main, ["run", str(cfg), "--input", str(synth_dir / "images"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "clahe_clip" in res.output and "clahe_clip_limit" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_corrupt_and_tiny_images_are_skipped_and_reported(synth_dir, tmp_path):
+    inp = tmp_path / "in"
+    shutil.copytree(synth_dir / "images", inp)
+    (inp / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(inp / "tiny.png")
+    out = tmp_path / "out"
+    res = _run(["run", "--input", str(inp), "--out", str(out)] + FAST)
+    assert res.exit_code == EXIT_SKIPPED
+    summary = json.loads((out / "summary.json").read_text())
+    skipped = {s["id"]: s for s in summary["skipped"]}
+    assert set(skipped) == {"broken", "tiny"}
+    assert "broken.jpg" in skipped["broken"]["error"] and "halo" in skipped["tiny"]["error"]
+    assert len(list((out / "labels").glob("*.png"))) == 6
