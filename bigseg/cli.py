@@ -27,17 +27,19 @@ def _setup_logging(quiet: bool) -> None:
 
 
 def _settings(config, sets, n_components=None, base=None):
+    """Validated settings: defaults (or ``base``), then the CONFIG file, then -k, then --set.
+
+    With ``base`` (a model's settings) only keys the user gave explicitly replace it,
+    so the model's feature settings hold unless the user asks for others.
+    """
     try:
         overrides = {"n_components": n_components} if n_components else {}
         if base is None:
             return load(config, overrides, sets)
-        from .config import load as _load
-
-        user = _load(config, overrides, sets) if (config or sets or overrides) else None
         merged = dict(base)
-        if user is not None:
-            explicit = _explicit_keys(config, sets, overrides)
-            merged.update({k: user[k] for k in explicit})
+        if config or sets or overrides:
+            user = load(config, overrides, sets)
+            merged.update({k: user[k] for k in _explicit_keys(config, sets, overrides)})
         return validate(merged)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
