@@ -65,7 +65,9 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
     paths = [Path(p) for p in paths]
     ids = io.image_ids(paths)
     store_path = str(out_dir / "store.zarr")
-    store.open_root(store_path)
+    # parallel ingest tasks each add a child to "images"; creating the parent here
+    # keeps them from racing to create it (a lost race skipped an image)
+    store.open_root(store_path).require_group("images")
     todo = []
     for p, image_id in zip(paths, ids):
         src = str(p.resolve())
