@@ -23,6 +23,10 @@ from . import nnls
 from .config import ConfigError, check_same, model_bound
 
 MODEL_FORMAT = 1
+#: streamed feature blocks evaluated per compute call of the minibatch fit
+BLOCKS_PER_COMPUTE = 4
+#: minibatch passes without improvement before it stops
+PATIENCE = 2
 SCALE_PERCENTILES = (0.5, 99.5)
 
 
@@ -220,21 +224,22 @@ def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, comp
     ``block_source`` is a list of delayed feature blocks; each pass visits them
     in a new random order, a few blocks per ``compute`` call, so memory holds
     only those blocks, never the store. A pass ends with the objective on
-    ``eval_X``; we stop after ``max_iter`` passes or when it improves by less
-    than ``tol`` (relative).
+    ``eval_X``. Minibatch updates are noisy, so we keep the best H seen and stop
+    after ``max_iter`` passes or once ``PATIENCE`` passes in a row fail to improve
+    on the best by more than ``tol`` (relative).
     """
     from sklearn.decomposition import MiniBatchNMF
 
     rng = np.random.default_rng(settings["random_state"])
     bs = settings["batch_size"]
     nmf = MiniBatchNMF(batch_size=bs, max_iter=1, **_nmf_kwargs(settings))
-    per_call = 4
-    history, converged, passes, n_batches = [], False, 0, 0
+    history, n_batches, stale = [], 0, 0
+    best_H, best = None, np.inf
     pending = np.empty((0, len(lo)), np.float32)
     for passes in range(1, settings["max_iter"] + 1):
         order = rng.permutation(len(block_source))
-        for start in range(0, len(order), per_call):
-            blocks = compute([block_source[i] for i in order[start:start + per_call]])
+        for start in range(0, len(order), BLOCKS_PER_COMPUTE):
+            blocks = compute([block_source[i] for i in order[start:start + BLOCKS_PER_COMPUTE]])
             pix = [b.reshape(-1, b.shape[-1]) for b in blocks]
             pix = [p[rng.random(p.shape[0]) < settings["minibatch_fraction"]] for p in pix]
             X = np.concatenate([pending] + pix, axis=0)
@@ -254,11 +259,13 @@ def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, comp
         history.append(obj)
         if log:
             log(f"minibatch pass {passes}: error {obj:.5g}")
-        if len(history) > 1 and abs(history[-2] - history[-1]) <= settings["tol"] * max(history[-2], 1e-12):
-            converged = True
+        stale = stale + 1 if obj >= best * (1 - settings["tol"]) else 0
+        if obj < best:
+            best, best_H = obj, nmf.components_.copy()
+        if stale >= PATIENCE:
             break
-    return nmf.components_, {"n_iter": passes, "converged": converged, "n_batches": n_batches,
-                             "pass_errors": history}
+    return best_H, {"n_iter": passes, "converged": stale >= PATIENCE, "n_batches": n_batches,
+                    "pass_errors": history}
 
 
 def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Model:
