@@ -114,3 +114,20 @@ def test_corrupt_and_tiny_images_are_skipped_and_reported(synth_dir, tmp_path):
     assert set(skipped) == {"broken", "tiny"}
     assert "broken.jpg" in skipped["broken"]["error"] and "halo" in skipped["tiny"]["error"]
     assert len(list((out / "labels").glob("*.png"))) == 6
+
+
+def test_stage_graphs_build_without_computing(finished_run):
+    from bigseg import pipeline, store
+    from bigseg.model import Model
+    from bigseg.segment import activations_graph
+    from conftest import raise_if_dask_computes, small_settings
+
+    s = small_settings(chunk_size=96)
+    m = Model.load(finished_run / "model")
+    root = store.open_root(finished_run / "store.zarr", mode="r")
+    with raise_if_dask_computes():
+        feats = pipeline.lazy_features(root, "synth02", s)
+        acts = activations_graph(feats, m.H, m.scale_lo, m.scale_hi)
+    stored = store.open_features(finished_run / "store.zarr", "synth02").values
+    np.testing.assert_array_equal(feats.compute(), stored)
+    assert acts.shape == stored.shape[:2] + (4,)
