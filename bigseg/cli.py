@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import ConfigError, load, model_bound, validate
+from .config import OPTIONS, ConfigError, load, validate
 
 log = logging.getLogger("bigseg")
 
@@ -121,7 +121,8 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
         model = Model.load(model_dir)
     except ModelError as exc:
         raise click.UsageError(str(exc)) from None
-    base = validate({k: v for k, v in model.settings.items() if k in model_bound(model.settings)})
+    # the model's own settings (features, spatial coupling) unless the user overrides them
+    base = validate({k: v for k, v in model.settings.items() if k in OPTIONS})
     settings = _settings(config, sets, None, base=base)
     settings["store_features"] = False
     try:

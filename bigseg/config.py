@@ -148,6 +148,9 @@ OPTIONS: dict[str, Option] = {
     "batch_size": Option(4096, _int(16), "pixels per minibatch", "fit"),
     "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit"),
     "random_state": Option(0, _int(0), "seed of sampling and initialisation", "fit"),
+    # segment
+    "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)", "segment"),
+    "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment"),
 }
 
 

@@ -119,14 +119,33 @@ def compute_features(image, settings: dict, name: str = "image"):
     if depth and min(min(c) for c in image.chunks) < depth:
         image = image.rechunk(tuple(_merge_thin(c, depth) for c in image.chunks))
     nfeat = len(feature_names(settings))
-    # overlap -> per-block kernel -> trim, written out because map_overlap's
-    # automatic trim does not follow a new (feature) axis
-    padded = da.overlap.overlap(image.astype(np.float32), depth={0: depth, 1: depth}, boundary="none")
-    stacked = padded.map_blocks(
-        feature_block, params=feature_params(settings), new_axis=2,
-        chunks=padded.chunks + ((nfeat,),), dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32), name="bigseg-features")
-    return da.overlap.trim_internal(stacked, {0: depth, 1: depth, 2: 0}, boundary="none")
+    return map_haloed(feature_block, image.astype(np.float32), depth, nfeat, name="bigseg-features",
+                      params=feature_params(settings))
+
+
+def map_haloed(func, arr, depth: int, out_channels: int, name: str, **kwargs):
+    """Apply ``func`` to every block of ``arr`` grown by ``depth`` pixels in y and x, then trim.
+
+    ``arr`` is ``(y, x)`` or ``(y, x, c)`` (one chunk along c); ``func`` returns
+    ``(y, x, out_channels)`` for its haloed block. Interior seams get real
+    neighbours; the image border gets none (``boundary='none'``), so ``func``
+    sees exactly what a whole-image call sees there. Written out as overlap ->
+    map_blocks -> trim because ``map_overlap``'s own trim does not follow a
+    channel axis that appears or changes length.
+    """
+    import dask.array as da
+
+    spatial = {0: depth, 1: depth}
+    if arr.ndim == 3:
+        arr = arr.rechunk({2: -1})
+        spatial[2] = 0
+    padded = da.overlap.overlap(arr, depth=spatial, boundary="none") if depth else arr
+    out = padded.map_blocks(func, new_axis=2 if arr.ndim == 2 else None,
+                            chunks=padded.chunks[:2] + ((out_channels,),), dtype=np.float32,
+                            meta=np.empty((0, 0, 0), np.float32), name=name, **kwargs)
+    if not depth:
+        return out
+    return da.overlap.trim_internal(out, {0: depth, 1: depth, 2: 0}, boundary="none")
 
 
 def _merge_thin(chunks, minimum):

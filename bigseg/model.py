@@ -293,7 +293,8 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Mod
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     keep = model_bound(settings)
     keep.update({k: settings[k] for k in ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio",
-                                          "max_iter", "tol", "init", "sample_size", "batch_size", "random_state")})
+                                          "max_iter", "tol", "init", "sample_size", "batch_size", "random_state",
+                                          "spatial_weight", "spatial_sweeps")})
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
 
 

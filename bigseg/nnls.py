@@ -40,10 +40,21 @@ def subset_solvers(H: np.ndarray, l1: float = 0.0, l2: float = 0.0) -> np.ndarra
     return np.array(out)
 
 
-def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solvers=None) -> np.ndarray:
+def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solvers=None,
+          offset: np.ndarray | None = None, hint: np.ndarray | None = None,
+          return_support: bool = False):
     """W >= 0 minimising the penalised least squares for each row of ``V`` (pixels x features).
 
-    Returns float32 ``(pixels, k)``.
+    ``offset`` (pixels x k), when given, adds ``- w . offset`` to each pixel's
+    objective: with ``l2 = mu`` and ``offset = mu * m`` the penalty becomes
+    ``0.5 * mu * ||w - m||^2`` (up to a constant), which pulls w towards m.
+
+    ``hint`` (one subset index per pixel, -1 for the empty set, as returned with
+    ``return_support``) is tried first: where the hinted support satisfies the
+    optimality (KKT) conditions the answer is final, and only the remaining
+    pixels go through the full enumeration. The result is the same either way.
+
+    Returns float32 ``(pixels, k)``, and the support index per pixel if asked.
     """
     H = np.asarray(H, dtype=np.float64)
     k = H.shape[0]
@@ -51,13 +62,52 @@ def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solver
         solvers = subset_solvers(H, l1, l2)
     # float64 keeps the objective comparison between near-equal subsets exact
     C = np.asarray(V, dtype=np.float64) @ H.T - l1          # (n, k): H v - l1
+    if offset is not None:
+        C += offset
+    n = C.shape[0]
+    W = np.zeros_like(C)
+    support = np.full(n, -1, np.intp)
+    rest = np.arange(n)
+    if hint is not None:
+        rest = _try_hint(C, H @ H.T + l2 * np.eye(k), solvers, np.asarray(hint), W, support)
+    if rest.size:
+        Wr, sr = _enumerate(C[rest], solvers)
+        W[rest], support[rest] = Wr, sr
+    W = W.astype(np.float32)
+    return (W, support) if return_support else W
+
+
+def _enumerate(C: np.ndarray, solvers: np.ndarray):
+    """Best feasible subset solution for each row of C (the exhaustive search)."""
     best_obj = np.zeros(C.shape[0])                          # w = 0: objective 0 (up to a constant)
     W = np.zeros_like(C)
-    for M in solvers:
+    support = np.full(C.shape[0], -1, np.intp)
+    for j, M in enumerate(solvers):
         ws = C @ M                                           # zero outside the subset
         # objective of the unconstrained optimum on S: -0.5 * w_S . (c_S - l1)
         obj = -0.5 * np.einsum("ij,ij->i", ws, C)
         better = (obj < best_obj) & np.all(ws >= 0, axis=1)
         best_obj = np.where(better, obj, best_obj)
         W = np.where(better[:, None], ws, W)
-    return W.astype(np.float32)
+        support = np.where(better, j, support)
+    return W, support
+
+
+def _try_hint(C, Gm, solvers, hint, W, support) -> np.ndarray:
+    """Accept hinted supports that meet the KKT conditions; return the other pixels' indices."""
+    failed = []
+    order = np.argsort(hint, kind="stable")
+    bounds = np.flatnonzero(np.diff(hint[order])) + 1
+    for sel in np.split(order, bounds):
+        if sel.size == 0:
+            continue
+        j = hint[sel[0]]
+        c = C[sel]
+        ws = np.zeros_like(c) if j < 0 else c @ solvers[j]
+        grad = ws @ Gm - c                                   # zero on the support at its optimum
+        tol = 1e-9 * (1.0 + np.abs(c).max(axis=1))
+        ok = np.all(ws >= 0, axis=1) & np.all(grad >= -tol[:, None], axis=1)
+        W[sel[ok]] = ws[ok]
+        support[sel[ok]] = j
+        failed.append(sel[~ok])
+    return np.concatenate(failed) if failed else np.empty(0, np.intp)

@@ -213,7 +213,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         if store.is_done(out_dir, "segment", image_id):
             continue
         feats = feature_source(out_dir, image_id, settings)
-        acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2).transpose(2, 0, 1)
+        acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
+                                 settings["spatial_weight"], settings["spatial_sweeps"]).transpose(2, 0, 1)
         chunk = settings["chunk_size"]
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])

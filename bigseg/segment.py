@@ -10,22 +10,52 @@ from pathlib import Path
 
 import numpy as np
 
-from . import io, viz
-from .model import transform_block
+from . import io, nnls, viz
+from .features import map_haloed
+from .model import apply_scaling
 
 PANEL_MAX_SIDE = 1024
 
 
-def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0):
-    """Lazy activations ``(y, x, k)`` of a lazy feature stack ``(y, x, f)``."""
-    import dask.array as da
+def neighbour_mean(W: np.ndarray) -> np.ndarray:
+    """Mean of each pixel's four neighbours in a (y, x, k) array; a missing neighbour
+    at the border counts as the pixel itself."""
+    P = np.pad(W, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    return 0.25 * (P[:-2, 1:-1] + P[2:, 1:-1] + P[1:-1, :-2] + P[1:-1, 2:])
 
-    if len(feats.chunks[2]) != 1:
-        feats = feats.rechunk({2: -1})
-    k = H.shape[0]
-    return da.map_blocks(transform_block, feats, H=np.asarray(H), lo=np.asarray(lo), hi=np.asarray(hi),
-                         l1=float(l1), l2=float(l2), chunks=feats.chunks[:2] + ((k,),), dtype=np.float32,
-                         meta=np.empty((0, 0, 0), np.float32), name="bigseg-activations")
+
+def spatial_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0,
+                  weight: float = 0.0, sweeps: int = 0) -> np.ndarray:
+    """Activations (y, x, k) of a feature block with neighbouring pixels coupled.
+
+    Minimises ``sum_i 0.5 ||v_i - w_i H||^2 + (weight / 2) sum_{i~j} ||w_i - w_j||^2``
+    (4-neighbour grid graph, i.e. a graph-Laplacian penalty) with ``w >= 0``, by
+    ``sweeps`` Jacobi sweeps from the pixel-wise solution: each sweep solves every
+    pixel exactly with its neighbours held, which is a pull of strength
+    ``4 * weight`` towards their mean. Each sweep reaches one pixel further, so a
+    halo of ``sweeps`` pixels makes tiles agree exactly with the whole image.
+    """
+    shape = feats.shape
+    X = apply_scaling(feats.reshape(-1, shape[-1]), lo, hi)
+    W, support = nnls.solve(X, H, l1, l2, return_support=True)
+    if sweeps <= 0 or weight <= 0:
+        return W.reshape(shape[:-1] + (H.shape[0],))
+    mu = 4.0 * weight
+    solvers = nnls.subset_solvers(H, l1, l2 + mu)
+    grid = W.reshape(shape[:-1] + (H.shape[0],))
+    for _ in range(sweeps):
+        pull = mu * neighbour_mean(grid).reshape(-1, H.shape[0]).astype(np.float64)
+        W, support = nnls.solve(X, H, l1, l2 + mu, solvers, offset=pull, hint=support, return_support=True)
+        grid = W.reshape(grid.shape)
+    return grid
+
+
+def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0, weight: float = 0.0, sweeps: int = 0):
+    """Lazy activations ``(y, x, k)`` of a lazy feature stack ``(y, x, f)``."""
+    depth = int(sweeps) if weight > 0 else 0
+    return map_haloed(spatial_block, feats, depth, H.shape[0], name="bigseg-activations",
+                      H=np.asarray(H), lo=np.asarray(lo), hi=np.asarray(hi), l1=float(l1), l2=float(l2),
+                      weight=float(weight), sweeps=depth)
 
 
 def _linear_weights(n_in: int, n_out: int):

@@ -28,3 +28,22 @@ def test_l1_penalty_shrinks_to_zero(rng):
     V = np.array([[0.5, 0.2, 0.05]])
     W = nnls.solve(V, H, l1=0.1)
     np.testing.assert_allclose(W, [[0.4, 0.1, 0.0]], atol=1e-7)
+
+
+def test_hinted_supports_give_the_same_answer(rng):
+    H = rng.random((5, 7))
+    V = rng.random((3000, 7))
+    W, support = nnls.solve(V, H, return_support=True)
+    noisy = support.copy()
+    noisy[::3] = rng.integers(-1, 31, noisy[::3].size)        # a third of the hints are wrong
+    W2 = nnls.solve(V, H, hint=noisy)
+    np.testing.assert_allclose(W2, W, atol=1e-6)
+
+
+def test_offset_pulls_towards_a_target(rng):
+    H = rng.random((3, 5))
+    V = rng.random((50, 5))
+    m = np.full((50, 3), 0.7)
+    mu = 1e6                                                  # overwhelming pull: w -> m
+    W = nnls.solve(V, H, l2=mu, offset=mu * m)
+    np.testing.assert_allclose(W, m, atol=1e-3)

@@ -1,0 +1,47 @@
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from bigseg import segment
+from bigseg.model import normalise_rows
+
+
+def _noisy_two_phase(rng, shape=(96, 120), noise=0.35):
+    """Two phases (left/right halves plus a disc) whose 3 features are buried in noise."""
+    truth = np.zeros(shape, np.uint8)
+    truth[:, shape[1] // 2:] = 1
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    truth[(yy - 48) ** 2 + (xx - 30) ** 2 < 15 ** 2] = 1
+    prototypes = np.array([[0.8, 0.2, 0.5], [0.2, 0.8, 0.5]], np.float32)
+    feats = prototypes[truth] + rng.normal(0, noise, shape + (3,)).astype(np.float32)
+    return truth, np.clip(feats, 0, None), normalise_rows(prototypes.astype(np.float64))
+
+
+def _fragments(labels):
+    return sum(ndi.label(labels == c)[1] for c in np.unique(labels))
+
+
+def test_spatial_coupling_reduces_fragmentation(rng):
+    truth, feats, H = _noisy_two_phase(rng)
+    lo, hi = np.zeros(3, np.float32), np.full(3, 2.0, np.float32)
+    plain = segment.spatial_block(feats, H, lo, hi).argmax(-1)
+    coupled = segment.spatial_block(feats, H, lo, hi, weight=2.0, sweeps=5).argmax(-1)
+    assert _fragments(coupled) < _fragments(plain) / 3, (_fragments(coupled), _fragments(plain))
+    assert (coupled == truth).mean() > (plain == truth).mean()
+
+
+@pytest.mark.parametrize("chunks", [(37, 53, 3), (29, 120, 3), (96, 41, 3)])
+def test_coupled_tiles_equal_the_whole_image(rng, chunks):
+    _, feats, H = _noisy_two_phase(rng)
+    lo, hi = np.zeros(3, np.float32), np.full(3, 2.0, np.float32)
+    whole = segment.spatial_block(feats, H, lo, hi, weight=2.0, sweeps=4)
+    tiled = segment.activations_graph(da.from_array(feats, chunks=chunks), H, lo, hi, weight=2.0, sweeps=4)
+    np.testing.assert_allclose(tiled.compute(), whole, atol=1e-5)
+
+
+def test_labels_at_native_size_interpolate_activations():
+    acts = np.zeros((2, 4, 4), np.float32)
+    acts[1, :, 2:] = 1.0
+    lab = segment.labels_at(acts, (8, 8))
+    assert lab.shape == (8, 8) and lab[:, :3].max() == 0 and lab[:, 5:].min() == 1
