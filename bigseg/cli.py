@@ -216,6 +216,28 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
 
 
 @main.command()
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
+@click.option("--labels", "label_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="folder of class-index masks with the same file stems")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--n-classes", type=click.IntRange(1), help="number of classes (default: from the masks)")
+@_config_options
+@_cluster_options
+def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, workers, scheduler, quiet):
+    """Score bigseg, the plain NMF recipe, k-means and multi-Otsu on the same images; print one table."""
+    from .cluster import runner
+    from .compare import compare as run_compare
+
+    _setup_logging(quiet)
+    settings = _settings(config, sets, n_components)
+    with runner(workers, scheduler, quiet) as r:
+        out = _guarded(lambda: run_compare(list(inputs), label_dir, out_dir, settings, r, n_classes))
+    click.echo(out["table"])
+    click.echo(f"(also in {Path(out_dir) / 'comparison.md'} and comparison.json)")
+
+
+@main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--n-images", default=8, show_default=True, type=click.IntRange(2))
 @click.option("--seed", default=0, show_default=True)

@@ -143,7 +143,8 @@ OPTIONS: dict[str, Option] = {
     "l1_ratio": Option(0.0, _float(0, 1), "L1 share of the regularisation (0 = L2, 1 = L1)", "fit"),
     "max_iter": Option(400, _int(1), "cd: iterations; minibatch: passes over the streamed data", "fit"),
     "tol": Option(1e-4, _float(0), "convergence tolerance", "fit"),
-    "init": Option("nndsvda", _choice("nndsvd", "nndsvda", "nndsvdar"), "NNDSVD-family initialisation", "fit"),
+    "init": Option("auto", _choice("auto", "nndsvd", "nndsvda", "nndsvdar"),
+                   "NNDSVD-family initialisation; auto: nndsvd for cd, nndsvda for minibatch", "fit"),
     "sample_size": Option(200_000, _int(100), "pixels drawn across all images for cd and for scaling", "fit"),
     "batch_size": Option(4096, _int(16), "pixels per minibatch", "fit"),
     "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit"),
@@ -193,6 +194,11 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
         if key not in OPTIONS:
             raise _unknown(key)
         out[key] = OPTIONS[key].check(key, value)
+    if out["init"] == "auto":
+        # nndsvd keeps the SVD's zeros, which coordinate descent can leave and which
+        # give sparser, more distinct components; multiplicative updates never leave
+        # a zero, so they need the zeros filled (nndsvda)
+        out["init"] = "nndsvd" if out["solver"] == "cd" else "nndsvda"
     if out["solver"] == "minibatch" and out["init"] == "nndsvd":
         raise ConfigError("init: 'nndsvd' leaves zeros that multiplicative updates never leave; "
                           "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, features, io, preprocess, store
+from . import __version__, diagnose, features, io, preprocess, store
 from .config import check_same, model_bound
 from .model import Model, ModelError, fit, regularisation
 from .segment import activations_graph, export_image
@@ -234,25 +234,40 @@ def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):
     return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr)
 
 
-def _finish(fractions, out_dir, image_id):
-    return store.mark_done(out_dir, "segment", image_id, {"fractions": fractions})
+def _finish(result, out_dir, image_id):
+    return store.mark_done(out_dir, "segment", image_id, result)
 
 
 # --- reports ---------------------------------------------------------------------------
 
-def write_tables(out_dir, ids, model: Model, summary: dict) -> None:
-    """``phase_fractions.csv`` (one row per image) and ``summary.json``, each atomically."""
+def write_tables(out_dir, ids, model: Model, summary: dict) -> dict:
+    """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
+
+    Adds the components (name, fingerprint, share of all pixels) and the
+    failure-mode warnings to ``summary``, and returns it.
+    """
     out_dir = Path(out_dir)
     k = model.n_components
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image"] + [f"phase_{i}" for i in range(k)])
+    totals, speckle = np.zeros(k), {}
     for image_id in ids:
         if store.is_done(out_dir, "segment", image_id):
-            fr = store.read_record(out_dir, "segment", image_id)["fractions"]
+            rec = store.read_record(out_dir, "segment", image_id)
+            fr = rec["fractions"]
             w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
+            totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
+            speckle[image_id] = rec["speckle"]
     io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
+    shares = totals / max(totals.sum(), 1)
+    names = diagnose.component_names(model.H, model.feature_names)
+    summary["components"] = [{"index": i, "name": names[i], "share": round(float(shares[i]), 6),
+                              "fingerprint": fp} for i, fp in enumerate(model_fingerprints(model))]
+    summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
+    diagnose.plot_fingerprints(model.H, model.feature_names, names, out_dir / "fingerprints.png")
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return summary
 
 
 def versions() -> dict:
@@ -306,11 +321,12 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
 
     summary = {
         "settings": settings, "n_images": len(ids), "segmented_this_run": len(segmented),
-        "skipped": skipped, "model": model.report, "fingerprints": model_fingerprints(model),
+        "skipped": skipped, "model": model.report,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()}, "scheduler": runner.description,
         "versions": versions(),
     }
-    write_tables(out_dir, ids, model, summary)
+    for warning in write_tables(out_dir, ids, model, summary)["warnings"]:
+        log.warning("%s; %s", warning["message"], warning["suggestion"])
     return summary
 
 

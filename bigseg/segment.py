@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from . import io, nnls, viz
+from .diagnose import speckle_rate
 from .features import map_haloed
 from .model import apply_scaling
 
@@ -94,7 +95,7 @@ def _panel_view(acts_kyx: np.ndarray) -> np.ndarray:
 def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None) -> dict:
     """Write labels/, color/, activations/ PNGs (and the OME label array) of one image.
 
-    Returns the phase fractions. Pure apart from the files it writes, so it runs
+    Returns the phase fractions, pixel count and speckle rate. Pure apart from the files it writes, so it runs
     on any worker; every file is written atomically.
     """
     out_dir = Path(out_dir)
@@ -106,4 +107,5 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     io.write_png(out_dir / "color" / f"{image_id}.png", viz.colorize(labels))
     io.write_png(out_dir / "activations" / f"{image_id}.png", viz.activation_panels(_panel_view(acts_kyx)))
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
-    return {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)}
+    return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
+            "pixels": int(labels.size), "speckle": speckle_rate(labels)}

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_yaml_lists_every_key_with_its_default():
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     assert set(data) == set(config.OPTIONS)
-    assert config.validate(data) == config.defaults()
+    assert config.validate(data) == config.validate({})
 
 
 def test_metaldam_yaml_is_valid():
@@ -48,3 +48,8 @@ def test_check_same_names_the_setting():
     b = dict(a, gradient_sigma=2.0)
     with pytest.raises(config.ConfigError, match="gradient_sigma"):
         config.check_same(a, b, "the model")
+
+
+def test_init_auto_follows_the_solver():
+    assert config.validate({})["init"] == "nndsvd"
+    assert config.validate({"solver": "minibatch"})["init"] == "nndsvda"

@@ -1,0 +1,125 @@
+"""Read a fit back to the user: component names from fingerprints, and the method's failure modes.
+
+Failure modes checked (each with a suggested fix):
+
+* ``dominant``: one component takes almost every pixel of the collection;
+* ``unused``: a component (almost) never wins a pixel;
+* ``speckled``: label maps change class between neighbouring pixels too often;
+* ``not_converged``: the NMF fit stopped at ``max_iter``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DOMINANT_SHARE = 0.90
+UNUSED_SHARE = 0.002
+SPECKLE_RATE = 0.25
+
+
+def _scores(H: np.ndarray, names) -> tuple[np.ndarray, np.ndarray]:
+    """Brightness (intensity and blurs) and texture (gradient, local variance) per component.
+
+    The Laplacian is left out of both: after scaling, a flat region sits in the
+    middle of its range, so its weight says "curved" (dark or bright spots), not
+    "rough".
+    """
+    names = list(names)
+    bright = [i for i, n in enumerate(names) if n == "intensity" or n.startswith("blur")]
+    texture = [i for i, n in enumerate(names) if n.startswith(("gradient", "variance"))]
+    b = H[:, bright].mean(axis=1) if bright else np.zeros(len(H))
+    t = H[:, texture].mean(axis=1) if texture else np.zeros(len(H))
+    return b, t
+
+
+def _grade(values: np.ndarray, words) -> list[str]:
+    """Low / middle / high word for each value, relative to the spread across components."""
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < 1e-9:
+        return [words[1]] * len(values)
+    pos = (values - lo) / (hi - lo)
+    return [words[0] if p < 1 / 3 else words[2] if p > 2 / 3 else words[1] for p in pos]
+
+
+def component_names(H: np.ndarray, names) -> list[str]:
+    """Descriptive names such as ``"bright, smooth"`` from each H row over the named features.
+
+    Words are relative to the other components of the same fit: "bright" is the
+    brightest third of the components, not an absolute grey level.
+    """
+    H = np.asarray(H, dtype=np.float64)
+    b, t = _scores(H, names)
+    if len(H) == 1:
+        return ["all pixels"]
+    out = [f"{bw}, {tw}" for bw, tw in zip(_grade(b, ("dark", "mid-grey", "bright")),
+                                             _grade(t, ("smooth", "lightly textured", "textured")))]
+    counts = {n: out.count(n) for n in out}
+    seen: dict[str, int] = {}
+    for i, n in enumerate(out):   # two components may earn one name: number them
+        if counts[n] > 1:
+            seen[n] = seen.get(n, 0) + 1
+            out[i] = f"{n} ({seen[n]})"
+    return out
+
+
+def speckle_rate(labels: np.ndarray) -> float:
+    """Share of horizontally or vertically adjacent pixel pairs with different labels."""
+    labels = np.asarray(labels)
+    pairs = labels[:, 1:].size + labels[1:, :].size
+    if pairs == 0:
+        return 0.0
+    return float(((labels[:, 1:] != labels[:, :-1]).sum() + (labels[1:, :] != labels[:-1, :]).sum()) / pairs)
+
+
+def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]:
+    """Warnings with suggested fixes, from collection-wide shares, per-image speckle and the fit report."""
+    out = []
+    shares = np.asarray(shares, dtype=np.float64)
+    if shares.size and shares.max() > DOMINANT_SHARE:
+        i = int(shares.argmax())
+        out.append({"kind": "dominant", "component": i,
+                    "message": f"component {i} takes {shares[i]:.1%} of all pixels",
+                    "suggestion": "the phases differ too little in these features: check the crop and "
+                                  "normalisation, raise n_components, or lower alpha_W/alpha_H"})
+    for i in np.flatnonzero(shares < UNUSED_SHARE):
+        out.append({"kind": "unused", "component": int(i),
+                    "message": f"component {i} wins only {shares[i]:.2%} of pixels",
+                    "suggestion": "lower n_components, or check whether it marks a rare phase worth keeping"})
+    noisy = {k: v for k, v in speckle.items() if v > SPECKLE_RATE}
+    if noisy:
+        worst = max(noisy, key=noisy.get)
+        out.append({"kind": "speckled", "images": sorted(noisy),
+                    "message": f"{len(noisy)} image(s) have speckled maps ({worst}: {noisy[worst]:.0%} of "
+                               f"neighbouring pixels disagree)",
+                    "suggestion": "raise spatial_weight or spatial_sweeps, or add a larger blur sigma"})
+    if report and not report.get("converged", True):
+        out.append({"kind": "not_converged",
+                    "message": f"the fit stopped after {report.get('n_iter')} iterations without converging",
+                    "suggestion": "raise max_iter (or loosen tol)"})
+    return out
+
+
+def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
+    """One bar chart per component over the named features, written atomically as PNG."""
+    import io as _io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_write_bytes
+    from .viz import PALETTE
+
+    k = len(H)
+    fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 3.2), sharey=True, squeeze=False)
+    for i, ax in enumerate(axes[0]):
+        ax.bar(range(len(names)), H[i], color=PALETTE[i % len(PALETTE)] / 255.0)
+        ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
+        ax.set_title(f"{i}: {labels[i]}", fontsize=8)
+    axes[0][0].set_ylabel("H row (unit norm)")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
