@@ -149,6 +149,7 @@ OPTIONS: dict[str, Option] = {
     "batch_size": Option(4096, _int(16), "pixels per minibatch", "fit"),
     "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit"),
     "random_state": Option(0, _int(0), "seed of sampling and initialisation", "fit"),
+    "orthogonality": Option(0.0, _float(0), "penalty on overlap between H rows (orthogonal NMF; 0 = off)", "fit"),
     # segment
     "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)", "segment"),
     "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment"),
@@ -194,17 +195,24 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
         if key not in OPTIONS:
             raise _unknown(key)
         out[key] = OPTIONS[key].check(key, value)
-    if out["init"] == "auto":
-        # nndsvd keeps the SVD's zeros, which coordinate descent can leave and which
-        # give sparser, more distinct components; multiplicative updates never leave
-        # a zero, so they need the zeros filled (nndsvda)
-        out["init"] = "nndsvd" if out["solver"] == "cd" else "nndsvda"
     if out["solver"] == "minibatch" and out["init"] == "nndsvd":
         raise ConfigError("init: 'nndsvd' leaves zeros that multiplicative updates never leave; "
                           "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")
     if out["variance_size"] % 2 == 0:
         raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
     return out
+
+
+def resolved_init(settings: dict) -> str:
+    """The NNDSVD variant ``init`` stands for with this solver.
+
+    ``auto`` picks nndsvd for coordinate descent, which can leave the SVD's
+    zeros and so keeps components sparse and distinct, and nndsvda for the
+    multiplicative minibatch updates, which never leave a zero.
+    """
+    if settings["init"] != "auto":
+        return settings["init"]
+    return "nndsvd" if settings["solver"] == "cd" else "nndsvda"
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from . import nnls
-from .config import ConfigError, check_same, model_bound
+from .config import ConfigError, check_same, model_bound, resolved_init
 
 MODEL_FORMAT = 1
 #: streamed feature blocks evaluated per compute call of the minibatch fit
@@ -200,7 +200,7 @@ def reconstruction(X: np.ndarray, H: np.ndarray, settings: dict) -> dict:
 
 
 def _nmf_kwargs(settings: dict) -> dict:
-    return dict(n_components=settings["n_components"], init=settings["init"], beta_loss=settings["beta_loss"],
+    return dict(n_components=settings["n_components"], init=resolved_init(settings), beta_loss=settings["beta_loss"],
                 tol=settings["tol"], random_state=settings["random_state"], alpha_W=settings["alpha_W"],
                 alpha_H=settings["alpha_H"], l1_ratio=settings["l1_ratio"])
 
@@ -216,6 +216,48 @@ def fit_cd(X: np.ndarray, settings: dict) -> tuple[np.ndarray, dict]:
         nmf.fit(X)
     return nmf.components_, {"n_iter": int(nmf.n_iter_), "converged": bool(nmf.n_iter_ < settings["max_iter"]),
                              "sklearn_reconstruction_err": float(nmf.reconstruction_err_)}
+
+
+def overlap(H: np.ndarray) -> float:
+    """Mean off-diagonal of the cosine-similarity matrix of H's rows (0 = orthogonal rows)."""
+    Hn = normalise_rows(np.asarray(H, dtype=np.float64))
+    k = len(Hn)
+    if k < 2:
+        return 0.0
+    S = Hn @ Hn.T
+    return float((S.sum() - np.trace(S)) / (k * (k - 1)))
+
+
+def refine_orthogonal(X: np.ndarray, H: np.ndarray, settings: dict) -> tuple[np.ndarray, dict]:
+    """Push H's rows apart: multiplicative updates of ``||X - W H||^2 + beta * sum_{i != j} h_i . h_j``.
+
+    Starts from a fitted H (so it inherits the NNDSVD start), keeps rows at unit
+    norm after each step (otherwise shrinking H would pay the penalty for free)
+    and runs ``max_iter`` iterations or until the objective changes by less than
+    ``tol`` (relative).
+    """
+    beta = float(settings["orthogonality"])
+    X = np.asarray(X, dtype=np.float64)
+    H = normalise_rows(np.asarray(H, dtype=np.float64)) + 1e-9
+    k = len(H)
+    off = np.ones((k, k)) - np.eye(k)
+    W = nnls.solve(X, H).astype(np.float64) + 1e-9
+    eps = 1e-12
+    # beta is per pixel of the data term, so its pull does not fade with the sample size
+    b = beta * X.shape[0]
+    before, prev, it = overlap(H), np.inf, 0
+    for it in range(1, settings["max_iter"] + 1):
+        H *= (W.T @ X) / (W.T @ W @ H + b * (off @ H) + eps)
+        norms = np.linalg.norm(H, axis=1, keepdims=True)
+        H /= np.where(norms > 0, norms, 1.0)
+        W *= norms.T
+        W *= (X @ H.T) / (W @ (H @ H.T) + eps)
+        obj = float(np.linalg.norm(X - W @ H) ** 2 + b * np.sum((H @ H.T) * off))
+        if np.isfinite(prev) and abs(prev - obj) <= settings["tol"] * max(prev, eps):
+            break
+        prev = obj
+    return H, {"orthogonality": beta, "overlap_before": round(before, 6), "overlap_after": round(overlap(H), 6),
+               "orthogonal_iterations": it}
 
 
 def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, compute, log=None) -> tuple[np.ndarray, dict]:
@@ -287,14 +329,17 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Mod
     else:
         blocks = [b for b, _ in feature_blocks(feature_arrays)]
         H, report = fit_minibatch(blocks, lo, hi, settings, X, compute, log)
+    if settings["orthogonality"] > 0:
+        H, extra = refine_orthogonal(X, H, settings)
+        report.update(extra)
     H = normalise_rows(H)
     report.update(reconstruction(X, H, settings))
-    report.update({"solver": settings["solver"], "sample_pixels": int(X.shape[0]),
+    report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     keep = model_bound(settings)
     keep.update({k: settings[k] for k in ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio",
                                           "max_iter", "tol", "init", "sample_size", "batch_size", "random_state",
-                                          "spatial_weight", "spatial_sweeps")})
+                                          "spatial_weight", "spatial_sweeps", "orthogonality")})
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
 
 

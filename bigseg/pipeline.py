@@ -163,7 +163,7 @@ def feature_source(out_dir, image_id, settings):
 # --- fit -------------------------------------------------------------------------------
 
 FIT_KEYS = ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter", "tol", "init",
-            "sample_size", "batch_size", "random_state")
+            "sample_size", "batch_size", "random_state", "orthogonality")
 
 
 def fit_stage(out_dir, ids, settings, runner) -> Model:

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_yaml_lists_every_key_with_its_default():
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     assert set(data) == set(config.OPTIONS)
-    assert config.validate(data) == config.validate({})
+    assert config.validate(data) == config.defaults()
 
 
 def test_metaldam_yaml_is_valid():
@@ -51,5 +51,6 @@ def test_check_same_names_the_setting():
 
 
 def test_init_auto_follows_the_solver():
-    assert config.validate({})["init"] == "nndsvd"
-    assert config.validate({"solver": "minibatch"})["init"] == "nndsvda"
+    assert config.resolved_init(config.validate({})) == "nndsvd"
+    assert config.resolved_init(config.validate({"solver": "minibatch"})) == "nndsvda"
+    assert config.resolved_init(config.validate({"init": "nndsvdar"})) == "nndsvdar"

@@ -99,3 +99,18 @@ def test_damaged_model_is_a_clear_error(tmp_path):
     (tmp_path / "m" / "model.npz").write_bytes(b"junk")
     with pytest.raises(model.ModelError, match="damaged"):
         model.Model.load(tmp_path / "m")
+
+
+def test_orthogonality_lowers_the_overlap_of_h_rows(rng):
+    H_true = np.array([[1.0, 0.6, 0.2, 0.1], [0.5, 1.0, 0.6, 0.1], [0.1, 0.5, 1.0, 0.6]])
+    W_true = rng.exponential(1.0, (3000, 3)) * (rng.random((3000, 3)) < 0.5)
+    X = np.clip(W_true @ H_true + rng.normal(0, 0.02, (3000, 4)), 0, None)
+    s = config.validate({"n_components": 3, "max_iter": 300})
+    H, _ = model.fit_cd(X, s)
+    overlaps = [model.overlap(H)]
+    for beta in (0.003, 0.03):
+        H_o, report = model.refine_orthogonal(X, H, dict(s, orthogonality=beta))
+        overlaps.append(report["overlap_after"])
+        assert np.allclose(np.linalg.norm(H_o, axis=1), 1.0)
+    assert overlaps[0] > overlaps[1] > overlaps[2]
+    assert overlaps[2] < overlaps[0] / 3
