@@ -237,6 +237,34 @@ def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, w
     click.echo(f"(also in {Path(out_dir) / 'comparison.md'} and comparison.json)")
 
 
+@main.command("select-k")
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--k-min", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--k-max", default=8, show_default=True, type=click.IntRange(1, 10))
+@click.option("--seeds", default=3, show_default=True, type=click.IntRange(2), help="resampled fits per k")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_cluster_options
+def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, scheduler, quiet):
+    """Reconstruction error and stability for a range of k; a plot and a recommended k."""
+    from .cluster import runner
+    from .pipeline import select_k as run_select_k
+
+    _setup_logging(quiet)
+    if k_max < k_min:
+        raise click.UsageError(f"--k-max ({k_max}) is below --k-min ({k_min})")
+    settings = _settings(config, sets)
+    with runner(workers, scheduler, quiet) as r:
+        res = _guarded(lambda: run_select_k(list(inputs), out_dir, settings, r, range(k_min, k_max + 1), seeds))
+    click.echo("   k   error   stability")
+    for row in res["results"]:
+        click.echo(f"{row['k']:4d}  {row['error']:.4f}  {row['stability']:.3f}")
+    click.echo(f"recommended k = {res['recommended']} (largest k below the feature count with stability >= "
+               f"{res['stable_threshold']}); "
+               f"plot in {Path(out_dir) / 'select_k.png'}")
+
+
 @main.command()
 @click.argument("out_dir", type=click.Path(file_okay=False))
 @click.option("--n-images", default=8, show_default=True, type=click.IntRange(2))

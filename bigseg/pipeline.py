@@ -349,3 +349,31 @@ def _size_checked(out_dir, ids, settings):
             log.warning("skipped %s", exc)
             skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
     return ok, skipped
+
+
+def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> dict:
+    """Ingest and features as in :func:`run`, then error and stability for each k on one pixel sample.
+
+    Writes ``select_k.json`` and ``select_k.png`` into ``out_dir``.
+    """
+    from . import selectk
+    from .model import apply_scaling, fit_scaling, sample_graph
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ids, skipped = ingest(io.find_images(inputs), out_dir, settings, runner)
+    if settings["store_features"]:
+        ids, more = compute_features_stage(out_dir, ids, settings, runner)
+    else:
+        ids, more = _size_checked(out_dir, ids, settings)
+    if not ids:
+        raise ValueError("no image left to choose k on: every input was skipped")
+    arrays = [feature_source(out_dir, i, settings) for i in ids]
+    (sample,) = runner.compute([sample_graph(arrays, settings["sample_size"], settings["random_state"])],
+                               "select-k: sampling pixels")
+    X = apply_scaling(sample, *fit_scaling(sample))
+    result = selectk.scan(X, k_values, settings, n_seeds)
+    result.update({"images": len(ids), "sample_pixels": int(X.shape[0]), "skipped": skipped + more})
+    io.atomic_write_text(out_dir / "select_k.json", json.dumps(result, indent=2))
+    selectk.plot(result, out_dir / "select_k.png")
+    return result

@@ -149,3 +149,13 @@ def test_compare_scores_bigseg_and_every_baseline(synth_dir, tmp_path):
     assert all(0 <= r["mean_iou"] <= 1 and r["wall_seconds"] > 0 for r in results.values())
     # every method scored the same pixels
     assert len({r["pixels"] for r in results.values()}) == 1
+
+
+def test_select_k_command_writes_table_plot_and_recommendation(synth_dir, tmp_path):
+    res = _run(["select-k", "--input", str(synth_dir / "images"), "--out", str(tmp_path / "k"), "--k-min", "2",
+                "--k-max", "3", "--seeds", "2", "--set", "resize=native", "--set", "sample_size=3000", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "recommended k =" in res.output
+    data = json.loads((tmp_path / "k" / "select_k.json").read_text())
+    assert [r["k"] for r in data["results"]] == [2, 3] and data["recommended"] in (2, 3)
+    assert (tmp_path / "k" / "select_k.png").exists()
