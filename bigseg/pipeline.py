@@ -203,6 +203,7 @@ def _same(a, b):
 def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     """Activations, labels and exports of every image not done yet."""
     import dask
+    import dask.array as da
 
     out_dir = Path(out_dir)
     root = store.open_root(out_dir / "store.zarr")
@@ -219,7 +220,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
         lab_arr = store.create_labels(root, image_id, native, k, PALETTE, max(chunk, 512))
-        stored = acts.store(act_arr, lock=False, compute=False)
+        memb_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk, "memberships", "float16")
+        stored = da.store([acts, memberships(acts)], [act_arr, memb_arr], lock=False, compute=False)
         # exports read the stored activations back: handing the lazy array to a second
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
@@ -228,6 +230,18 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         done_now.append(image_id)
     runner.compute(todo, f"segment: {len(todo)} image(s)")
     return done_now
+
+
+def memberships(acts):
+    """Soft labels of lazy ``(component, y, x)`` activations: each pixel's W divided by its sum.
+
+    H rows have unit norm, so these shares compare like with like; a pixel with
+    no activation at all gets equal shares.
+    """
+    import dask.array as da
+
+    total = acts.sum(axis=0, keepdims=True)
+    return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
 def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):

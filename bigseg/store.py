@@ -7,7 +7,8 @@ in napari/ome-zarr viewers)::
     images/<id>/0                (y, x) grey image as read, cropped, native size
     images/<id>/labels/phases/0  (y, x) uint8 phase labels at the same size (OME image-label)
     features/<id>/               xarray Dataset: features (y, x, feature) float32
-    activations/<id>             (component, y, x) float32 on the processing grid
+    activations/<id>             (component, y, x) float32 on the processing grid: W
+    memberships/<id>             (component, y, x) float16: W normalised to sum 1 per pixel (soft labels)
 
 One array per image, not a padded stack: micrographs of one archive come in
 several sizes, and padding MetalDAM's 1024x703 and 1280x895 frames to one shape
@@ -97,9 +98,11 @@ def create_labels(root, image_id: str, shape, n_components: int, colors, chunk: 
                             dimension_names=("y", "x"), fill_value=0)
 
 
-def create_activations(root, image_id: str, shape, n_components: int, chunk: int):
-    grp = root.require_group("activations")
-    return grp.create_array(image_id, shape=(n_components,) + tuple(shape), dtype="float32",
+def create_activations(root, image_id: str, shape, n_components: int, chunk: int, group: str = "activations",
+                       dtype: str = "float32"):
+    """A ``(component, y, x)`` array for one image in ``group`` (activations or memberships)."""
+    grp = root.require_group(group)
+    return grp.create_array(image_id, shape=(n_components,) + tuple(shape), dtype=dtype,
                             chunks=(n_components, chunk, chunk), dimension_names=("component", "y", "x"),
                             overwrite=True, fill_value=0.0)
 

@@ -72,6 +72,12 @@ def test_store_is_ome_zarr_v3_with_named_dims(finished_run):
     assert ds["features"].dims == ("y", "x", "feature") and str(ds["image"].values) == "synth00"
     assert "blur_s8" in list(ds["feature"].values)
     assert root["activations/synth00"].metadata.dimension_names == ("component", "y", "x")
+    soft = root["memberships/synth00"][:].astype(np.float32)
+    assert soft.shape == root["activations/synth00"].shape and soft.dtype == np.float32
+    np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=5e-3)
+    act = root["activations/synth00"][:]
+    # float16 shares only reorder near-ties
+    assert np.mean(soft.argmax(0) == act.argmax(0)) > 0.999
 
 
 def test_demo_evaluation_is_well_above_chance(finished_run, synth_dir):
