@@ -134,7 +134,11 @@ def map_haloed(func, arr, depth: int, out_channels: int, name: str, **kwargs):
     channel axis that appears or changes length.
     """
     import dask.array as da
+    from dask.base import tokenize
 
+    # map_blocks takes ``name`` as the whole key: without a token, two images'
+    # blocks would share keys in one graph and overwrite each other
+    name = f"{name}-{tokenize(arr, func, depth, out_channels, kwargs)}"
     spatial = {0: depth, 1: depth}
     if arr.ndim == 3:
         arr = arr.rechunk({2: -1})

@@ -95,6 +95,8 @@ def preprocess_named(block, settings, image_id):
 
 def lazy_features(root, image_id: str, settings: dict):
     """Lazy (y, x, f) features of a stored image: preprocess as one block, then tiled filters."""
+    from dask.base import tokenize
+
     img = store.lazy_image(root, image_id)
     shape = preprocess.target_shape(img.shape, settings["resize"])
     features.check_size(img.shape, settings, image_id)
@@ -104,7 +106,7 @@ def lazy_features(root, image_id: str, settings: dict):
     # CLAHE and the resize see the whole frame: one block in, one processed frame out
     pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id,
                                             chunks=tuple((s,) for s in shape), dtype=np.float32,
-                                            name=f"bigseg-preprocess-{image_id}")
+                                            name=f"bigseg-preprocess-{image_id}-{tokenize(img, pp)}")
     pre = pre.rechunk(settings["chunk_size"])
     return features.compute_features(pre, settings, image_id)
 

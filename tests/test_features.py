@@ -42,3 +42,14 @@ def test_image_smaller_than_halo_is_a_clear_error():
     s = config.defaults()
     with pytest.raises(features.ImageTooSmallError, match="tiny.*halo of 32"):
         features.compute_features(np.zeros((20, 300), np.float32), s, "tiny")
+
+
+def test_images_in_one_graph_keep_their_own_blocks(rng):
+    import dask
+
+    s = config.defaults()
+    a, b = (rng.random((96, 96)).astype(np.float32) for _ in range(2))
+    fa, fb = (features.compute_features(da.from_array(x, chunks=48), s) for x in (a, b))
+    both = dask.compute(fa, fb)
+    np.testing.assert_array_equal(both[0], features.feature_block(a, features.feature_params(s)))
+    np.testing.assert_array_equal(both[1], features.feature_block(b, features.feature_params(s)))

@@ -45,3 +45,15 @@ def test_labels_at_native_size_interpolate_activations():
     acts[1, :, 2:] = 1.0
     lab = segment.labels_at(acts, (8, 8))
     assert lab.shape == (8, 8) and lab[:, :3].max() == 0 and lab[:, 5:].min() == 1
+
+
+def test_images_in_one_graph_keep_their_own_activations(rng):
+    import dask
+
+    (_, fa, H), (_, fb, _) = _noisy_two_phase(rng), _noisy_two_phase(rng)
+    lo, hi = np.zeros(3, np.float32), np.full(3, 2.0, np.float32)
+    lazy = [segment.activations_graph(da.from_array(f, chunks=(48, 60, 3)), H, lo, hi, weight=1.0, sweeps=2)
+            for f in (fa, fb)]
+    out = dask.compute(*lazy)
+    for f, got in zip((fa, fb), out):
+        np.testing.assert_allclose(got, segment.spatial_block(f, H, lo, hi, weight=1.0, sweeps=2), atol=1e-5)
