@@ -74,19 +74,25 @@ def _crop(key, v):
 
 
 def _resize(key, v):
-    """``native``, an int (square side) or ``[height, width]``."""
-    if v == "native":
+    """``native``, ``physical``, an int (square side) or ``[height, width]``."""
+    if v in ("native", "physical"):
         return v
     if isinstance(v, str) and "x" in v:
         try:
             v = [int(p) for p in v.lower().split("x")]
         except ValueError:
-            raise ConfigError(f"{key}: expected 'native', N, HxW or [H, W]; got {v!r}") from None
+            raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}") from None
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         v = [v, v]
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise ConfigError(f"{key}: expected 'native', N, HxW or [H, W]; got {v!r}")
+        raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}")
     return [_int(8)(key, p) for p in v]
+
+
+def _path(key, v):
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: expected a file path, got {v!r}")
+    return v
 
 
 def _percentiles(key, v):
@@ -119,8 +125,14 @@ FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur")
 OPTIONS: dict[str, Option] = {
     # ingest
     "crop_bottom": Option("auto", _crop, "rows of SEM information band to remove: 'auto' detects the data bar, or N", "ingest"),
+    "pixel_size": Option(None, _optional(_float(0, lo_open=True)),
+                         "micrometres per pixel of images whose file does not say (TIFF tags, pixel_size_csv)", "ingest"),
+    "pixel_size_csv": Option(None, _optional(_path), "CSV with columns image,pixel_size_um (image = file stem)", "ingest"),
     # preprocess
-    "resize": Option([512, 512], _resize, "'native', N, HxW or [H, W]: the processing grid", "preprocess"),
+    "resize": Option([512, 512], _resize,
+                     "'native', 'physical' (to target_pixel_size), N, HxW or [H, W]: the processing grid", "preprocess"),
+    "target_pixel_size": Option(None, _optional(_float(0, lo_open=True)),
+                                "micrometres per pixel of the processing grid when resize is 'physical'", "preprocess"),
     "normalize_percentiles": Option([0.0, 100.0], _percentiles, "per-image intensity percentiles mapped to 0 and 1", "preprocess"),
     "clahe": Option(True, _bool, "apply CLAHE after normalisation", "preprocess"),
     "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]", "preprocess"),
@@ -173,7 +185,7 @@ OPTIONS["features"] = Option(OPTIONS["features"].default, _features_check,
 #: settings that change the numbers a model was fitted on; a model only applies
 #: to features computed with the same values.
 MODEL_BOUND_KEYS = (
-    "resize", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
+    "resize", "target_pixel_size", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
     "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "truncate",
 )
 
@@ -195,6 +207,8 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
         if key not in OPTIONS:
             raise _unknown(key)
         out[key] = OPTIONS[key].check(key, value)
+    if out["resize"] == "physical" and out["target_pixel_size"] is None:
+        raise ConfigError("target_pixel_size: required when resize is 'physical' (micrometres per pixel)")
     if out["solver"] == "minibatch" and out["init"] == "nndsvd":
         raise ConfigError("init: 'nndsvd' leaves zeros that multiplicative updates never leave; "
                           "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")

@@ -177,6 +177,30 @@ def crop_rows(grey: np.ndarray, crop_bottom, source: str = "") -> tuple[np.ndarr
     return (grey[: grey.shape[0] - n] if n else grey), n
 
 
+def read_pixel_sizes(path) -> dict[str, float]:
+    """A sidecar table ``image,pixel_size_um`` (image = file stem) as {stem: micrometres per pixel}."""
+    import csv
+
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except OSError as exc:
+        raise FileNotFoundError(f"pixel_size_csv {path}: {exc}") from None
+    if not rows or not {"image", "pixel_size_um"} <= set(rows[0]):
+        raise ValueError(f"pixel_size_csv {path}: needs the columns image,pixel_size_um")
+    out = {}
+    for n, row in enumerate(rows, start=2):
+        try:
+            value = float(row["pixel_size_um"])
+        except (TypeError, ValueError):
+            value = -1.0
+        if not value > 0:
+            raise ValueError(f"pixel_size_csv {path}, line {n}: pixel_size_um {row['pixel_size_um']!r} "
+                             f"is not a positive number")
+        out[Path(row["image"]).stem] = value
+    return out
+
+
 def read_label_mask(path) -> np.ndarray:
     """A class-index mask (any channel count with identical channels) as uint8/uint16 2-D."""
     from PIL import Image

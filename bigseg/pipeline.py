@@ -41,20 +41,40 @@ def _guard(stage: str, image_id: str, func, *args, **kwargs):
 
 # --- ingest -----------------------------------------------------------------------
 
-def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, crop_bottom) -> dict:
-    """Read, grey, crop and store one file. Never raises: a bad file is reported, not fatal."""
+def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: dict) -> dict:
+    """Read, grey, crop and store one file. Never raises: a bad file is reported, not fatal.
+
+    ``record`` (from :func:`_ingest_record`) holds the crop setting and the pixel
+    size inputs; the pixel size comes from the sidecar table first, then the
+    file's own metadata, then the ``pixel_size`` setting.
+    """
+    crop_bottom = record["crop_setting"]
+    sidecar_pixel_size, pixel_size_default = record["pixel_inputs"]
     try:
         img = io.read_image(path)
         grey, crop = io.crop_rows(img.data, crop_bottom, img.source)
+        px, px_source = None, None
+        for value, source in ((sidecar_pixel_size, "pixel_size_csv"),
+                              (img.pixel_size, "file"), (pixel_size_default, "pixel_size")):
+            if value:
+                px, px_source = float(value), source
+                break
         prov = {"id": image_id, "source": str(Path(path).resolve()), "original_shape": list(img.original_shape),
                 "original_dtype": img.original_dtype, "stored_dtype": str(grey.dtype), "crop_bottom": int(crop),
-                "crop_setting": crop_bottom, "shape": list(grey.shape), "pixel_size": img.pixel_size}
+                "crop_setting": crop_bottom, "shape": list(grey.shape), "pixel_size": px,
+                "pixel_size_source": px_source}
         store.write_image(store.open_root(store_path), image_id, grey, prov)
-        store.mark_done(out_dir, "ingest", image_id, {"source": prov["source"], "crop_setting": crop_bottom})
+        store.mark_done(out_dir, "ingest", image_id, record)
         return {"id": image_id, "ok": True}
     except Exception as exc:  # reported by name and skipped; the batch goes on
         msg = str(exc) if isinstance(exc, io.ImageReadError) else f"{path}: {type(exc).__name__}: {exc}"
         return {"id": image_id, "ok": False, "source": str(path), "stage": "ingest", "error": msg}
+
+
+def _ingest_record(source: str, settings: dict, table, image_id: str) -> dict:
+    """What an ingest record must say for a stored image to be reused as is."""
+    return {"source": source, "crop_setting": settings["crop_bottom"],
+            "pixel_inputs": [(table or {}).get(image_id), settings["pixel_size"]]}
 
 
 def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
@@ -64,21 +84,19 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
     out_dir = Path(out_dir)
     paths = [Path(p) for p in paths]
     ids = io.image_ids(paths)
+    table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
     store_path = str(out_dir / "store.zarr")
     # parallel ingest tasks each add a child to "images"; creating the parent here
     # keeps them from racing to create it (a lost race skipped an image)
     store.open_root(store_path).require_group("images")
     todo = []
     for p, image_id in zip(paths, ids):
-        src = str(p.resolve())
-        if store.is_done(out_dir, "ingest", image_id):
-            rec = store.read_record(out_dir, "ingest", image_id)
-            if rec.get("source") == src and rec.get("crop_setting") == settings["crop_bottom"]:
-                continue
+        record = _ingest_record(str(p.resolve()), settings, table, image_id)
+        if store.is_done(out_dir, "ingest", image_id) and store.read_record(out_dir, "ingest", image_id) == record:
+            continue
         for stage in ("features", "segment"):   # a re-ingested image needs everything again
             store.record_path(out_dir, stage, image_id).unlink(missing_ok=True)
-        todo.append(dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir),
-                                                          settings["crop_bottom"]))
+        todo.append(dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir), record))
     results = runner.compute(todo, f"ingest: {len(todo)} image(s)")
     skipped = [r for r in results if not r["ok"]]
     for r in skipped:
@@ -89,8 +107,15 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
 
 # --- features ------------------------------------------------------------------------
 
-def preprocess_named(block, settings, image_id):
-    return _guard("preprocess", image_id, preprocess.preprocess_image, block, settings)
+def preprocess_named(block, settings, image_id, shape):
+    return _guard("preprocess", image_id, preprocess.preprocess_image, block, settings, shape)
+
+
+def processing_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
+    """The processing grid of a stored image (its pixel size matters when resize is 'physical')."""
+    info = store.image_info(root, image_id)
+    return preprocess.target_shape(info["shape"], settings["resize"], info.get("pixel_size"),
+                                   settings["target_pixel_size"], image_id)
 
 
 def lazy_features(root, image_id: str, settings: dict):
@@ -98,13 +123,13 @@ def lazy_features(root, image_id: str, settings: dict):
     from dask.base import tokenize
 
     img = store.lazy_image(root, image_id)
-    shape = preprocess.target_shape(img.shape, settings["resize"])
+    shape = processing_shape(root, image_id, settings)
     features.check_size(img.shape, settings, image_id)
     features.check_size(shape, settings, image_id)
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                    "clahe_kernel_size")}
     # CLAHE and the resize see the whole frame: one block in, one processed frame out
-    pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id,
+    pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id, shape=shape,
                                             chunks=tuple((s,) for s in shape), dtype=np.float32,
                                             name=f"bigseg-preprocess-{image_id}-{tokenize(img, pp)}")
     pre = pre.rechunk(settings["chunk_size"])
@@ -133,7 +158,7 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
             continue
         try:
             feats = lazy_features(root, image_id, settings)
-        except features.ImageTooSmallError as exc:
+        except (features.ImageTooSmallError, ValueError) as exc:   # too small, or pixel size unknown
             log.warning("skipped %s", exc)
             skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
             continue
@@ -359,9 +384,9 @@ def _size_checked(out_dir, ids, settings):
         shape = tuple(store.image_info(root, image_id)["shape"])
         try:
             features.check_size(shape, settings, image_id)
-            features.check_size(preprocess.target_shape(shape, settings["resize"]), settings, image_id)
+            features.check_size(processing_shape(root, image_id, settings), settings, image_id)
             ok.append(image_id)
-        except features.ImageTooSmallError as exc:
+        except (features.ImageTooSmallError, ValueError) as exc:
             log.warning("skipped %s", exc)
             skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
     return ok, skipped

@@ -9,10 +9,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def target_shape(shape, resize) -> tuple[int, int]:
-    """The processing grid for an image of ``shape`` under the ``resize`` setting."""
+def target_shape(shape, resize, pixel_size=None, target_pixel_size=None, name: str = "image") -> tuple[int, int]:
+    """The processing grid for an image of ``shape`` under the ``resize`` setting.
+
+    ``physical`` resamples to ``target_pixel_size`` micrometres per pixel, so one
+    phase has one size in pixels whatever the magnification it was taken at.
+    """
     if resize == "native":
         return int(shape[0]), int(shape[1])
+    if resize == "physical":
+        if not pixel_size:
+            raise ValueError(f"{name}: resize is 'physical' but the pixel size is unknown; give it in the TIFF "
+                             f"tags, pixel_size_csv or pixel_size")
+        scale = float(pixel_size) / float(target_pixel_size)
+        return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
     return int(resize[0]), int(resize[1])
 
 
@@ -52,9 +62,9 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
     return equalize_adapthist(image, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
 
 
-def preprocess_image(image: np.ndarray, settings: dict) -> np.ndarray:
-    """Grey image as stored -> float32 image in [0, 1] on the processing grid."""
-    out = resize_image(image, target_shape(image.shape, settings["resize"]))
+def preprocess_image(image: np.ndarray, settings: dict, shape=None) -> np.ndarray:
+    """Grey image as stored -> float32 image in [0, 1] on the processing grid (``shape`` if given)."""
+    out = resize_image(image, shape if shape is not None else target_shape(image.shape, settings["resize"]))
     out = normalize(out, settings["normalize_percentiles"])
     if settings["clahe"]:
         out = clahe(out, settings["clahe_clip_limit"], settings["clahe_kernel_size"])

@@ -54,3 +54,9 @@ def test_init_auto_follows_the_solver():
     assert config.resolved_init(config.validate({})) == "nndsvd"
     assert config.resolved_init(config.validate({"solver": "minibatch"})) == "nndsvda"
     assert config.resolved_init(config.validate({"init": "nndsvdar"})) == "nndsvdar"
+
+
+def test_physical_resize_needs_a_target_pixel_size():
+    with pytest.raises(config.ConfigError, match="target_pixel_size"):
+        config.load(None, sets=["resize=physical"])
+    assert config.load(None, sets=["resize=physical", "target_pixel_size=0.05"])["resize"] == "physical"

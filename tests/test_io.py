@@ -75,3 +75,16 @@ def test_metaldam_frames_crop_to_their_masks():
         mask = io.read_label_mask(METALDAM / "labels" / f"{stem}.png")
         cropped, _ = io.crop_rows(img.data, 65)
         assert cropped.shape == mask.shape
+
+
+def test_pixel_size_sidecar_errors_name_file_and_line(tmp_path):
+    good = tmp_path / "px.csv"
+    good.write_text("image,pixel_size_um\na.tif,0.5\nb,0.25\n")
+    assert io.read_pixel_sizes(good) == {"a": 0.5, "b": 0.25}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,pixel_size_um\na,0.5\nb,-1\n")
+    with pytest.raises(ValueError, match=r"bad.csv, line 3"):
+        io.read_pixel_sizes(bad)
+    (tmp_path / "cols.csv").write_text("name,size\na,1\n")
+    with pytest.raises(ValueError, match="image,pixel_size_um"):
+        io.read_pixel_sizes(tmp_path / "cols.csv")

@@ -165,3 +165,44 @@ def test_select_k_command_writes_table_plot_and_recommendation(synth_dir, tmp_pa
     data = json.loads((tmp_path / "k" / "select_k.json").read_text())
     assert [r["k"] for r in data["results"]] == [2, 3] and data["recommended"] in (2, 3)
     assert (tmp_path / "k" / "select_k.png").exists()
+
+
+def test_physical_resize_uses_pixel_sizes_from_sidecar_and_tiff(synth_dir, tmp_path):
+    import tifffile
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    img = np.asarray(Image.open(synth_dir / "images" / "synth00.png"))
+    Image.fromarray(img).save(inp / "coarse.png")
+    # 0.02 um/px in the TIFF tags: 500 px per cm
+    tifffile.imwrite(inp / "fine.tif", img, resolution=(500000.0, 500000.0), resolutionunit="CENTIMETER")
+    (tmp_path / "px.csv").write_text("image,pixel_size_um\ncoarse.png,0.04\n")
+    out = tmp_path / "out"
+    res = _run(["run", "--input", str(inp), "--out", str(out), "--set", "resize=physical",
+                "--set", "target_pixel_size=0.04", "--set", f"pixel_size_csv={tmp_path / 'px.csv'}",
+                "--set", "chunk_size=96", "--set", "sample_size=5000", "-k", "3", "--quiet"])
+    assert res.exit_code == 0, res.output
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    assert root["images/coarse"].attrs["bigseg"]["pixel_size_source"] == "pixel_size_csv"
+    assert root["images/fine"].attrs["bigseg"]["pixel_size"] == pytest.approx(0.02)
+    h, w = root["images/coarse/0"].shape
+    assert root["activations/coarse"].shape[1:] == (h, w)                    # 0.04 -> 0.04: native
+    assert root["activations/fine"].shape[1:] == (round(h / 2), round(w / 2))  # 0.02 -> 0.04: half
+    assert np.asarray(Image.open(out / "labels" / "fine.png")).shape == (h, w)
+
+
+def test_physical_resize_without_pixel_size_skips_the_image_by_name(synth_dir, tmp_path):
+    res = _run(["run", "--input", str(synth_dir / "images" / "synth00.png"), "--input",
+                str(synth_dir / "images" / "synth03.png"), "--out", str(tmp_path / "o"), "--set", "resize=physical",
+                "--set", "target_pixel_size=0.05", "--set", f"pixel_size_csv={_sidecar(tmp_path)}",
+                "--set", "chunk_size=96", "--set", "sample_size=5000", "-k", "3", "--quiet"])
+    assert res.exit_code == EXIT_SKIPPED
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [s["id"] for s in summary["skipped"]] == ["synth03"]
+    assert "pixel size is unknown" in summary["skipped"][0]["error"]
+
+
+def _sidecar(tmp_path):
+    p = tmp_path / "px.csv"
+    p.write_text("image,pixel_size_um\nsynth00,0.05\n")
+    return p
