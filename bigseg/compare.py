@@ -41,7 +41,7 @@ def _image_features(root, image_id, settings, plain):
 
 def _plain_settings(settings):
     """The six features of the method, at this run's filter sizes."""
-    return dict(settings, features=["intensity", "gradient", "laplacian", "variance", "blur"])
+    return dict(settings, features="method")
 
 
 def _write_labels(out_dir, image_id, labels):

@@ -120,7 +120,12 @@ def _sigmas(key, v):
     return [_float(0, lo_open=True)(key, s) for s in v]
 
 
-FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur")
+FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur", "hessian", "structure", "local_std")
+#: named feature sets: "method" is the method's six features
+FEATURE_PRESETS = {
+    "method": ["intensity", "gradient", "laplacian", "variance", "blur"],
+    "extended": ["intensity", "gradient", "laplacian", "variance", "blur", "hessian", "structure", "local_std"],
+}
 
 OPTIONS: dict[str, Option] = {
     # ingest
@@ -138,11 +143,18 @@ OPTIONS: dict[str, Option] = {
     "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]", "preprocess"),
     "clahe_kernel_size": Option(None, _optional(_int(2)), "CLAHE tile side in pixels; null = 1/8 of the image", "preprocess"),
     # features
-    "features": Option(list(FEATURE_NAMES), None, "feature kinds, from " + ", ".join(FEATURE_NAMES), "features"),
+    "features": Option("method", None, "a preset (" + ", ".join(FEATURE_PRESETS) + ") or a list of kinds from "
+                       + ", ".join(FEATURE_NAMES), "features"),
     "gradient_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the gradient magnitude", "features"),
     "laplacian_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the Laplacian", "features"),
     "variance_size": Option(7, _int(3), "window side of the local variance (odd)", "features"),
     "blur_sigmas": Option([2.0, 8.0], _sigmas, "Gaussian blur sigmas, one feature each", "features"),
+    "hessian_sigmas": Option([2.0], _sigmas, "scales of the Hessian eigenvalues (ridges and blobs)", "features"),
+    "structure_sigmas": Option([1.0, 4.0], _sigmas,
+                               "[gradient, integration] scales of the structure-tensor eigenvalues (edges, "
+                               "orientation)", "features"),
+    "local_std_sigmas": Option([8.0], _sigmas, "scales of the local standard deviation (texture at phase size)",
+                               "features"),
     "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
     "chunk_size": Option(256, _int(32), "spatial chunk side of features, activations and labels", "features"),
     "store_features": Option(True, _bool, "write features to store.zarr (else segment recomputes them)", "features"),
@@ -169,8 +181,11 @@ OPTIONS: dict[str, Option] = {
 
 
 def _features_check(key, v):
+    if isinstance(v, str) and v in FEATURE_PRESETS:
+        return v
     if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: expected a non-empty list from {', '.join(FEATURE_NAMES)}; got {v!r}")
+        raise ConfigError(f"{key}: expected a preset ({', '.join(FEATURE_PRESETS)}) or a non-empty list from "
+                          f"{', '.join(FEATURE_NAMES)}; got {v!r}")
     bad = [f for f in v if f not in FEATURE_NAMES]
     if bad:
         raise ConfigError(f"{key}: unknown feature {bad[0]!r}; allowed: {', '.join(FEATURE_NAMES)}")
@@ -186,7 +201,8 @@ OPTIONS["features"] = Option(OPTIONS["features"].default, _features_check,
 #: to features computed with the same values.
 MODEL_BOUND_KEYS = (
     "resize", "target_pixel_size", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
-    "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "truncate",
+    "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
+    "structure_sigmas", "local_std_sigmas", "truncate",
 )
 
 
@@ -212,6 +228,8 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     if out["solver"] == "minibatch" and out["init"] == "nndsvd":
         raise ConfigError("init: 'nndsvd' leaves zeros that multiplicative updates never leave; "
                           "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")
+    if len(out["structure_sigmas"]) != 2:
+        raise ConfigError(f"structure_sigmas: expected [gradient sigma, integration sigma], got {out['structure_sigmas']}")
     if out["variance_size"] % 2 == 0:
         raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
     return out
@@ -269,6 +287,12 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         key, value = parse_override(text)
         raw[key] = value
     return validate(raw)
+
+
+def feature_kinds(settings: dict) -> list[str]:
+    """The feature kinds a ``features`` setting (preset name or list) stands for."""
+    v = settings["features"]
+    return list(FEATURE_PRESETS[v]) if isinstance(v, str) else list(v)
 
 
 def model_bound(settings: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ def _scores(H: np.ndarray, names) -> tuple[np.ndarray, np.ndarray]:
     """
     names = list(names)
     bright = [i for i, n in enumerate(names) if n == "intensity" or n.startswith("blur")]
-    texture = [i for i, n in enumerate(names) if n.startswith(("gradient", "variance"))]
+    texture = [i for i, n in enumerate(names) if n.startswith(("gradient", "variance", "local_std", "structure"))]
     b = H[:, bright].mean(axis=1) if bright else np.zeros(len(H))
     t = H[:, texture].mean(axis=1) if texture else np.zeros(len(H))
     return b, t

@@ -17,6 +17,8 @@ import math
 import numpy as np
 from scipy import ndimage as ndi
 
+from .config import feature_kinds
+
 
 class ImageTooSmallError(ValueError):
     """The image is smaller than the filter halo, so its features are undefined."""
@@ -25,9 +27,16 @@ class ImageTooSmallError(ValueError):
 def feature_names(settings: dict) -> list[str]:
     """Names of the feature channels, in order."""
     names = []
-    for kind in settings["features"]:
+    for kind in feature_kinds(settings):
         if kind == "blur":
             names += [f"blur_s{s:g}" for s in settings["blur_sigmas"]]
+        elif kind == "hessian":
+            names += [f"hessian_{e}_s{s:g}" for s in settings["hessian_sigmas"] for e in ("max", "min")]
+        elif kind == "structure":
+            d, i = settings["structure_sigmas"]
+            names += [f"structure_{e}_s{d:g}_{i:g}" for e in ("max", "min")]
+        elif kind == "local_std":
+            names += [f"local_std_s{s:g}" for s in settings["local_std_sigmas"]]
         elif kind == "gradient":
             names.append(f"gradient_s{settings['gradient_sigma']:g}")
         elif kind == "laplacian":
@@ -48,7 +57,7 @@ def halo(settings: dict) -> int:
     """Rows/columns of neighbours one output pixel depends on."""
     t = settings["truncate"]
     r = [0]
-    kinds = settings["features"]
+    kinds = feature_kinds(settings)
     if "gradient" in kinds:
         r.append(_radius(settings["gradient_sigma"], t))
     if "laplacian" in kinds:
@@ -57,7 +66,21 @@ def halo(settings: dict) -> int:
         r.append(settings["variance_size"] // 2)
     if "blur" in kinds:
         r += [_radius(s, t) for s in settings["blur_sigmas"]]
+    if "hessian" in kinds:
+        r += [_radius(s, t) for s in settings["hessian_sigmas"]]
+    if "structure" in kinds:
+        d, i = settings["structure_sigmas"]
+        r.append(_radius(d, t) + _radius(i, t))      # smoothing of a gradient product
+    if "local_std" in kinds:
+        r += [_radius(s, t) for s in settings["local_std_sigmas"]]
     return max(r)
+
+
+def _eig2(a, b, c):
+    """Eigenvalues (larger, smaller) of the symmetric 2x2 matrices [[a, b], [b, c]], elementwise."""
+    mean = 0.5 * (a + c)
+    root = np.sqrt(0.25 * (a - c) ** 2 + b * b)
+    return mean + root, mean - root
 
 
 def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
@@ -69,7 +92,7 @@ def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
     img = np.asarray(block, dtype=np.float32)
     t = params["truncate"]
     out = []
-    for kind in params["features"]:
+    for kind in feature_kinds(params):
         if kind == "intensity":
             out.append(img)
         elif kind == "gradient":
@@ -83,13 +106,31 @@ def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
             out.append(np.maximum(mean_sq - mean * mean, 0.0))
         elif kind == "blur":
             out += [ndi.gaussian_filter(img, s, mode="reflect", truncate=t) for s in params["blur_sigmas"]]
+        elif kind == "hessian":
+            for s in params["hessian_sigmas"]:
+                # scale-normalised (sigma^2) second derivatives, so scales compare
+                d = [s * s * ndi.gaussian_filter(img, s, order=o, mode="reflect", truncate=t)
+                     for o in ((2, 0), (1, 1), (0, 2))]
+                out += list(_eig2(*d))
+        elif kind == "structure":
+            d, i = params["structure_sigmas"]
+            gy = ndi.gaussian_filter(img, d, order=(1, 0), mode="reflect", truncate=t)
+            gx = ndi.gaussian_filter(img, d, order=(0, 1), mode="reflect", truncate=t)
+            smooth = [ndi.gaussian_filter(p, i, mode="reflect", truncate=t) for p in (gy * gy, gy * gx, gx * gx)]
+            out += [np.maximum(e, 0.0) for e in _eig2(*smooth)]
+        elif kind == "local_std":
+            for s in params["local_std_sigmas"]:
+                mean = ndi.gaussian_filter(img, s, mode="reflect", truncate=t)
+                mean_sq = ndi.gaussian_filter(img * img, s, mode="reflect", truncate=t)
+                out.append(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)))
         else:  # config validation makes this unreachable for user input
             raise ValueError(f"unknown feature {kind!r}")
     return np.stack(out, axis=-1).astype(np.float32, copy=False)
 
 
 def feature_params(settings: dict) -> dict:
-    keys = ("features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "truncate")
+    keys = ("features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
+            "structure_sigmas", "local_std_sigmas", "truncate")
     return {k: settings[k] for k in keys}
 
 

@@ -53,3 +53,30 @@ def test_images_in_one_graph_keep_their_own_blocks(rng):
     both = dask.compute(fa, fb)
     np.testing.assert_array_equal(both[0], features.feature_block(a, features.feature_params(s)))
     np.testing.assert_array_equal(both[1], features.feature_block(b, features.feature_params(s)))
+
+
+@pytest.mark.parametrize("chunks", [(37, 53), (61, 47)])
+def test_extended_bank_chunked_equals_unchunked(rng, chunks):
+    s = config.validate({"features": "extended", "blur_sigmas": [1.5, 3.0], "local_std_sigmas": [3.0],
+                         "structure_sigmas": [1.0, 2.5]})
+    img = rng.random((120, 150)).astype(np.float32)
+    whole = features.feature_block(img, features.feature_params(s))
+    lazy = features.compute_features(da.from_array(img, chunks=chunks), s)
+    assert lazy.shape[2] == len(features.feature_names(s)) == 11
+    np.testing.assert_allclose(lazy.compute(), whole, rtol=0, atol=1e-6)
+
+
+def test_hessian_and_structure_respond_to_shapes():
+    s = config.validate({"features": ["hessian", "structure"], "hessian_sigmas": [3.0]})
+    yy, xx = np.mgrid[:64, :64]
+    blob = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 3.0 ** 2)).astype(np.float32)
+    f = features.feature_block(blob, features.feature_params(s))
+    names = features.feature_names(s)
+    centre = f[32, 32]
+    # a bright blob: both Hessian eigenvalues strongly negative at its centre
+    assert centre[names.index("hessian_max_s3")] < -0.1 and centre[names.index("hessian_min_s3")] < -0.1
+    stripes = np.tile((np.arange(64) % 8 < 4).astype(np.float32), (64, 1))
+    g = features.feature_block(stripes, features.feature_params(s))[16:48, 16:48]
+    # vertical stripes: one strong gradient direction, the other eigenvalue near zero
+    big, small = g[..., names.index("structure_max_s1_4")], g[..., names.index("structure_min_s1_4")]
+    assert big.mean() > 20 * small.mean()
