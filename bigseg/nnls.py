@@ -19,6 +19,10 @@ import itertools
 import numpy as np
 
 MAX_EXACT_K = 10
+#: blocks at least this large try the active sets common on a probe first
+STAGED_MIN_PIXELS = 8192
+PROBE_PIXELS = 2048
+CANDIDATES = 4
 
 
 def subset_solvers(H: np.ndarray, l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
@@ -68,8 +72,19 @@ def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solver
     W = np.zeros_like(C)
     support = np.full(n, -1, np.intp)
     rest = np.arange(n)
+    Gm = H @ H.T + l2 * np.eye(k)
     if hint is not None:
-        rest = _try_hint(C, H @ H.T + l2 * np.eye(k), solvers, np.asarray(hint), W, support)
+        rest = _try_hint(C, Gm, solvers, np.asarray(hint), W, support)
+    elif n >= STAGED_MIN_PIXELS and len(solvers) > 7:
+        # most pixels of a micrograph share a few active sets: find them on a probe,
+        # accept them where the KKT conditions hold, enumerate only the rest
+        probe = C[:: max(1, n // PROBE_PIXELS)]
+        _, probe_support = _enumerate(probe, solvers)
+        values, counts = np.unique(probe_support, return_counts=True)
+        for j in values[np.argsort(-counts, kind="stable")][:CANDIDATES]:
+            rest = rest[_accept(C[rest], Gm, solvers, int(j), W, support, rest)]
+            if rest.size == 0:
+                break
     if rest.size:
         Wr, sr = _enumerate(C[rest], solvers)
         W[rest], support[rest] = Wr, sr
@@ -93,21 +108,23 @@ def _enumerate(C: np.ndarray, solvers: np.ndarray):
     return W, support
 
 
+def _accept(c, Gm, solvers, j: int, W, support, rows) -> np.ndarray:
+    """Where support ``j`` is optimal for the rows ``c`` (= C[rows]), store it; return the mask of the others."""
+    ws = np.zeros_like(c) if j < 0 else c @ solvers[j]
+    grad = ws @ Gm - c                                       # zero on the support at its optimum
+    tol = 1e-9 * (1.0 + np.abs(c).max(axis=1))
+    ok = np.all(ws >= 0, axis=1) & np.all(grad >= -tol[:, None], axis=1)
+    W[rows[ok]] = ws[ok]
+    support[rows[ok]] = j
+    return ~ok
+
+
 def _try_hint(C, Gm, solvers, hint, W, support) -> np.ndarray:
     """Accept hinted supports that meet the KKT conditions; return the other pixels' indices."""
     failed = []
     order = np.argsort(hint, kind="stable")
     bounds = np.flatnonzero(np.diff(hint[order])) + 1
     for sel in np.split(order, bounds):
-        if sel.size == 0:
-            continue
-        j = hint[sel[0]]
-        c = C[sel]
-        ws = np.zeros_like(c) if j < 0 else c @ solvers[j]
-        grad = ws @ Gm - c                                   # zero on the support at its optimum
-        tol = 1e-9 * (1.0 + np.abs(c).max(axis=1))
-        ok = np.all(ws >= 0, axis=1) & np.all(grad >= -tol[:, None], axis=1)
-        W[sel[ok]] = ws[ok]
-        support[sel[ok]] = j
-        failed.append(sel[~ok])
+        if sel.size:
+            failed.append(sel[_accept(C[sel], Gm, solvers, int(hint[sel[0]]), W, support, sel)])
     return np.concatenate(failed) if failed else np.empty(0, np.intp)

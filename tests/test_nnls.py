@@ -47,3 +47,13 @@ def test_offset_pulls_towards_a_target(rng):
     mu = 1e6                                                  # overwhelming pull: w -> m
     W = nnls.solve(V, H, l2=mu, offset=mu * m)
     np.testing.assert_allclose(W, m, atol=1e-3)
+
+
+def test_staged_search_on_large_blocks_equals_full_enumeration(rng):
+    H = rng.random((5, 6))
+    # pixels drawn near a few phase fingerprints, as in a micrograph
+    V = np.abs(rng.random((30000, 1)) * H[rng.integers(0, 5, 30000)] + rng.normal(0, 0.05, (30000, 6)))
+    staged, support = nnls.solve(V, H, return_support=True)
+    full, full_support = nnls._enumerate(V.astype(np.float64) @ H.T, nnls.subset_solvers(H))
+    np.testing.assert_allclose(staged, full, atol=1e-6)
+    assert np.mean(support == full_support) > 0.999
