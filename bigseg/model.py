@@ -339,7 +339,7 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Mod
     keep = model_bound(settings)
     keep.update({k: settings[k] for k in ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio",
                                           "max_iter", "tol", "init", "sample_size", "batch_size", "random_state",
-                                          "spatial_weight", "spatial_sweeps", "orthogonality")})
+                                          "spatial_weight", "spatial_sweeps", "orthogonality", "crop_bottom")})
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
 
 
