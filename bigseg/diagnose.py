@@ -94,8 +94,10 @@ def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]
                     "suggestion": "raise spatial_weight or spatial_sweeps, or add a larger blur sigma"})
     if report and not report.get("converged", True):
         out.append({"kind": "not_converged",
-                    "message": f"the fit stopped after {report.get('n_iter')} iterations without converging",
-                    "suggestion": "raise max_iter (or loosen tol)"})
+                    "message": f"the fit stopped at max_iter ({report.get('n_iter')} iterations) before reaching "
+                               f"its tolerance, so H may still move",
+                    "suggestion": "raise max_iter (or loosen tol) and compare the maps; on MetalDAM and the "
+                                  "demo more iterations lowered the error without improving the maps"})
     return out
 
 
