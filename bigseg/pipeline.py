@@ -173,10 +173,11 @@ def _after(dependency, func, *args):
     """A delayed call of ``func(*args)`` that runs only once ``dependency`` is done."""
     import dask
 
-    def call(_done, *a):
-        return func(*a)
+    return dask.delayed(_call_after, pure=False)(dependency, func, *args)
 
-    return dask.delayed(call, pure=False)(dependency, *args)
+
+def _call_after(_done, func, *args):
+    return func(*args)
 
 
 def feature_source(out_dir, image_id, settings):
@@ -189,6 +190,8 @@ def feature_source(out_dir, image_id, settings):
 
 # --- fit -------------------------------------------------------------------------------
 
+#: settings of the segment stage alone: changing them redoes the labels, not the fit
+SEGMENT_KEYS = ("spatial_weight", "spatial_sweeps")
 FIT_KEYS = ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter", "tol", "init",
             "sample_size", "batch_size", "random_state", "orthogonality")
 
@@ -236,9 +239,12 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     root = store.open_root(out_dir / "store.zarr")
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     k = model.n_components
+    # a record made with other spatial settings is stale: those labels are redone
+    segment_settings = {k: settings[k] for k in SEGMENT_KEYS}
     todo, done_now = [], []
     for image_id in ids:
-        if store.is_done(out_dir, "segment", image_id):
+        if (store.is_done(out_dir, "segment", image_id)
+                and store.read_record(out_dir, "segment", image_id).get("settings") == segment_settings):
             continue
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
@@ -253,7 +259,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
                                                              lab_arr)
-        todo.append(dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id))
+        todo.append(dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, segment_settings))
         done_now.append(image_id)
     runner.compute(todo, f"segment: {len(todo)} image(s)")
     return done_now
@@ -275,8 +281,8 @@ def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):
     return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr)
 
 
-def _finish(result, out_dir, image_id):
-    return store.mark_done(out_dir, "segment", image_id, result)
+def _finish(result, out_dir, image_id, segment_settings):
+    return store.mark_done(out_dir, "segment", image_id, dict(result, settings=segment_settings))
 
 
 # --- reports ---------------------------------------------------------------------------

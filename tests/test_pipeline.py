@@ -206,3 +206,17 @@ def _sidecar(tmp_path):
     p = tmp_path / "px.csv"
     p.write_text("image,pixel_size_um\nsynth00,0.05\n")
     return p
+
+
+def test_rerun_with_other_spatial_settings_redoes_labels_not_the_fit(synth_dir, tmp_path):
+    out = tmp_path / "o"
+    args = ["run", "--input", str(synth_dir / "images" / "synth00.png"), "--out", str(out)] + FAST
+    assert _run(args).exit_code == 0
+    first = np.asarray(Image.open(out / "labels" / "synth00.png"))
+    fitted = (out / "model" / "model.npz").stat().st_mtime_ns
+    assert _run(args).exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["segmented_this_run"] == 0
+    assert _run(args + ["--set", "spatial_weight=0"]).exit_code == 0
+    assert json.loads((out / "summary.json").read_text())["segmented_this_run"] == 1
+    assert (out / "model" / "model.npz").stat().st_mtime_ns == fitted
+    assert not np.array_equal(first, np.asarray(Image.open(out / "labels" / "synth00.png")))
