@@ -124,7 +124,6 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
     # the model's own settings (features, spatial coupling) unless the user overrides them
     base = validate({k: v for k, v in model.settings.items() if k in OPTIONS})
     settings = _settings(config, sets, None, base=base)
-    settings["store_features"] = False
     try:
         model.check_settings(settings)
     except ConfigError as exc:

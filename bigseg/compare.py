@@ -30,12 +30,11 @@ BASELINES = ("plain NMF", "k-means", "multi-Otsu")
 
 
 def _image_features(root, image_id, settings, plain):
+    """Native shape, preprocessed image and the six features of one stored image, in memory."""
     from .pipeline import processing_shape
 
     grey = store.lazy_image(root, image_id).compute()
     pre = preprocess.preprocess_image(grey, settings, processing_shape(root, image_id, settings))
-    if plain is None:
-        return grey.shape, pre, None
     return grey.shape, pre, features.feature_block(pre, features.feature_params(plain))
 
 

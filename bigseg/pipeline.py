@@ -343,16 +343,13 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
         raise FileNotFoundError(f"no image found in {list(inputs)}")
     if model is not None:
         model.check_settings(settings)
+        settings = dict(settings, store_features=False)   # new images: features on the fly
     ids, skipped = ingest(paths, out_dir, settings, runner)
     timings["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if model is None and settings["store_features"]:
-        ids, more = compute_features_stage(out_dir, ids, settings, runner)
-        skipped += more
-    else:
-        ids, more = _size_checked(out_dir, ids, settings)
-        skipped += more
+    ids, more = prepare_features(out_dir, ids, settings, runner)
+    skipped += more
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -383,6 +380,13 @@ def model_fingerprints(model: Model):
     return fingerprints(model.H, model.feature_names)
 
 
+def prepare_features(out_dir, ids, settings, runner) -> tuple[list[str], list[dict]]:
+    """Store the features (``store_features``) or only check that each image can have them."""
+    if settings["store_features"]:
+        return compute_features_stage(out_dir, ids, settings, runner)
+    return _size_checked(out_dir, ids, settings)
+
+
 def _size_checked(out_dir, ids, settings):
     root = store.open_root(Path(out_dir) / "store.zarr")
     ok, skipped = [], []
@@ -409,10 +413,7 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ids, skipped = ingest(io.find_images(inputs), out_dir, settings, runner)
-    if settings["store_features"]:
-        ids, more = compute_features_stage(out_dir, ids, settings, runner)
-    else:
-        ids, more = _size_checked(out_dir, ids, settings)
+    ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")
     arrays = [feature_source(out_dir, i, settings) for i in ids]
