@@ -70,7 +70,8 @@ def _config_options(f):
 
 def _finish(summary: dict) -> None:
     skipped = summary.get("skipped", [])
-    click.echo(f"segmented {summary['n_images']} image(s)"
+    now = summary.get("segmented_this_run")
+    click.echo(f"{summary['n_images']} image(s) done" + (f" ({now} segmented by this run)" if now is not None else "")
                + (f"; skipped {len(skipped)}: " + ", ".join(s["id"] for s in skipped) if skipped else ""))
     if skipped:
         for s in skipped:
