@@ -103,25 +103,14 @@ def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]
 
 def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
     """One bar chart per component over the named features, written atomically as PNG."""
-    import io as _io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_write_bytes
-    from .viz import PALETTE
+    from .viz import PALETTE, pyplot, save_figure
 
     k = len(H)
-    fig, axes = plt.subplots(1, k, figsize=(2.6 * k, 3.2), sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(1, k, figsize=(2.6 * k, 3.2), sharey=True, squeeze=False)
     for i, ax in enumerate(axes[0]):
         ax.bar(range(len(names)), H[i], color=PALETTE[i % len(PALETTE)] / 255.0)
         ax.set_xticks(range(len(names)), names, rotation=70, fontsize=7)
         ax.set_title(f"{i}: {labels[i]}", fontsize=8)
     axes[0][0].set_ylabel("H row (unit norm)")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

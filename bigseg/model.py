@@ -113,9 +113,6 @@ class Model:
     def n_components(self) -> int:
         return int(self.H.shape[0])
 
-    def transform_block(self, feats: np.ndarray) -> np.ndarray:
-        return transform_block(feats, self.H, self.scale_lo, self.scale_hi, *regularisation(self.settings, self.H.shape[1]))
-
     def check_settings(self, settings: dict) -> None:
         """Fail, naming the setting, if ``settings`` would compute other features than the model's."""
         check_same(settings, self.settings, "the model")
@@ -175,14 +172,6 @@ def _json_default(o):
 def fingerprints(H: np.ndarray, names) -> list[dict]:
     """Each component's H row over the named features."""
     return [{name: round(float(v), 6) for name, v in zip(names, row)} for row in H]
-
-
-def transform_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
-    """Activations W (y, x, k) of one feature block (y, x, f): scale, then exact NNLS."""
-    shape = feats.shape
-    X = apply_scaling(feats.reshape(-1, shape[-1]), lo, hi)
-    W = nnls.solve(X, H, l1, l2)
-    return W.reshape(shape[:-1] + (H.shape[0],))
 
 
 def normalise_rows(H: np.ndarray) -> np.ndarray:
@@ -310,6 +299,16 @@ def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, comp
                     "pass_errors": history}
 
 
+def scaled_sample(feature_arrays, settings: dict, compute):
+    """The bounded pixel sample across all images, scaled by the per-feature range fitted on it.
+
+    Returns ``(X, lo, hi)``; ``X`` has about ``sample_size`` rows whatever the collection's size.
+    """
+    (sample,) = compute([sample_graph(feature_arrays, settings["sample_size"], settings["random_state"])])
+    lo, hi = fit_scaling(sample)
+    return apply_scaling(sample, lo, hi), lo, hi
+
+
 def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Model:
     """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
 
@@ -318,9 +317,7 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Mod
     ``sample_size`` whatever the collection's size.
     """
     t0 = time.perf_counter()
-    (sample,) = compute([sample_graph(feature_arrays, settings["sample_size"], settings["random_state"])])
-    lo, hi = fit_scaling(sample)
-    X = apply_scaling(sample, lo, hi)
+    X, lo, hi = scaled_sample(feature_arrays, settings, compute)
     if X.shape[0] < settings["n_components"]:
         raise ValueError(f"only {X.shape[0]} pixels sampled; fewer than n_components={settings['n_components']}")
     t1 = time.perf_counter()
@@ -343,4 +340,4 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Mod
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
 
 
-__all__ = ["Model", "ModelError", "ConfigError", "fit", "transform_block", "apply_scaling", "fit_scaling"]
+__all__ = ["Model", "ModelError", "ConfigError", "fit", "scaled_sample", "apply_scaling", "fit_scaling"]

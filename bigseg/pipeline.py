@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__, diagnose, features, io, preprocess, store
 from .config import check_same, model_bound
-from .model import Model, ModelError, fit, regularisation
+from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
 from .segment import activations_graph, export_image
 from .viz import PALETTE
 
@@ -118,14 +118,28 @@ def processing_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
                                    settings["target_pixel_size"], image_id)
 
 
+def checked_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
+    """The processing grid of a stored image, after checking both it and the image can carry the halo.
+
+    Raises ``ImageTooSmallError``, or ``ValueError`` when resize is 'physical' and the pixel size is unknown.
+    """
+    shape = processing_shape(root, image_id, settings)
+    features.check_size(store.image_info(root, image_id)["shape"], settings, image_id)
+    features.check_size(shape, settings, image_id)
+    return shape
+
+
+def _skip(skipped: list, image_id: str, exc: Exception) -> None:
+    log.warning("skipped %s", exc)
+    skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+
+
 def lazy_features(root, image_id: str, settings: dict):
     """Lazy (y, x, f) features of a stored image: preprocess as one block, then tiled filters."""
     from dask.base import tokenize
 
     img = store.lazy_image(root, image_id)
-    shape = processing_shape(root, image_id, settings)
-    features.check_size(img.shape, settings, image_id)
-    features.check_size(shape, settings, image_id)
+    shape = checked_shape(root, image_id, settings)
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                    "clahe_kernel_size")}
     # CLAHE and the resize see the whole frame: one block in, one processed frame out
@@ -159,8 +173,7 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
         try:
             feats = lazy_features(root, image_id, settings)
         except (features.ImageTooSmallError, ValueError) as exc:   # too small, or pixel size unknown
-            log.warning("skipped %s", exc)
-            skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+            _skip(skipped, image_id, exc)
             continue
         write = store.features_to_zarr(store_path, image_id, feats, names, attrs)
         todo.append(_after(write, store.mark_done, str(out_dir), "features", image_id))
@@ -310,7 +323,7 @@ def write_tables(out_dir, ids, model: Model, summary: dict) -> dict:
     shares = totals / max(totals.sum(), 1)
     names = diagnose.component_names(model.H, model.feature_names)
     summary["components"] = [{"index": i, "name": names[i], "share": round(float(shares[i]), 6),
-                              "fingerprint": fp} for i, fp in enumerate(model_fingerprints(model))]
+                              "fingerprint": fp} for i, fp in enumerate(fingerprints(model.H, model.feature_names))]
     summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
     diagnose.plot_fingerprints(model.H, model.feature_names, names, out_dir / "fingerprints.png")
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -374,12 +387,6 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
     return summary
 
 
-def model_fingerprints(model: Model):
-    from .model import fingerprints
-
-    return fingerprints(model.H, model.feature_names)
-
-
 def prepare_features(out_dir, ids, settings, runner) -> tuple[list[str], list[dict]]:
     """Store the features (``store_features``) or only check that each image can have them."""
     if settings["store_features"]:
@@ -391,14 +398,11 @@ def _size_checked(out_dir, ids, settings):
     root = store.open_root(Path(out_dir) / "store.zarr")
     ok, skipped = [], []
     for image_id in ids:
-        shape = tuple(store.image_info(root, image_id)["shape"])
         try:
-            features.check_size(shape, settings, image_id)
-            features.check_size(processing_shape(root, image_id, settings), settings, image_id)
+            checked_shape(root, image_id, settings)
             ok.append(image_id)
         except (features.ImageTooSmallError, ValueError) as exc:
-            log.warning("skipped %s", exc)
-            skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+            _skip(skipped, image_id, exc)
     return ok, skipped
 
 
@@ -408,7 +412,6 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
     Writes ``select_k.json`` and ``select_k.png`` into ``out_dir``.
     """
     from . import selectk
-    from .model import apply_scaling, fit_scaling, sample_graph
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -417,9 +420,7 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")
     arrays = [feature_source(out_dir, i, settings) for i in ids]
-    (sample,) = runner.compute([sample_graph(arrays, settings["sample_size"], settings["random_state"])],
-                               "select-k: sampling pixels")
-    X = apply_scaling(sample, *fit_scaling(sample))
+    X, _, _ = scaled_sample(arrays, settings, lambda objs: runner.compute(objs, "select-k: sampling pixels"))
     result = selectk.scan(X, k_values, settings, n_seeds)
     result.update({"images": len(ids), "sample_pixels": int(X.shape[0]), "skipped": skipped + more})
     io.atomic_write_text(out_dir / "select_k.json", json.dumps(result, indent=2))

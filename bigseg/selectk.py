@@ -66,17 +66,10 @@ def recommend(rows, n_features: int | None = None) -> int:
 
 def plot(result: dict, path) -> None:
     """Error and stability against k, the recommendation marked; written atomically as PNG."""
-    import io as _io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import atomic_write_bytes
+    from .viz import pyplot, save_figure
 
     ks = [r["k"] for r in result["results"]]
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 3.5))
     ax.errorbar(ks, [r["error"] for r in result["results"]], yerr=[r["error_std"] for r in result["results"]],
                 marker="o", color="tab:blue")
     ax.set_xlabel("k (components)")
@@ -89,7 +82,4 @@ def plot(result: dict, path) -> None:
     ax.axvline(result["recommended"], color="grey", ls="--", lw=1)
     ax.set_title(f"recommended k = {result['recommended']}")
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

@@ -24,6 +24,28 @@ def viridis_lut() -> np.ndarray:
     return np.stack([np.interp(t, xs, _VIRIDIS_STOPS[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on workers or CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import io as _io
+
+    from .io import atomic_write_bytes
+
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def colorize(labels: np.ndarray) -> np.ndarray:
     """Label map (y, x) -> RGB (y, x, 3)."""
     return PALETTE[np.asarray(labels) % len(PALETTE)]
