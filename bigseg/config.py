@@ -61,6 +61,12 @@ def _choice(*choices):
     return check
 
 
+def _bool_or_auto(key, v):
+    if v == "auto" or isinstance(v, bool):
+        return v
+    raise ConfigError(f"{key}: expected true, false or auto, got {v!r}")
+
+
 def _bool(key, v):
     if not isinstance(v, bool):
         raise ConfigError(f"{key}: expected true or false, got {v!r}")
@@ -157,7 +163,15 @@ OPTIONS: dict[str, Option] = {
                                "features"),
     "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
     "chunk_size": Option(256, _int(32), "spatial chunk side of features, activations and labels", "features"),
-    "store_features": Option(True, _bool, "write features to store.zarr (else segment recomputes them)", "features"),
+    "store_features": Option("auto", _bool_or_auto,
+                             "write features to store.zarr: true, false, or auto = only for solver 'minibatch', "
+                             "which streams them many times (cd samples once; segment computes them on the fly)",
+                             "features"),
+    "feature_dtype": Option("float16", _choice("float16", "float32"), "dtype of stored features", "features"),
+    "feature_keep_bits": Option(8, _int(1, 23),
+                                "significand bits kept in stored features (bit rounding, so they compress): "
+                                "8 of float16's 10 is a relative step of 2^-9, finer than an 8-bit grey level",
+                                "features"),
     # fit
     "n_components": Option(5, _int(1, 12), "number of NMF components (phases)", "fit"),
     "solver": Option("cd", _choice("cd", "minibatch"), "cd: full batch on a sample; minibatch: streamed", "fit"),
@@ -230,6 +244,10 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
                           "use 'nndsvda' or 'nndsvdar' with solver 'minibatch'")
     if len(out["structure_sigmas"]) != 2:
         raise ConfigError(f"structure_sigmas: expected [gradient sigma, integration sigma], got {out['structure_sigmas']}")
+    max_bits = {"float16": 10, "float32": 23}[out["feature_dtype"]]
+    if out["feature_keep_bits"] > max_bits:
+        raise ConfigError(f"feature_keep_bits: {out['feature_dtype']} has {max_bits} significand bits, "
+                          f"got {out['feature_keep_bits']}")
     if out["variance_size"] % 2 == 0:
         raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
     return out
@@ -245,6 +263,26 @@ def resolved_init(settings: dict) -> str:
     if settings["init"] != "auto":
         return settings["init"]
     return "nndsvd" if settings["solver"] == "cd" else "nndsvda"
+
+
+def default_yaml() -> str:
+    """The text of ``configs/default.yaml``: every key, grouped by stage, its help as a comment."""
+    lines = ["# bigseg default settings: every key of the method, with its default.",
+             "# Override with a file of your own (bigseg run my.yaml ...), -k, or --set key=value.", ""]
+    stage = None
+    for key, opt in OPTIONS.items():
+        if opt.stage != stage:
+            stage = opt.stage
+            lines.append(f"# --- {stage} ---")
+        lines.append(f"# {opt.help}")
+        lines.append(f"{key}: {yaml.safe_dump(opt.default, default_flow_style=True).splitlines()[0]}")
+    return "\n".join(lines) + "\n"
+
+
+def resolved_store_features(settings: dict) -> bool:
+    """Whether a run writes the feature store: ``auto`` stores only what the minibatch solver re-reads."""
+    v = settings["store_features"]
+    return settings["solver"] == "minibatch" if v == "auto" else bool(v)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -314,3 +352,7 @@ def _norm(v):
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
+
+
+if __name__ == "__main__":   # python -m bigseg.config > configs/default.yaml
+    print(default_yaml(), end="")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, diagnose, features, io, preprocess, store
-from .config import check_same, model_bound
+from .config import check_same, model_bound, resolved_store_features
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
 from .segment import activations_graph, export_image
 from .viz import PALETTE
@@ -175,7 +175,8 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
         except (features.ImageTooSmallError, ValueError) as exc:   # too small, or pixel size unknown
             _skip(skipped, image_id, exc)
             continue
-        write = store.features_to_zarr(store_path, image_id, feats, names, attrs)
+        write = store.features_to_zarr(store_path, image_id, feats, names, attrs, settings["feature_dtype"],
+                                       settings["feature_keep_bits"])
         todo.append(_after(write, store.mark_done, str(out_dir), "features", image_id))
         ok.append(image_id)
     runner.compute(todo, f"features: {len(todo)} image(s)")
@@ -389,7 +390,7 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
 
 def prepare_features(out_dir, ids, settings, runner) -> tuple[list[str], list[dict]]:
     """Store the features (``store_features``) or only check that each image can have them."""
-    if settings["store_features"]:
+    if resolved_store_features(settings):
         return compute_features_stage(out_dir, ids, settings, runner)
     return _size_checked(out_dir, ids, settings)
 

@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_yaml_lists_every_key_with_its_default():
-    data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
+    text = (ROOT / "configs" / "default.yaml").read_text()
+    assert text == config.default_yaml(), "regenerate: python -m bigseg.config > configs/default.yaml"
+    data = yaml.safe_load(text)
     assert set(data) == set(config.OPTIONS)
     assert config.validate(data) == config.defaults()
 
