@@ -55,6 +55,13 @@ def _explicit_keys(config, sets, overrides):
     return keys
 
 
+def _runner(workers, scheduler, quiet, settings):
+    """The Runner for --workers / --scheduler, else the config's ``cluster`` section, else threads."""
+    from .cluster import runner
+
+    return runner(workers, scheduler, quiet, settings["cluster"])
+
+
 def _cluster_options(f):
     f = click.option("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (tcp://HOST:PORT)")(f)
     f = click.option("--workers", type=click.IntRange(1), help="start a local Dask cluster of N worker processes")(f)
@@ -94,12 +101,11 @@ def main():
 @_cluster_options
 def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
     """Every stage: ingest, features, fit, segment, exports."""
-    from .cluster import runner
     from .pipeline import run as run_pipeline
 
     _setup_logging(quiet)
     settings = _settings(config, sets, n_components)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r))
     _finish(summary)
 
@@ -113,7 +119,6 @@ def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
 @_cluster_options
 def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet):
     """Segment new images with a saved MODEL (no refit)."""
-    from .cluster import runner
     from .model import Model, ModelError
     from .pipeline import run as run_pipeline
 
@@ -129,7 +134,7 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
         model.check_settings(settings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r, model=model))
     _finish(summary)
 
@@ -142,14 +147,13 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
 @_cluster_options
 def ingest(config, inputs, out_dir, sets, workers, scheduler, quiet):
     """Read, grey and crop images into OUT/store.zarr."""
-    from .cluster import runner
     from .io import find_images
     from .pipeline import ingest as ingest_stage
 
     _setup_logging(quiet)
     settings = _settings(config, sets)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         ids, skipped = _guarded(lambda: ingest_stage(find_images(list(inputs)), out_dir, settings, r))
     _finish({"n_images": len(ids), "skipped": skipped})
 
@@ -171,12 +175,11 @@ def _stored_ids(out_dir):
 @_cluster_options
 def features(config, out_dir, sets, workers, scheduler, quiet):
     """Compute and store the features of every ingested image in OUT."""
-    from .cluster import runner
     from .pipeline import compute_features_stage
 
     _setup_logging(quiet)
     settings = _settings(config, sets)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         ids, skipped = _guarded(lambda: compute_features_stage(out_dir, _stored_ids(out_dir), settings, r))
     _finish({"n_images": len(ids), "skipped": skipped})
 
@@ -188,12 +191,11 @@ def features(config, out_dir, sets, workers, scheduler, quiet):
 @_cluster_options
 def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
     """Fit the scaling and NMF on the images in OUT; save OUT/model."""
-    from .cluster import runner
     from .pipeline import fit_stage
 
     _setup_logging(quiet)
     settings = _settings(config, sets, n_components)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         model = _guarded(lambda: fit_stage(out_dir, _stored_ids(out_dir), settings, r))
     click.echo(json.dumps(model.report, indent=2, default=str))
 
@@ -226,12 +228,11 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
 @_cluster_options
 def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, workers, scheduler, quiet):
     """Score bigseg, the plain NMF recipe, k-means and multi-Otsu on the same images; print one table."""
-    from .cluster import runner
     from .compare import compare as run_compare
 
     _setup_logging(quiet)
     settings = _settings(config, sets, n_components)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         out = _guarded(lambda: run_compare(list(inputs), label_dir, out_dir, settings, r, n_classes))
     click.echo(out["table"])
     click.echo(f"(also in {Path(out_dir) / 'comparison.md'} and comparison.json)")
@@ -248,14 +249,13 @@ def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, w
 @_cluster_options
 def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, scheduler, quiet):
     """Reconstruction error and stability for a range of k; a plot and a recommended k."""
-    from .cluster import runner
     from .pipeline import select_k as run_select_k
 
     _setup_logging(quiet)
     if k_max < k_min:
         raise click.UsageError(f"--k-max ({k_max}) is below --k-min ({k_min})")
     settings = _settings(config, sets)
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         res = _guarded(lambda: run_select_k(list(inputs), out_dir, settings, r, range(k_min, k_max + 1), seeds))
     click.echo("   k   error   stability")
     for row in res["results"]:
@@ -272,7 +272,6 @@ def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, schedu
 @_cluster_options
 def demo(out_dir, n_images, seed, workers, scheduler, quiet):
     """Generate synthetic SEM micrographs with masks, run everything, print the evaluation."""
-    from .cluster import runner
     from .demo import CLASS_NAMES, make_dataset
     from .evaluate import evaluate_dirs, format_report
     from .pipeline import run as run_pipeline
@@ -281,7 +280,7 @@ def demo(out_dir, n_images, seed, workers, scheduler, quiet):
     out = Path(out_dir)
     img_dir, lab_dir = make_dataset(out / "demo_data", n_images, seed)
     settings = load(None, {"n_components": len(CLASS_NAMES), "resize": "native", "chunk_size": 192})
-    with runner(workers, scheduler, quiet) as r:
+    with _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline([img_dir], out / "run", settings, r))
     res = evaluate_dirs(out / "run" / "labels", lab_dir, len(CLASS_NAMES), CLASS_NAMES)
     click.echo(f"demo: {summary['n_images']} synthetic micrographs in {img_dir}; outputs in {out / 'run'}")

@@ -1,4 +1,4 @@
-"""Where graphs run: threads, a local cluster of processes, or an existing scheduler."""
+"""Where graphs run: threads, a local cluster of processes, an existing scheduler, or SLURM jobs."""
 
 from __future__ import annotations
 
@@ -44,13 +44,30 @@ class Runner:
         return f"distributed ({self.client.scheduler.address})"
 
 
+def slurm_cluster(spec: dict):
+    """A dask-jobqueue ``SLURMCluster`` from a validated ``cluster`` setting; no job is submitted yet.
+
+    ``cluster.job_script()`` shows the batch script each of the ``jobs`` will run.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise RuntimeError("the cluster setting needs dask-jobqueue: pip install 'bigseg[cluster]'") from None
+    kwargs = {k: v for k, v in spec.items() if k not in ("type", "jobs")}
+    kwargs.setdefault("job_name", "bigseg")
+    return SLURMCluster(**kwargs)
+
+
 @contextlib.contextmanager
-def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool = False):
+def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
+           cluster: dict | None = None):
     """Context manager yielding a :class:`Runner`.
 
     ``scheduler`` connects to a running ``dask scheduler``; ``workers`` starts a
-    local cluster of that many single-threaded worker processes; neither uses
-    threads in this process.
+    local cluster of that many single-threaded worker processes; ``cluster`` (the
+    validated ``cluster`` setting) submits that many SLURM jobs of dask workers.
+    With none of them graphs run on threads in this process. ``workers`` and
+    ``scheduler`` win over ``cluster``, so one config serves laptop and cluster.
     """
     if workers and scheduler:
         raise ValueError("give --workers or --scheduler, not both")
@@ -65,6 +82,13 @@ def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool
 
         with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                           dashboard_address=None, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+            yield Runner(client, quiet)
+    elif cluster:
+        from distributed import Client
+
+        with slurm_cluster(cluster) as slurm, Client(slurm) as client:
+            slurm.scale(jobs=cluster["jobs"])
+            log.info("submitted %d SLURM job(s); dashboard %s", cluster["jobs"], client.dashboard_link)
             yield Runner(client, quiet)
     else:
         yield Runner(None, quiet)

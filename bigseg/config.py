@@ -61,6 +61,75 @@ def _choice(*choices):
     return check
 
 
+def _text(key, v):
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _texts(key, v):
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+        raise ConfigError(f"{key}: expected a list of strings, got {v!r}")
+    return list(v)
+
+
+def _memory(key, v):
+    import re
+
+    if not isinstance(v, str) or not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", v, re.IGNORECASE):
+        raise ConfigError(f"{key}: expected a size such as '16GiB' or '64GB', got {v!r}")
+    return v.strip()
+
+
+def _walltime(key, v):
+    import re
+
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        # YAML 1.1 reads an unquoted 01:30:00 as sexagesimal seconds (5400); give it back as written
+        return f"{v // 3600:02d}:{v // 60 % 60:02d}:{v % 60:02d}"
+    if not isinstance(v, str) or not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", v):
+        raise ConfigError(f"{key}: expected a SLURM time such as '02:00:00' or '1-00:00:00', got {v!r}")
+    return v
+
+
+#: keys of the ``cluster`` section, each with its checker; passed to dask-jobqueue's SLURMCluster
+CLUSTER_KEYS = {
+    "type": _choice("slurm"),
+    "queue": _text,
+    "account": _text,
+    "cores": _int(1),
+    "processes": _int(1),
+    "memory": _memory,
+    "walltime": _walltime,
+    "jobs": _int(1),
+    "interface": _text,
+    "local_directory": _text,
+    "log_directory": _text,
+    "job_extra_directives": _texts,
+    "job_script_prologue": _texts,
+}
+CLUSTER_REQUIRED = ("type", "cores", "memory")
+
+
+def _cluster(key, v):
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: expected a mapping (type: slurm, queue, cores, memory, walltime, jobs, ...) "
+                          f"or null, got {v!r}")
+    out = {"jobs": 1, "walltime": "01:00:00"}
+    for sub, value in v.items():
+        if sub not in CLUSTER_KEYS:
+            near = difflib.get_close_matches(str(sub), CLUSTER_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"unknown setting {key}.{sub}{hint}; allowed: {', '.join(CLUSTER_KEYS)}")
+        out[sub] = CLUSTER_KEYS[sub](f"{key}.{sub}", value)
+    missing = [k for k in CLUSTER_REQUIRED if k not in out]
+    if missing:
+        raise ConfigError(f"{key}: missing {', '.join(missing)} (a SLURM cluster needs type, cores and memory)")
+    return out
+
+
 def _bool_or_auto(key, v):
     if v == "auto" or isinstance(v, bool):
         return v
@@ -191,6 +260,12 @@ OPTIONS: dict[str, Option] = {
     # segment
     "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)", "segment"),
     "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment"),
+    # --- where it runs ---
+    "cluster": Option(None, _cluster,
+                      "null = this machine; or a SLURM cluster built with dask-jobqueue: {type: slurm, queue, "
+                      "account, cores, processes, memory, walltime, jobs, interface, local_directory, "
+                      "log_directory, job_extra_directives, job_script_prologue}; --workers/--scheduler win",
+                      "cluster"),
 }
 
 
