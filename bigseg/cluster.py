@@ -38,6 +38,36 @@ class Runner:
         return list(dask.compute(*objs, scheduler="threads"))
 
     @property
+    def batch_images(self) -> int:
+        """Images per graph: enough to keep every worker thread busy, few enough that graphs stay small.
+
+        A stage over an archive builds and computes its graph this many images
+        at a time, so neither the task graph nor the scheduler's bookkeeping
+        grows with the collection.
+        """
+        import os
+
+        if self.client is not None:
+            threads = sum(self.client.nthreads().values()) or 1
+        else:
+            threads = os.cpu_count() or 1
+        return max(16, 4 * threads)
+
+    def compute_batches(self, items, build, label: str = ""):
+        """``build(item)`` (a dask object, or None to leave the item out) computed ``batch_images`` at a time.
+
+        Returns the results of every built item, in order.
+        """
+        items = list(items)
+        results = []
+        n = self.batch_images
+        for start in range(0, len(items), n):
+            todo = [t for t in (build(item) for item in items[start:start + n]) if t is not None]
+            part = f"{label} ({start + 1}-{min(start + n, len(items))} of {len(items)})" if len(items) > n else label
+            results += self.compute(todo, part if todo else "")
+        return results
+
+    @property
     def description(self) -> str:
         if self.client is None:
             return "threads"

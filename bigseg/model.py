@@ -55,26 +55,50 @@ def block_counts(sizes, total: int) -> list[int]:
     return np.minimum(counts, sizes.astype(int)).tolist()
 
 
-def feature_blocks(feature_arrays):
-    """Flat list of (delayed block, pixel count) over a list of lazy (y, x, f) arrays."""
-    out = []
-    for arr in feature_arrays:
-        delayed = arr.to_delayed()
-        for idx in np.ndindex(*delayed.shape):
-            size = int(np.prod([arr.chunks[a][idx[a]] for a in range(2)]))
-            out.append((delayed[idx], size))
-    return out
+def block_refs(arr, image_index: int):
+    """``(image_index, block index, pixel count)`` of every spatial block of one lazy (y, x, f) array."""
+    grid = [len(c) for c in arr.chunks[:2]]
+    return [(image_index, idx + (0,), arr.chunks[0][idx[0]] * arr.chunks[1][idx[1]]) for idx in np.ndindex(*grid)]
 
 
-def sample_graph(feature_arrays, n: int, seed: int):
-    """Lazy pixel sample of about ``n`` pixels drawn across all images and blocks."""
+def fetch_blocks(feature_arrays, refs):
+    """Delayed blocks for ``refs`` from :func:`block_refs`; each image's graph is built only when asked."""
+    return [feature_arrays[i].to_delayed()[idx] for i, idx, _ in refs]
+
+
+def image_sample_graph(arr, image_index: int, count: int, seed: int):
+    """Lazy sample of ``count`` pixels of one image, spread over its blocks by their size."""
     import dask
 
-    blocks = feature_blocks(feature_arrays)
-    counts = block_counts([s for _, s in blocks], n)
-    parts = [dask.delayed(sample_block, pure=True)(b, c, seed * 1_000_003 + i)
-             for i, ((b, _), c) in enumerate(zip(blocks, counts)) if c > 0]
+    refs = block_refs(arr, image_index)
+    counts = block_counts([n for _, _, n in refs], count)
+    blocks = arr.to_delayed()
+    parts = [dask.delayed(sample_block, pure=True)(blocks[idx], c, seed * 1_000_003 + image_index * 4099 + b)
+             for b, ((_, idx, _), c) in enumerate(zip(refs, counts)) if c > 0]
     return dask.delayed(np.concatenate, pure=True)(parts, axis=0)
+
+
+def sample_pixels(feature_arrays, n: int, seed: int, compute, batch_images: int = 32) -> np.ndarray:
+    """About ``n`` pixels drawn across all images, in proportion to their sizes.
+
+    ``feature_arrays`` is a sequence of lazy (y, x, f) arrays; it may build each
+    on access (see ``pipeline.FeatureSources``). Images are sampled
+    ``batch_images`` per ``compute`` call, so neither the graphs nor the
+    intermediate blocks of a whole archive are ever held at once.
+    """
+    sizes = [a.shape[0] * a.shape[1] for a in _each(feature_arrays)]
+    per_image = block_counts(sizes, n)
+    parts = []
+    for start in range(0, len(sizes), batch_images):
+        batch = [image_sample_graph(feature_arrays[j], j, per_image[j], seed)
+                 for j in range(start, min(start + batch_images, len(sizes))) if per_image[j] > 0]
+        parts += compute(batch)
+    return np.concatenate(parts, axis=0)
+
+
+def _each(seq):
+    for i in range(len(seq)):
+        yield seq[i]
 
 
 def fit_scaling(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -249,12 +273,13 @@ def refine_orthogonal(X: np.ndarray, H: np.ndarray, settings: dict) -> tuple[np.
                "orthogonal_iterations": it}
 
 
-def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, compute, log=None) -> tuple[np.ndarray, dict]:
+def fit_minibatch(feature_arrays, lo, hi, settings: dict, eval_X: np.ndarray, compute,
+                  log=None) -> tuple[np.ndarray, dict]:
     """MiniBatchNMF fed with pixels streamed block by block from the store.
 
-    ``block_source`` is a list of delayed feature blocks; each pass visits them
-    in a new random order, a few blocks per ``compute`` call, so memory holds
-    only those blocks, never the store. A pass ends with the objective on
+    Each pass visits every block of every image in ``feature_arrays`` in a new
+    random order, a few blocks per ``compute`` call, so memory holds only those
+    blocks (and their graphs), never the store. A pass ends with the objective on
     ``eval_X``. Minibatch updates are noisy, so we keep the best H seen and stop
     after ``max_iter`` passes or once ``PATIENCE`` passes in a row fail to improve
     on the best by more than ``tol`` (relative).
@@ -267,10 +292,11 @@ def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, comp
     history, n_batches, stale = [], 0, 0
     best_H, best = None, np.inf
     pending = np.empty((0, len(lo)), np.float32)
+    refs = [r for i, a in enumerate(_each(feature_arrays)) for r in block_refs(a, i)]
     for passes in range(1, settings["max_iter"] + 1):
-        order = rng.permutation(len(block_source))
+        order = rng.permutation(len(refs))
         for start in range(0, len(order), BLOCKS_PER_COMPUTE):
-            blocks = compute([block_source[i] for i in order[start:start + BLOCKS_PER_COMPUTE]])
+            blocks = compute(fetch_blocks(feature_arrays, [refs[i] for i in order[start:start + BLOCKS_PER_COMPUTE]]))
             pix = [b.reshape(-1, b.shape[-1]) for b in blocks]
             pix = [p[rng.random(p.shape[0]) < settings["minibatch_fraction"]] for p in pix]
             X = np.concatenate([pending] + pix, axis=0)
@@ -299,33 +325,33 @@ def fit_minibatch(block_source, lo, hi, settings: dict, eval_X: np.ndarray, comp
                     "pass_errors": history}
 
 
-def scaled_sample(feature_arrays, settings: dict, compute):
+def scaled_sample(feature_arrays, settings: dict, compute, batch_images: int = 32):
     """The bounded pixel sample across all images, scaled by the per-feature range fitted on it.
 
     Returns ``(X, lo, hi)``; ``X`` has about ``sample_size`` rows whatever the collection's size.
     """
-    (sample,) = compute([sample_graph(feature_arrays, settings["sample_size"], settings["random_state"])])
+    sample = sample_pixels(feature_arrays, settings["sample_size"], settings["random_state"], compute, batch_images)
     lo, hi = fit_scaling(sample)
     return apply_scaling(sample, lo, hi), lo, hi
 
 
-def fit(feature_arrays, feature_names, settings: dict, compute, log=None) -> Model:
+def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32) -> Model:
     """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
 
-    ``compute`` evaluates a list of dask objects (threads, processes or a
-    cluster). The pixel sample for the scaling (and for ``cd``) is bounded by
-    ``sample_size`` whatever the collection's size.
+    ``feature_arrays`` is a sequence (a list, or one that builds each graph on
+    access). ``compute`` evaluates a list of dask objects (threads, processes
+    or a cluster). The pixel sample for the scaling (and for ``cd``) is bounded
+    by ``sample_size`` whatever the collection's size.
     """
     t0 = time.perf_counter()
-    X, lo, hi = scaled_sample(feature_arrays, settings, compute)
+    X, lo, hi = scaled_sample(feature_arrays, settings, compute, batch_images)
     if X.shape[0] < settings["n_components"]:
         raise ValueError(f"only {X.shape[0]} pixels sampled; fewer than n_components={settings['n_components']}")
     t1 = time.perf_counter()
     if settings["solver"] == "cd":
         H, report = fit_cd(X, settings)
     else:
-        blocks = [b for b, _ in feature_blocks(feature_arrays)]
-        H, report = fit_minibatch(blocks, lo, hi, settings, X, compute, log)
+        H, report = fit_minibatch(feature_arrays, lo, hi, settings, X, compute, log)
     if settings["orthogonality"] > 0:
         H, extra = refine_orthogonal(X, H, settings)
         report.update(extra)

@@ -89,15 +89,17 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
     # parallel ingest tasks each add a child to "images"; creating the parent here
     # keeps them from racing to create it (a lost race skipped an image)
     store.open_root(store_path).require_group("images")
-    todo = []
-    for p, image_id in zip(paths, ids):
+
+    def build(item):
+        p, image_id = item
         record = _ingest_record(str(p.resolve()), settings, table, image_id)
         if store.is_done(out_dir, "ingest", image_id) and store.read_record(out_dir, "ingest", image_id) == record:
-            continue
+            return None
         for stage in ("features", "segment"):   # a re-ingested image needs everything again
             store.record_path(out_dir, stage, image_id).unlink(missing_ok=True)
-        todo.append(dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir), record))
-    results = runner.compute(todo, f"ingest: {len(todo)} image(s)")
+        return dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir), record)
+
+    results = runner.compute_batches(zip(paths, ids), build, "ingest")
     skipped = [r for r in results if not r["ok"]]
     for r in skipped:
         log.warning("skipped %s", r["error"])
@@ -163,23 +165,25 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
     names = features.feature_names(settings)
     attrs = {"settings": json.dumps(model_bound(settings), sort_keys=True),
              "halo": features.halo(settings), "bigseg_version": __version__}
-    todo, ok, skipped = [], [], []
-    for image_id in ids:
+    ok, skipped = [], []
+
+    def build(image_id):
         if store.is_done(out_dir, "features", image_id):
             check_same(model_bound(settings), stored_feature_settings(store_path, image_id),
                        f"the stored features of {image_id!r}")
             ok.append(image_id)
-            continue
+            return None
         try:
             feats = lazy_features(root, image_id, settings)
         except (features.ImageTooSmallError, ValueError) as exc:   # too small, or pixel size unknown
             _skip(skipped, image_id, exc)
-            continue
+            return None
         write = store.features_to_zarr(store_path, image_id, feats, names, attrs, settings["feature_dtype"],
                                        settings["feature_keep_bits"])
-        todo.append(_after(write, store.mark_done, str(out_dir), "features", image_id))
         ok.append(image_id)
-    runner.compute(todo, f"features: {len(todo)} image(s)")
+        return _after(write, store.mark_done, str(out_dir), "features", image_id)
+
+    runner.compute_batches(ids, build, "features")
     return ok, skipped
 
 
@@ -192,6 +196,22 @@ def _after(dependency, func, *args):
 
 def _call_after(_done, func, *args):
     return func(*args)
+
+
+class FeatureSources:
+    """The lazy feature arrays of stored images as a sequence, each graph built when asked for.
+
+    Fitting over an archive then holds one batch of graphs at a time, not one per image.
+    """
+
+    def __init__(self, out_dir, ids, settings):
+        self.out_dir, self.ids, self.settings = out_dir, list(ids), settings
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return feature_source(self.out_dir, self.ids[i], self.settings)
 
 
 def feature_source(out_dir, image_id, settings):
@@ -227,9 +247,8 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
             store.clear_records(out_dir, "segment")
     if not ids:
         raise ValueError("no image to fit on: every input was skipped")
-    arrays = [feature_source(out_dir, i, settings) for i in ids]
-    model = fit(arrays, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
-                log=log.info)
+    model = fit(FeatureSources(out_dir, ids, settings), features.feature_names(settings), settings,
+                lambda objs: runner.compute(objs), log=log.info, batch_images=runner.batch_images)
     model.report["images"] = len(ids)
     model.save(model_dir)
     r = model.report
@@ -255,11 +274,12 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     k = model.n_components
     # a record made with other spatial settings is stale: those labels are redone
     segment_settings = {k: settings[k] for k in SEGMENT_KEYS}
-    todo, done_now = [], []
-    for image_id in ids:
+    done_now = []
+
+    def build(image_id):
         if (store.is_done(out_dir, "segment", image_id)
                 and store.read_record(out_dir, "segment", image_id).get("settings") == segment_settings):
-            continue
+            return None
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
                                  settings["spatial_weight"], settings["spatial_sweeps"]).transpose(2, 0, 1)
@@ -273,9 +293,10 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
                                                              lab_arr)
-        todo.append(dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, segment_settings))
         done_now.append(image_id)
-    runner.compute(todo, f"segment: {len(todo)} image(s)")
+        return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, segment_settings)
+
+    runner.compute_batches(ids, build, "segment")
     return done_now
 
 
@@ -420,8 +441,8 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
     ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")
-    arrays = [feature_source(out_dir, i, settings) for i in ids]
-    X, _, _ = scaled_sample(arrays, settings, lambda objs: runner.compute(objs, "select-k: sampling pixels"))
+    X, _, _ = scaled_sample(FeatureSources(out_dir, ids, settings), settings,
+                            lambda objs: runner.compute(objs, "select-k: sampling pixels"), runner.batch_images)
     result = selectk.scan(X, k_values, settings, n_seeds)
     result.update({"images": len(ids), "sample_pixels": int(X.shape[0]), "skipped": skipped + more})
     io.atomic_write_text(out_dir / "select_k.json", json.dumps(result, indent=2))

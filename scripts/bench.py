@@ -10,7 +10,11 @@ Measured, each as the median of ``--repeats`` runs, and printed as ratios:
   saved model (one dask thread, one BLAS thread);
 * the compute core (features + W solve + argmax on decoded pixels), both ways;
 * the fixed-H solve's argmax against scipy's reference NNLS, pixel by pixel;
-* two worker processes against one on the same ``bigseg segment`` work.
+* two worker processes against one on the same ``bigseg segment`` work;
+* peak RSS of ``bigseg run`` on ``--memory-images`` images and on 32 times as
+  many (copies under new names), each in a fresh process;
+* the fit: full-batch ``cd`` against the streamed ``minibatch`` solver on the
+  same pixel sample (objective and time of each).
 
 The model both sides use is fitted once up front on the same images.
 """
@@ -90,12 +94,59 @@ def run_cli(args, threads=None):
     return time.perf_counter() - t
 
 
+def peak_rss_mib(args) -> float:
+    """Peak resident memory (MiB) of one ``bigseg`` command run in a fresh process."""
+    proc = subprocess.Popen([sys.executable, "-m", "bigseg.cli"] + args, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode not in (0, 3):
+        raise RuntimeError(f"bigseg {' '.join(args)} failed with status {proc.returncode}")
+    return usage.ru_maxrss / 1024          # Linux reports KiB
+
+
+def memory_growth(paths, n, factor, work, crop):
+    """Peak RSS of ``bigseg run`` on ``n`` images and on ``factor * n`` (copies under new names)."""
+    peaks = []
+    for count in (n, n * factor):
+        folder = work / f"mem{count}"
+        folder.mkdir()
+        for i in range(count):
+            src = paths[i % n]
+            shutil.copyfile(src, folder / f"{src.stem}_{i:05d}{src.suffix}")
+        peaks.append(peak_rss_mib(["run", "--input", str(folder), "--out", str(work / f"memout{count}"),
+                                   "--set", f"crop_bottom={crop}", "--quiet"]))
+        shutil.rmtree(folder)
+    return peaks
+
+
+def fit_comparison(fit_dir, ids, settings):
+    """Full-batch cd against the streamed minibatch solver on one pixel sample: (error, seconds) each."""
+    import dask
+
+    from bigseg import config, model, pipeline
+
+    compute = lambda objs: list(dask.compute(*objs, scheduler="threads"))  # noqa: E731
+    sources = pipeline.FeatureSources(fit_dir, ids, settings)
+    X, lo, hi = model.scaled_sample(sources, settings, compute)
+    out = {}
+    for solver in ("cd", "minibatch"):
+        s = config.validate(dict(settings, solver=solver, init="auto"))
+        t = time.perf_counter()
+        H = model.fit_cd(X, s)[0] if solver == "cd" else model.fit_minibatch(sources, lo, hi, s, X, compute)[0]
+        seconds = time.perf_counter() - t
+        out[solver] = (model.reconstruction(X, model.normalise_rows(H), s)["reconstruction_error"], seconds)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--input", required=True)
     ap.add_argument("--n-images", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--crop", type=int, default=65)
+    ap.add_argument("--memory-images", type=int, default=6,
+                    help="images of the small run in the memory check (the large one has 32 times as many)")
     args = ap.parse_args()
 
     from scipy.optimize import nnls as scipy_nnls
@@ -149,6 +200,13 @@ def main():
         ours = nnls.solve(X, model.H).argmax(1)
         ref = np.array([scipy_nnls(model.H.T, x.astype(np.float64))[0] for x in X]).argmax(1)
 
+        # the fit: store the features once, then both solvers on the same sample
+        subprocess.run([sys.executable, "-m", "bigseg.cli", "features", "--out", str(work / "fit"), "--quiet",
+                        "--set", f"crop_bottom={args.crop}"], check=True)
+        fits = fit_comparison(work / "fit", sorted(p.stem for p in (work / "fit" / "records" / "features").glob("*.json")),
+                              settings)
+        peaks = memory_growth(paths, min(args.memory_images, len(paths)), 32, work, args.crop)
+
         med = statistics.median
         n = len(paths)
         print(f"{n} images from {args.input}, {args.repeats} repeats, medians; k={model.n_components}, "
@@ -162,6 +220,13 @@ def main():
               f"(target >= 99.9%)")
         print(f"workers: 1 -> {med(one_w):.1f} s, 2 -> {med(two_w):.1f} s, ratio {med(one_w) / med(two_w):.2f}x "
               f"(target >= 1.7x)")
+        (e_cd, t_cd), (e_mb, t_mb) = fits["cd"], fits["minibatch"]
+        print(f"fit on one {settings['sample_size']}-pixel sample: cd error {e_cd:.5g} in {t_cd:.1f} s, "
+              f"streamed minibatch {e_mb:.5g} ({100 * (e_mb / e_cd - 1):+.2f}%) in {t_mb:.1f} s, time ratio "
+              f"{t_mb / t_cd:.2f} (target: within 1% in <= 0.2)")
+        n_mem = min(args.memory_images, len(paths))
+        print(f"peak RSS of bigseg run: {n_mem} images {peaks[0]:.0f} MiB, {32 * n_mem} images {peaks[1]:.0f} MiB, "
+              f"change {100 * (peaks[1] / peaks[0] - 1):+.1f}% (target <= +20%)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

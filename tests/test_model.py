@@ -117,3 +117,20 @@ def test_orthogonality_lowers_the_overlap_of_h_rows(rng):
         assert np.allclose(np.linalg.norm(H_o, axis=1), 1.0)
     assert overlaps[0] > overlaps[1] > overlaps[2]
     assert overlaps[2] < overlaps[0] / 3
+
+
+def test_sample_does_not_depend_on_how_many_images_share_a_graph(tmp_path, rng):
+    arrays, s = _feature_store(tmp_path, rng, n_images=3, shape=(100, 90))
+    calls = []
+
+    def compute(objs):
+        import dask
+
+        calls.append(len(objs))
+        return list(dask.compute(*objs, scheduler="threads"))
+
+    one = model.sample_pixels(arrays, 5000, 7, compute, batch_images=1)
+    assert calls == [1, 1, 1]
+    every = model.sample_pixels(arrays, 5000, 7, compute, batch_images=32)
+    np.testing.assert_array_equal(one, every)
+    assert len(one) == 5000

@@ -224,3 +224,27 @@ def test_rerun_with_other_spatial_settings_redoes_labels_not_the_fit(synth_dir, 
     assert json.loads((out / "summary.json").read_text())["segmented_this_run"] == 1
     assert (out / "model" / "model.npz").stat().st_mtime_ns == fitted
     assert not np.array_equal(first, np.asarray(Image.open(out / "labels" / "synth00.png")))
+
+
+def test_stages_in_small_batches_give_the_same_outputs(finished_run, synth_dir, tmp_path, monkeypatch):
+    from bigseg.cluster import Runner
+
+    labels_seen = []
+    compute = Runner.compute
+
+    def counting(self, objs, label=""):
+        labels_seen.append((label.split(" ")[0], len(list(objs))))
+        return compute(self, objs, label)
+
+    monkeypatch.setattr(Runner, "batch_images", property(lambda self: 2))
+    monkeypatch.setattr(Runner, "compute", counting)
+    out = tmp_path / "batched"
+    res = _run(["run", "--input", str(synth_dir / "images"), "--out", str(out), "--set", "store_features=true"]
+               + FAST)
+    assert res.exit_code == 0, res.output
+    n = len(list((synth_dir / "images").iterdir()))
+    for stage in ("ingest", "features", "segment"):
+        sizes = [m for s, m in labels_seen if s == stage]
+        assert len(sizes) == n // 2 and max(sizes) == 2, (stage, sizes)   # no graph holds more than 2 images
+    for png in (finished_run / "labels").glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(out / "labels" / png.name)))
