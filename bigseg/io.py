@@ -11,6 +11,10 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+#: a folder with this suffix is one image (a Zarr array or an OME-Zarr image), not a folder of images
+ZARR_SUFFIX = ".zarr"
+#: rows read at a time from a chunked input
+BAND_ROWS = 1024
 
 
 class ImageReadError(RuntimeError):
@@ -36,13 +40,13 @@ def find_images(inputs) -> list[Path]:
     for item in inputs:
         text = str(item)
         p = Path(text)
-        if p.is_dir():
-            found += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-        elif p.is_file():
+        if p.is_dir() and p.suffix.lower() != ZARR_SUFFIX:
+            found += sorted(q for q in p.iterdir() if _is_image(q))
+        elif p.is_file() or p.is_dir():
             found.append(p)
         elif any(ch in text for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
-            found += [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            found += [m for m in matches if _is_image(m)]
             if not matches:
                 raise FileNotFoundError(f"input pattern {text!r} matches no file")
         else:
@@ -64,6 +68,11 @@ def image_ids(paths: list[Path]) -> list[str]:
             raise ValueError(f"two inputs share the id {p.stem!r}: {ids[p.stem]} and {p}; rename one")
         ids[p.stem] = p
     return list(ids)
+
+
+def _is_image(p: Path) -> bool:
+    suffix = p.suffix.lower()
+    return (p.is_file() and suffix in IMAGE_SUFFIXES) or (p.is_dir() and suffix == ZARR_SUFFIX)
 
 
 def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
@@ -138,14 +147,168 @@ def read_image(path) -> GreyImage:
         arr = arr[0]
     if arr.ndim > 3:
         raise ImageReadError(f"{source}: image stacks ({arr.shape}) are not supported; give one plane per file")
-    grey = _to_grey(arr, source)
-    if grey.dtype == np.bool_:
-        grey = grey.astype(np.uint8) * 255
-    elif grey.dtype not in (np.uint8, np.uint16):
-        grey = grey.astype(np.float32)
+    grey = _grey_values(_to_grey(arr, source))
     if grey.size == 0:
         raise ImageReadError(f"{source}: image is empty")
     return GreyImage(np.ascontiguousarray(grey), source, original_shape, original_dtype, pixel_size)
+
+
+# --- chunked inputs: tiled TIFF, Zarr and OME-Zarr, read a band of rows at a time ------------
+
+#: above this many pixels an image is never held whole: a TIFF is read band by band (even in strips),
+#: preprocessing goes tile by tile and labels are written as tiled TIFFs. Whole-frame CLAHE on a
+#: 4096x4096 frame peaked at 1.4 GiB; at this size whole frames stay within a few hundred MiB.
+LARGE_IMAGE_PIXELS = 2048 * 2048
+_UNIT_TO_UM = {"micrometer": 1.0, "micron": 1.0, "nanometer": 1e-3, "millimeter": 1e3}
+
+
+def is_chunked_input(path) -> bool:
+    """Zarr folders, tiled TIFFs and TIFF pages over ``LARGE_IMAGE_PIXELS`` pixels are read band by band."""
+    path = Path(path)
+    if path.is_dir():
+        return path.suffix.lower() == ZARR_SUFFIX
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return bool(page.is_tiled) or page.shape[0] * page.shape[1] > LARGE_IMAGE_PIXELS
+    except Exception:   # unreadable: the ordinary reader reports it by name
+        return False
+
+
+class ChunkedImage:
+    """A 2-D grey image read a band of rows at a time from a tiled TIFF or a Zarr / OME-Zarr array.
+
+    Use as a context manager; :meth:`rows` returns grey rows as :func:`read_image`
+    would (Rec. 601 luma for colour, uint8/uint16 kept, other types as float32).
+    """
+
+    def __init__(self, path):
+        import zarr
+
+        self.source = str(path)
+        self.pixel_size = None
+        self._store = None
+        path = Path(path)
+        try:
+            if path.is_dir():
+                node = zarr.open(str(path), mode="r")
+                node, self.pixel_size = _zarr_image(node)
+            else:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    self.pixel_size = _tiff_pixel_size(tif)
+                self._store = tifffile.imread(path, aszarr=True)
+                node = zarr.open(self._store, mode="r")
+                if hasattr(node, "groups"):            # a pyramid: level 0 is full resolution
+                    node = node["0"]
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            self.close()
+            raise ImageReadError(f"{self.source}: unreadable image ({type(exc).__name__}: {exc})") from exc
+        self._arr = node
+        self.original_shape = tuple(int(s) for s in node.shape)
+        self.original_dtype = str(node.dtype)
+        shape = list(node.shape)
+        self._lead = 0
+        while len(shape) > 2 and shape[0] == 1 and not (len(shape) == 3 and shape[-1] > 4):
+            shape.pop(0)
+            self._lead += 1
+        if len(shape) == 2:
+            self._layout = "yx"
+        elif len(shape) == 3 and shape[-1] <= 4:
+            self._layout = "yxc"
+        elif len(shape) == 3 and shape[0] <= 4:
+            self._layout = "cyx"
+        else:
+            raise ImageReadError(f"{self.source}: cannot interpret an array of shape {self.original_shape} "
+                                 f"as a 2-D image")
+        self.shape = tuple(shape[1:]) if self._layout == "cyx" else tuple(shape[:2])
+        self.dtype = _grey_dtype(node.dtype)
+
+    def rows(self, r0: int, r1: int) -> np.ndarray:
+        """Grey rows ``r0:r1``."""
+        lead = (0,) * self._lead
+        if self._layout == "cyx":
+            band = np.moveaxis(np.asarray(self._arr[lead + (slice(None), slice(r0, r1))]), 0, -1)
+        else:
+            band = np.asarray(self._arr[lead + (slice(r0, r1),)])
+        return _grey_values(_to_grey(band, self.source) if band.ndim == 3 else band)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _grey_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    return dtype if dtype in (np.uint8, np.uint16) else (np.dtype(np.uint8) if dtype == np.bool_ else np.dtype(np.float32))
+
+
+def _grey_values(grey: np.ndarray) -> np.ndarray:
+    """uint8/uint16 kept, bool to 0/255, anything else to float32: the dtypes bigseg stores."""
+    if grey.dtype == np.bool_:
+        return grey.astype(np.uint8) * 255
+    if grey.dtype not in (np.uint8, np.uint16):
+        return grey.astype(np.float32)
+    return grey
+
+
+def _zarr_image(node):
+    """The full-resolution array of a Zarr array or OME-Zarr image group, and its pixel size (um) if stated."""
+    if not hasattr(node, "groups"):
+        return node, None
+    attrs = dict(node.attrs)
+    ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    if not ms:
+        if "0" in node:
+            return node["0"], None
+        raise ImageReadError(f"{node.store}: a Zarr group without OME multiscales metadata or an array '0'")
+    level = ms[0]["datasets"][0]
+    axes = ms[0].get("axes") or []
+    pixel_size = None
+    for t in level.get("coordinateTransformations", []):
+        if t.get("type") == "scale" and len(axes) == len(t["scale"]):
+            names = [a.get("name") if isinstance(a, dict) else a for a in axes]
+            units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+            if "x" in names and units[names.index("x")] in _UNIT_TO_UM:
+                pixel_size = float(t["scale"][names.index("x")]) * _UNIT_TO_UM[units[names.index("x")]]
+    return node[level["path"]], pixel_size
+
+
+def detect_data_bar_banded(image: "ChunkedImage", search_fraction: float = 0.25, flat_std: float = 4.0) -> int:
+    """:func:`detect_data_bar` on a chunked image, reading a band of rows at a time."""
+    h = image.shape[0]
+    if h < 8:
+        return 0
+    scale = 1.0
+    if image.dtype != np.uint8:
+        top = max(float(np.max(image.rows(r, r + BAND_ROWS))) for r in range(0, h, BAND_ROWS))
+        scale = 255.0 / max(top, 1.0)
+    start = max(1, int(h * (1 - search_fraction)))
+    std = np.concatenate([image.rows(r, min(r + BAND_ROWS, h)).astype(np.float32).std(axis=1)
+                          for r in range(start - 1, h, BAND_ROWS)]) * scale
+    return _bar_top(std, start - 1, h, flat_std)
+
+
+def _bar_top(std: np.ndarray, first: int, h: int, flat_std: float) -> int:
+    """Rows below the first flat row (``std`` covers rows ``first:h``) that sits under a textured one."""
+    for r in range(first + 1, h):
+        if std[r - first] < flat_std and std[r - first - 1] >= flat_std:
+            return h - r
+    return 0
 
 
 def detect_data_bar(grey: np.ndarray, search_fraction: float = 0.25, flat_std: float = 4.0) -> int:
@@ -156,17 +319,15 @@ def detect_data_bar(grey: np.ndarray, search_fraction: float = 0.25, flat_std: f
     highest near-uniform row in the bottom ``search_fraction`` of the frame
     that sits right under a textured row: that edge is the bar's top.
     """
-    g = np.asarray(grey, dtype=np.float32)
-    if g.ndim != 2 or g.shape[0] < 8:
+    grey = np.asarray(grey)
+    if grey.ndim != 2 or grey.shape[0] < 8:
         return 0
-    scale = 255.0 / max(float(np.max(g)), 1.0) if g.dtype != np.uint8 else 1.0
-    std = g.std(axis=1) * scale
+    # flat_std is in 8-bit grey levels: other types are scaled so their maximum reads 255
+    scale = 255.0 / max(float(np.max(grey)), 1.0) if grey.dtype != np.uint8 else 1.0
+    g = grey.astype(np.float32)
     h = g.shape[0]
     start = max(1, int(h * (1 - search_fraction)))
-    for r in range(start, h):
-        if std[r] < flat_std and std[r - 1] >= flat_std:
-            return h - r
-    return 0
+    return _bar_top(g[start - 1:].std(axis=1) * scale, start - 1, h, flat_std)
 
 
 def crop_rows(grey: np.ndarray, crop_bottom, source: str = "") -> tuple[np.ndarray, int]:
@@ -203,10 +364,15 @@ def read_pixel_sizes(path) -> dict[str, float]:
 
 def read_label_mask(path) -> np.ndarray:
     """A class-index mask (any channel count with identical channels) as uint8/uint16 2-D."""
-    from PIL import Image
+    if Path(path).suffix.lower() in (".tif", ".tiff"):
+        import tifffile
 
-    with Image.open(path) as im:
-        arr = np.asarray(im)
+        arr = tifffile.imread(path)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            arr = np.asarray(im)
     if arr.ndim == 3:
         arr = arr[..., 0]
     return arr
@@ -243,3 +409,35 @@ def write_png(path, array: np.ndarray) -> None:
     # level 1: label maps compress almost as well as at level 6, several times faster
     Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def write_tiled_tiff(path, tiles, shape, dtype, tile: int = 256) -> None:
+    """Write a tiled, zlib-compressed TIFF from an iterator of tiles (row-major), atomically.
+
+    ``tiles`` yields arrays of at most ``(tile, tile[, 3])``; edge tiles are padded.
+    Only one tile is held at a time, so a label map larger than memory can be written.
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = tuple(shape[2:])
+
+    def padded():
+        for t in tiles:
+            if t.shape[:2] != (tile, tile):
+                full = np.zeros((tile, tile) + extra, dtype=dtype)
+                full[: t.shape[0], : t.shape[1]] = t
+                t = full
+            yield np.ascontiguousarray(t, dtype=dtype)
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, padded(), shape=tuple(shape), dtype=dtype, tile=(tile, tile), compression="zlib",
+                         photometric="rgb" if extra else "minisblack")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

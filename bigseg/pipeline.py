@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, diagnose, features, io, preprocess, store
+from . import __version__, clahe, diagnose, features, io, preprocess, store
 from .config import check_same, model_bound, resolved_store_features
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
-from .segment import activations_graph, export_image
+from .segment import activations_graph, export_image, export_large
 from .viz import PALETTE
 
 log = logging.getLogger("bigseg")
@@ -45,30 +45,45 @@ def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: 
     """Read, grey, crop and store one file. Never raises: a bad file is reported, not fatal.
 
     ``record`` (from :func:`_ingest_record`) holds the crop setting and the pixel
-    size inputs; the pixel size comes from the sidecar table first, then the
-    file's own metadata, then the ``pixel_size`` setting.
+    size inputs. Tiled TIFFs, very large TIFF pages and Zarr / OME-Zarr arrays
+    are copied a band of rows at a time, so no input is ever held whole.
     """
     crop_bottom = record["crop_setting"]
-    sidecar_pixel_size, pixel_size_default = record["pixel_inputs"]
     try:
-        img = io.read_image(path)
-        grey, crop = io.crop_rows(img.data, crop_bottom, img.source)
-        px, px_source = None, None
-        for value, source in ((sidecar_pixel_size, "pixel_size_csv"),
-                              (img.pixel_size, "file"), (pixel_size_default, "pixel_size")):
-            if value:
-                px, px_source = float(value), source
-                break
-        prov = {"id": image_id, "source": str(Path(path).resolve()), "original_shape": list(img.original_shape),
-                "original_dtype": img.original_dtype, "stored_dtype": str(grey.dtype), "crop_bottom": int(crop),
-                "crop_setting": crop_bottom, "shape": list(grey.shape), "pixel_size": px,
-                "pixel_size_source": px_source}
-        store.write_image(store.open_root(store_path), image_id, grey, prov)
+        if io.is_chunked_input(path):
+            with io.ChunkedImage(path) as img:
+                crop = io.detect_data_bar_banded(img) if crop_bottom == "auto" else int(crop_bottom)
+                shape = (img.shape[0] - crop, img.shape[1])
+                if shape[0] <= 0:
+                    raise io.ImageReadError(f"{path}: crop_bottom={crop} removes the whole image ({img.shape[0]} rows)")
+                prov = _provenance(path, image_id, img, crop, crop_bottom, shape, img.dtype, record)
+                store.write_image_bands(store.open_root(store_path), image_id, img.rows, shape, img.dtype, prov)
+        else:
+            img = io.read_image(path)
+            grey, crop = io.crop_rows(img.data, crop_bottom, img.source)
+            prov = _provenance(path, image_id, img, crop, crop_bottom, grey.shape, grey.dtype, record)
+            store.write_image(store.open_root(store_path), image_id, grey, prov)
         store.mark_done(out_dir, "ingest", image_id, record)
         return {"id": image_id, "ok": True}
     except Exception as exc:  # reported by name and skipped; the batch goes on
         msg = str(exc) if isinstance(exc, io.ImageReadError) else f"{path}: {type(exc).__name__}: {exc}"
         return {"id": image_id, "ok": False, "source": str(path), "stage": "ingest", "error": msg}
+
+
+def _provenance(path, image_id, img, crop, crop_setting, shape, dtype, record) -> dict:
+    """What the store records about one ingested image; the pixel size comes from the sidecar table first,
+    then the file's own metadata, then the ``pixel_size`` setting."""
+    sidecar_pixel_size, pixel_size_default = record["pixel_inputs"]
+    px, px_source = None, None
+    for value, source in ((sidecar_pixel_size, "pixel_size_csv"), (img.pixel_size, "file"),
+                          (pixel_size_default, "pixel_size")):
+        if value:
+            px, px_source = float(value), source
+            break
+    return {"id": image_id, "source": str(Path(path).resolve()), "original_shape": list(img.original_shape),
+            "original_dtype": img.original_dtype, "stored_dtype": str(np.dtype(dtype)), "crop_bottom": int(crop),
+            "crop_setting": crop_setting, "shape": [int(s) for s in shape], "pixel_size": px,
+            "pixel_size_source": px_source}
 
 
 def _ingest_record(source: str, settings: dict, table, image_id: str) -> dict:
@@ -137,19 +152,36 @@ def _skip(skipped: list, image_id: str, exc: Exception) -> None:
 
 
 def lazy_features(root, image_id: str, settings: dict):
-    """Lazy (y, x, f) features of a stored image: preprocess as one block, then tiled filters."""
+    """Lazy (y, x, f) features of a stored image.
+
+    A large 8/16-bit image at native resolution is preprocessed tile by tile
+    (``clahe.preprocess_graph``, equal to the whole-frame result bit for bit),
+    so its size is bounded by disk, not memory. Other images are preprocessed
+    as one block, which is about twice as fast: the resize and CLAHE see the
+    whole frame.
+    """
     from dask.base import tokenize
 
     img = store.lazy_image(root, image_id)
     shape = checked_shape(root, image_id, settings)
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                    "clahe_kernel_size")}
-    # CLAHE and the resize see the whole frame: one block in, one processed frame out
+    if tiled_preprocessing(img, shape, settings):
+        pre = clahe.preprocess_graph(root[f"images/{image_id}/0"], pp, settings["chunk_size"], name=image_id)
+        return features.compute_features(pre, settings, image_id)
     pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id, shape=shape,
                                             chunks=tuple((s,) for s in shape), dtype=np.float32,
                                             name=f"bigseg-preprocess-{image_id}-{tokenize(img, pp)}")
     pre = pre.rechunk(settings["chunk_size"])
     return features.compute_features(pre, settings, image_id)
+
+
+def tiled_preprocessing(img, shape, settings) -> bool:
+    """Whether this image is preprocessed tile by tile: large, native grid, 8/16-bit, tiles scikit-image
+    would pad once."""
+    return (tuple(img.shape) == tuple(shape) and img.shape[0] * img.shape[1] > io.LARGE_IMAGE_PIXELS
+            and np.dtype(img.dtype).kind == "u" and np.dtype(img.dtype).itemsize <= 2
+            and clahe.supports(shape, clahe.kernel_shape(shape, settings["clahe_kernel_size"])))
 
 
 def stored_feature_settings(store_path, image_id):
@@ -274,11 +306,14 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     k = model.n_components
     # a record made with other spatial settings is stale: those labels are redone
     segment_settings = {k: settings[k] for k in SEGMENT_KEYS}
-    done_now = []
+    done_now, large = [], []
 
     def build(image_id):
         if (store.is_done(out_dir, "segment", image_id)
                 and store.read_record(out_dir, "segment", image_id).get("settings") == segment_settings):
+            return None
+        if _is_large(root, image_id, settings):
+            large.append(image_id)
             return None
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
@@ -286,8 +321,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         chunk = settings["chunk_size"]
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
-        lab_arr = store.create_labels(root, image_id, native, k, PALETTE, max(chunk, 512))
         memb_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk, "memberships", "float16")
+        lab_arr = store.create_labels(root, image_id, native, k, PALETTE, max(chunk, 512))
         stored = da.store([acts, memberships(acts)], [act_arr, memb_arr], lock=False, compute=False)
         # exports read the stored activations back: handing the lazy array to a second
         # consumer made dask compute every tile twice
@@ -297,7 +332,63 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, segment_settings)
 
     runner.compute_batches(ids, build, "segment")
+    for image_id in large:
+        _guard("segment", image_id, segment_large, out_dir, root, image_id, model, settings, runner)
+        done_now.append(image_id)
     return done_now
+
+
+#: pixels per band when a large image is segmented a band of rows at a time
+BAND_PIXELS = 8 * 1024 * 1024
+
+
+def _is_large(root, image_id, settings) -> bool:
+    """Too large for one graph: segmented band by band (native grid, tiled preprocessing possible)."""
+    shape = tuple(store.image_info(root, image_id)["shape"])
+    return (shape[0] * shape[1] > io.LARGE_IMAGE_PIXELS
+            and tiled_preprocessing(store.lazy_image(root, image_id), processing_shape(root, image_id, settings),
+                                    settings))
+
+
+def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, runner) -> None:
+    """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
+
+    Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
+    sides, so its rows come out exactly as in one whole-image graph; only the
+    margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
+    not by the image, whatever order the scheduler picks inside a band.
+    """
+    import dask.array as da
+
+    out_dir = Path(out_dir)
+    source = root[f"images/{image_id}/0"]
+    h, w = (int(v) for v in source.shape)
+    chunk = settings["chunk_size"]
+    k = model.n_components
+    l1, l2 = regularisation(model.settings, model.H.shape[1])
+    pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}
+    (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
+    sweeps = settings["spatial_sweeps"] if settings["spatial_weight"] > 0 else 0
+    margin = features.halo(settings) + sweeps
+    band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
+    act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
+    memb_arr = store.create_activations(root, image_id, (h, w), k, chunk, "memberships", "float16")
+    lab_arr = store.create_labels(root, image_id, (h, w), k, PALETTE, chunk)
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
+        row_chunks = ([r0 - e0] if r0 > e0 else []) + clahe.chunk_lengths(r1 - r0, chunk) + ([e1 - r1] if e1 > r1 else [])
+        pre = clahe.preprocess_graph(source, pp, chunk, image_id, stats, (e0, e1), row_chunks)
+        acts = activations_graph(features.compute_features(pre, settings, image_id), model.H, model.scale_lo,
+                                 model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"])
+        acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
+        rows = slice(r0, r1)
+        stored = da.store([acts, memberships(acts), acts.argmax(axis=0).astype(np.uint8)],
+                          [act_arr, memb_arr, lab_arr], lock=False, compute=False,
+                          regions=[(slice(None), rows), (slice(None), rows), (rows,)])
+        runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
+    result = export_large(lab_arr, act_arr, str(out_dir), image_id, k)
+    _finish(result, str(out_dir), image_id, {key: settings[key] for key in SEGMENT_KEYS})
 
 
 def memberships(acts):

@@ -109,3 +109,40 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
             "pixels": int(labels.size), "speckle": speckle_rate(labels)}
+
+
+def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: int = 256) -> dict:
+    """Exports of an image too large to hold, read back from the store a band or a tile at a time.
+
+    ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
+    panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side).
+    Returns the same fractions, pixel count and speckle rate as :func:`export_image`.
+    """
+    out_dir = Path(out_dir)
+    h, w = labels_zarr.shape
+    counts = np.zeros(k, np.int64)
+    changes, prev_row = 0, None
+    band = labels_zarr.chunks[0]
+    for r0 in range(0, h, band):
+        lab = np.asarray(labels_zarr[r0:r0 + band])
+        counts += np.bincount(lab.ravel(), minlength=k)[:k]
+        changes += int((lab[:, 1:] != lab[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
+        if prev_row is not None:
+            changes += int((lab[0] != prev_row).sum())
+        prev_row = lab[-1].copy()
+    pairs = h * (w - 1) + (h - 1) * w
+
+    def tiles(colour: bool):
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                t = np.asarray(labels_zarr[y:y + tile, x:x + tile])
+                yield viz.colorize(t) if colour else t
+
+    io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
+    io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
+    step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
+    io.write_png(out_dir / "activations" / f"{image_id}.png",
+                 viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])))
+    total = h * w
+    return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
+            "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

@@ -54,13 +54,25 @@ def _yx_axes(pixel_size):
 
 def write_image(root, image_id: str, grey: np.ndarray, provenance: dict, chunk: int = 1024) -> None:
     """Store one cropped grey image with its provenance (source, shapes, dtype, crop, pixel size)."""
+    arr = _image_array(root, image_id, grey.shape, grey.dtype, provenance, chunk)
+    arr[...] = grey
+
+
+def write_image_bands(root, image_id: str, read_rows, shape, dtype, provenance: dict, chunk: int = 1024) -> None:
+    """Store an image too large to hold: ``read_rows(r0, r1)`` gives grey rows, one chunk row at a time."""
+    arr = _image_array(root, image_id, shape, dtype, provenance, chunk)
+    for r0 in range(0, shape[0], arr.chunks[0]):
+        r1 = min(r0 + arr.chunks[0], shape[0])
+        arr[r0:r1] = read_rows(r0, r1)
+
+
+def _image_array(root, image_id, shape, dtype, provenance, chunk):
     grp = root.require_group("images").create_group(image_id, overwrite=True)
     px = provenance.get("pixel_size")
     grp.attrs.update({"ome": _multiscales(image_id, _yx_axes(px), [px or 1.0, px or 1.0]),
                       "bigseg": provenance})
-    arr = grp.create_array("0", shape=grey.shape, dtype=grey.dtype,
-                           chunks=tuple(min(chunk, s) for s in grey.shape), dimension_names=("y", "x"))
-    arr[...] = grey
+    return grp.create_array("0", shape=tuple(shape), dtype=dtype, chunks=tuple(min(chunk, s) for s in shape),
+                            dimension_names=("y", "x"))
 
 
 def image_info(root, image_id: str) -> dict:
