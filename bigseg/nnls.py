@@ -10,6 +10,12 @@ solution is the unconstrained one, ``w_S = (G_SS + l2 I)^-1 (c_S - l1)`` with
 point, so the feasible one with the lowest objective is the exact optimum.
 For k <= 8 that is at most 255 tiny matrix products per pixel block, all
 vectorised, with no iterations and no tolerance.
+
+Most pixels share their support with a neighbour or with their own previous
+solution, and a support is optimal exactly when the KKT conditions hold on it,
+so a compiled kernel (numba) checks that candidate first and enumerates only
+where it fails: the same answer, several times faster. Without numba the
+vectorised numpy path below gives it.
 """
 
 from __future__ import annotations
@@ -64,15 +70,31 @@ def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solver
     k = H.shape[0]
     if solvers is None:
         solvers = subset_solvers(H, l1, l2)
-    # float64 keeps the objective comparison between near-equal subsets exact
-    C = np.asarray(V, dtype=np.float64) @ H.T - l1          # (n, k): H v - l1
-    if offset is not None:
-        C += offset
+    Gm = H @ H.T + l2 * np.eye(k)
+    kernel = _compiled()
+    if kernel is not None and len(solvers):
+        V = np.ascontiguousarray(V, dtype=np.float32)
+        W = np.empty((V.shape[0], k))
+        support = np.empty(V.shape[0], np.intp)
+        hints = np.asarray(hint, np.intp) if hint is not None else np.full(V.shape[0], -2, np.intp)
+        offset = np.zeros((0, k)) if offset is None else np.ascontiguousarray(offset, dtype=np.float64)
+        kernel(V, np.ascontiguousarray(H), float(l1), offset, np.ascontiguousarray(solvers),
+               np.ascontiguousarray(Gm), hints, W, support)
+    else:
+        # float64 keeps the objective comparison between near-equal subsets exact
+        C = np.asarray(V, dtype=np.float64) @ H.T - l1          # (n, k): H v - l1
+        if offset is not None:
+            C += offset
+        W, support = _solve_numpy(C, Gm, solvers, hint)
+    W = W.astype(np.float32)
+    return (W, support) if return_support else W
+
+
+def _solve_numpy(C, Gm, solvers, hint):
     n = C.shape[0]
     W = np.zeros_like(C)
     support = np.full(n, -1, np.intp)
     rest = np.arange(n)
-    Gm = H @ H.T + l2 * np.eye(k)
     if hint is not None:
         rest = _try_hint(C, Gm, solvers, np.asarray(hint), W, support)
     elif n >= STAGED_MIN_PIXELS and len(solvers) > 7:
@@ -88,8 +110,7 @@ def solve(V: np.ndarray, H: np.ndarray, l1: float = 0.0, l2: float = 0.0, solver
     if rest.size:
         Wr, sr = _enumerate(C[rest], solvers)
         W[rest], support[rest] = Wr, sr
-    W = W.astype(np.float32)
-    return (W, support) if return_support else W
+    return W, support
 
 
 def _enumerate(C: np.ndarray, solvers: np.ndarray):
@@ -128,3 +149,90 @@ def _try_hint(C, Gm, solvers, hint, W, support) -> np.ndarray:
         if sel.size:
             failed.append(sel[_accept(C[sel], Gm, solvers, int(hint[sel[0]]), W, support, sel)])
     return np.concatenate(failed) if failed else np.empty(0, np.intp)
+
+
+# --- compiled kernel ----------------------------------------------------------------
+
+_KERNEL = []
+
+
+def _compiled():
+    """The numba kernel, compiled on first use (cached on disk); None when numba is not installed."""
+    if not _KERNEL:
+        try:
+            import numba
+        except ImportError:
+            _KERNEL.append(None)
+        else:
+            _KERNEL.append(numba.njit(cache=True, nogil=True)(_kernel))
+    return _KERNEL[0]
+
+
+def _kernel(V, H, l1, offset, solvers, Gm, hints, W, support):  # pragma: no cover - compiled by numba
+    """Per pixel: ``c = H v - l1 (+ offset)`` in float64, then accept the hinted support (or, with
+    hint -2, the previous pixel's) where the KKT conditions hold, else enumerate every support
+    exactly as ``_enumerate`` does."""
+    n, f = V.shape
+    k = H.shape[0]
+    m = solvers.shape[0]
+    with_offset = offset.shape[0] == n
+    c = np.zeros(k)
+    ws = np.zeros(k)
+    best = np.zeros(k)
+    prev = -1
+    for i in range(n):
+        for a in range(k):
+            acc = 0.0
+            for b in range(f):
+                acc += np.float64(V[i, b]) * H[a, b]
+            c[a] = acc - l1 + (offset[i, a] if with_offset else 0.0)
+        j = hints[i] if hints[i] != -2 else prev
+        scale = 0.0
+        for a in range(k):
+            scale = max(scale, abs(c[a]))
+        tol = 1e-9 * (1.0 + scale)
+        ok = True
+        for a in range(k):
+            acc = 0.0
+            if j >= 0:
+                for b in range(k):
+                    acc += c[b] * solvers[j, b, a]
+            ws[a] = acc
+            if acc < 0.0:
+                ok = False
+        if ok:
+            for a in range(k):
+                g = -c[a]
+                for b in range(k):
+                    g += ws[b] * Gm[b, a]
+                if g < -tol:
+                    ok = False
+                    break
+        if not ok:
+            best_obj = 0.0
+            j = -1
+            for a in range(k):
+                best[a] = 0.0
+            for s in range(m):
+                feasible = True
+                dot = 0.0
+                for a in range(k):
+                    acc = 0.0
+                    for b in range(k):
+                        acc += c[b] * solvers[s, b, a]
+                    ws[a] = acc
+                    dot += acc * c[a]
+                    if acc < 0.0:
+                        feasible = False
+                obj = -0.5 * dot
+                if feasible and obj < best_obj:
+                    best_obj = obj
+                    j = s
+                    for a in range(k):
+                        best[a] = ws[a]
+            for a in range(k):
+                ws[a] = best[a]
+        for a in range(k):
+            W[i, a] = ws[a]
+        support[i] = j
+        prev = j

@@ -1,7 +1,18 @@
 import numpy as np
+import pytest
 from scipy.optimize import nnls as scipy_nnls
 
 from bigseg import nnls
+
+
+@pytest.fixture(params=["compiled", "numpy"], autouse=True)
+def solver_path(request, monkeypatch):
+    """Every test runs on the numba kernel and on the vectorised numpy path."""
+    if request.param == "numpy":
+        monkeypatch.setattr(nnls, "_KERNEL", [None])
+    elif nnls._compiled() is None:
+        pytest.skip("numba not installed")
+    return request.param
 
 
 def test_matches_scipy_nnls(rng):
@@ -57,3 +68,19 @@ def test_staged_search_on_large_blocks_equals_full_enumeration(rng):
     full, full_support = nnls._enumerate(V.astype(np.float64) @ H.T, nnls.subset_solvers(H))
     np.testing.assert_allclose(staged, full, atol=1e-6)
     assert np.mean(support == full_support) > 0.999
+
+
+def test_compiled_and_numpy_paths_agree_on_a_coupled_solve(rng, monkeypatch, solver_path):
+    from bigseg.segment import spatial_block
+
+    if solver_path == "numpy":
+        pytest.skip("compares the two paths once")
+    H = rng.random((5, 6))
+    labels = rng.integers(0, 5, (40, 50))
+    feats = np.abs(H[labels] + rng.normal(0, 0.2, (40, 50, 6))).astype(np.float32)
+    lo, hi = np.zeros(6, np.float32), np.full(6, 2.0, np.float32)
+    compiled = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
+    monkeypatch.setattr(nnls, "_KERNEL", [None])
+    reference = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
+    np.testing.assert_allclose(compiled, reference, atol=1e-6)
+    assert (compiled.argmax(-1) == reference.argmax(-1)).mean() > 0.999
