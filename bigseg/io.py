@@ -378,6 +378,19 @@ def read_label_mask(path) -> np.ndarray:
     return arr
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    """Give the finished temporary file the permissions a plain ``open`` would, then rename it into place."""
+    # mkstemp makes files only their owner can read; colleagues on a shared file system must read outputs too
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: readers never see half a file."""
     path = Path(path)
@@ -388,7 +401,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -436,7 +449,7 @@ def write_tiled_tiff(path, tiles, shape, dtype, tile: int = 256) -> None:
     try:
         tifffile.imwrite(tmp, padded(), shape=tuple(shape), dtype=dtype, tile=(tile, tile), compression="zlib",
                          photometric="rgb" if extra else "minisblack")
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

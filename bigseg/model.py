@@ -153,6 +153,9 @@ class Model:
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
                     "fingerprints": fingerprints(self.H, self.feature_names)}
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)     # mkdtemp's 0700 would hide the model from colleagues
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")

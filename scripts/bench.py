@@ -25,8 +25,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +34,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
 import numpy as np  # noqa: E402
+from measure import run_measured  # noqa: E402
 
 
 def plain_recipe(paths, nmf, lo, span, settings, out_dir, crop):
@@ -88,21 +87,7 @@ def run_cli(args, threads=None):
     env = dict(os.environ)
     if threads:
         env["DASK_NUM_WORKERS"] = str(threads)
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "bigseg.cli"] + args, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t
-
-
-def peak_rss_mib(args) -> float:
-    """Peak resident memory (MiB) of one ``bigseg`` command run in a fresh process."""
-    proc = subprocess.Popen([sys.executable, "-m", "bigseg.cli"] + args, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode not in (0, 3):
-        raise RuntimeError(f"bigseg {' '.join(args)} failed with status {proc.returncode}")
-    return usage.ru_maxrss / 1024          # Linux reports KiB
+    return run_measured(args, env=env)[0]
 
 
 def memory_growth(paths, n, factor, work, crop):
@@ -114,8 +99,8 @@ def memory_growth(paths, n, factor, work, crop):
         for i in range(count):
             src = paths[i % n]
             shutil.copyfile(src, folder / f"{src.stem}_{i:05d}{src.suffix}")
-        peaks.append(peak_rss_mib(["run", "--input", str(folder), "--out", str(work / f"memout{count}"),
-                                   "--set", f"crop_bottom={crop}", "--quiet"]))
+        peaks.append(run_measured(["run", "--input", str(folder), "--out", str(work / f"memout{count}"),
+                                   "--set", f"crop_bottom={crop}", "--quiet"])[1])
         shutil.rmtree(folder)
     return peaks
 
@@ -201,8 +186,7 @@ def main():
         ref = np.array([scipy_nnls(model.H.T, x.astype(np.float64))[0] for x in X]).argmax(1)
 
         # the fit: store the features once, then both solvers on the same sample
-        subprocess.run([sys.executable, "-m", "bigseg.cli", "features", "--out", str(work / "fit"), "--quiet",
-                        "--set", f"crop_bottom={args.crop}"], check=True)
+        run_measured(["features", "--out", str(work / "fit"), "--quiet", "--set", f"crop_bottom={args.crop}"])
         fits = fit_comparison(work / "fit", sorted(p.stem for p in (work / "fit" / "records" / "features").glob("*.json")),
                               settings)
         peaks = memory_growth(paths, min(args.memory_images, len(paths)), 32, work, args.crop)

@@ -13,15 +13,13 @@ montage as a Zarr array instead.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from measure import run_measured
 
 
 def montage_tiles(sources, side: int, tile: int, crop: int):
@@ -46,17 +44,6 @@ def montage_tiles(sources, side: int, tile: int, crop: int):
     for y in range(0, side, tile):
         for x in range(0, side, tile):
             yield pixel_block(y, min(y + tile, side), x, min(x + tile, side))
-
-
-def peak_run(args):
-    """(wall seconds, peak RSS MiB) of one ``bigseg`` command in a fresh process."""
-    t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "bigseg.cli"] + args)
-    _, status, usage = os.wait4(proc.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise RuntimeError(f"bigseg {' '.join(args)} failed with status {code}")
-    return time.perf_counter() - t, usage.ru_maxrss / 1024
 
 
 def main():
@@ -96,10 +83,10 @@ def main():
 
         fit_in = sum((["--input", str(p)] for p in paths[: args.fit_images]), [])
         common = ["--set", "resize=native", "--quiet"]
-        wall, peak = peak_run(["run"] + fit_in + ["--out", str(work / "fit"), "--set", f"crop_bottom={args.crop}"]
+        wall, peak = run_measured(["run"] + fit_in + ["--out", str(work / "fit"), "--set", f"crop_bottom={args.crop}"]
                               + common)
         print(f"model fitted at native resolution on {args.fit_images} images: {wall:.1f} s, {peak:.0f} MiB")
-        wall, peak = peak_run(["segment", str(work / "fit" / "model"), "--input", str(big), "--out",
+        wall, peak = run_measured(["segment", str(work / "fit" / "model"), "--input", str(big), "--out",
                                str(work / "seg"), "--set", "crop_bottom=0", "--quiet"])
         mpx = args.side * args.side / 1e6
         print(f"segment {args.side}x{args.side} ({mpx:.0f} Mpx) at native resolution: {wall:.1f} s "

@@ -65,6 +65,24 @@ def test_atomic_write_leaves_no_temp(tmp_path):
     assert [p.name for p in (tmp_path / "s").iterdir()] == ["f.txt"]
 
 
+def test_outputs_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from bigseg.model import Model
+
+    old = os.umask(0o022)
+    try:
+        io.atomic_write_text(tmp_path / "a.txt", "x")
+        io.write_tiled_tiff(tmp_path / "b.tif", iter([np.zeros((16, 16), np.uint8)]), (10, 12), np.uint8, 16)
+        Model(H=np.eye(2), scale_lo=np.zeros(2), scale_hi=np.ones(2), feature_names=["a", "b"], settings={},
+              report={}).save(tmp_path / "model")
+    finally:
+        os.umask(old)
+    for name, mode in (("a.txt", 0o644), ("b.tif", 0o644), ("model", 0o755)):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
 @pytest.mark.skipif(not (__import__("conftest").METALDAM / "images").exists(), reason="MetalDAM not beside the project")
 def test_metaldam_frames_crop_to_their_masks():
     from conftest import METALDAM
