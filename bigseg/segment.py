@@ -104,7 +104,7 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     if labels_zarr is not None:
         labels_zarr[...] = labels
     io.write_png(out_dir / "labels" / f"{image_id}.png", labels)
-    io.write_png(out_dir / "color" / f"{image_id}.png", viz.colorize(labels))
+    io.write_palette_png(out_dir / "color" / f"{image_id}.png", labels % len(viz.PALETTE), viz.PALETTE)
     io.write_png(out_dir / "activations" / f"{image_id}.png", viz.activation_panels(_panel_view(acts_kyx)))
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},

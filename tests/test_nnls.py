@@ -69,18 +69,3 @@ def test_staged_search_on_large_blocks_equals_full_enumeration(rng):
     np.testing.assert_allclose(staged, full, atol=1e-6)
     assert np.mean(support == full_support) > 0.999
 
-
-def test_compiled_and_numpy_paths_agree_on_a_coupled_solve(rng, monkeypatch, solver_path):
-    from bigseg.segment import spatial_block
-
-    if solver_path == "numpy":
-        pytest.skip("compares the two paths once")
-    H = rng.random((5, 6))
-    labels = rng.integers(0, 5, (40, 50))
-    feats = np.abs(H[labels] + rng.normal(0, 0.2, (40, 50, 6))).astype(np.float32)
-    lo, hi = np.zeros(6, np.float32), np.full(6, 2.0, np.float32)
-    compiled = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
-    monkeypatch.setattr(nnls, "_KERNEL", [None])
-    reference = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
-    np.testing.assert_allclose(compiled, reference, atol=1e-6)
-    assert (compiled.argmax(-1) == reference.argmax(-1)).mean() > 0.999

@@ -14,6 +14,7 @@ from bigseg.cli import EXIT_SKIPPED, main
 from bigseg.demo import CLASS_NAMES
 from bigseg.evaluate import evaluate_dirs
 from bigseg.io import crop_rows, read_image
+from bigseg.viz import colorize
 
 FAST = ["--set", "resize=native", "--set", "chunk_size=96", "--set", "sample_size=20000", "-k", "4", "--quiet"]
 
@@ -42,7 +43,8 @@ def test_run_writes_the_documented_layout(finished_run, synth_dir):
         cropped, _ = crop_rows(read_image(src).data, "auto")
         lab = np.asarray(Image.open(out / "labels" / f"{stem}.png"))
         assert lab.shape == cropped.shape and lab.dtype == np.uint8 and lab.max() < 4
-        assert np.asarray(Image.open(out / "color" / f"{stem}.png")).shape == cropped.shape + (3,)
+        colour = np.asarray(Image.open(out / "color" / f"{stem}.png").convert("RGB"))
+        np.testing.assert_array_equal(colour, colorize(lab))
     rows = list(csv.DictReader(open(out / "phase_fractions.csv")))
     assert [r["image"] for r in rows] == stems
     assert all(abs(sum(float(r[f"phase_{i}"]) for i in range(4)) - 1) < 1e-4 for r in rows)

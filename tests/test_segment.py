@@ -57,3 +57,20 @@ def test_images_in_one_graph_keep_their_own_activations(rng):
     out = dask.compute(*lazy)
     for f, got in zip((fa, fb), out):
         np.testing.assert_allclose(got, segment.spatial_block(f, H, lo, hi, weight=1.0, sweeps=2), atol=1e-5)
+
+
+def test_compiled_and_numpy_solves_agree_on_a_coupled_solve(rng, monkeypatch):
+    from bigseg import nnls
+    from bigseg.segment import spatial_block
+
+    if nnls._compiled() is None:
+        pytest.skip("numba not installed")
+    H = rng.random((5, 6))
+    labels = rng.integers(0, 5, (40, 50))
+    feats = np.abs(H[labels] + rng.normal(0, 0.2, (40, 50, 6))).astype(np.float32)
+    lo, hi = np.zeros(6, np.float32), np.full(6, 2.0, np.float32)
+    compiled = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
+    monkeypatch.setattr(nnls, "_KERNEL", [None])
+    reference = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
+    np.testing.assert_allclose(compiled, reference, atol=1e-6)
+    assert (compiled.argmax(-1) == reference.argmax(-1)).mean() > 0.999
