@@ -104,7 +104,8 @@ def _reflect(idx: np.ndarray, size: int) -> np.ndarray:
 
 
 def quantise(normalised: np.ndarray, uint_range) -> np.ndarray:
-    """``normalised`` as the bin indices scikit-image builds its histograms from, and the levels it maps."""
+    """The histogram bin of each pixel of a normalised image, as scikit-image computes it (uint16 levels
+    over 2^14 grey levels, then 65 levels per bin)."""
     from skimage.exposure import rescale_intensity
     from skimage.util import img_as_uint
 
@@ -137,6 +138,8 @@ def bin_table(bits: int, lo: float, hi: float, urange) -> np.ndarray:
 
 def tile_lut(source, ty: int, tx: int, kernel, table: np.ndarray, clip_limit: float) -> np.ndarray:
     """The lookup table (bin -> grey level, int64) of one contextual tile, read from ``source``."""
+    # scikit-image's own clipping and mapping, so the tables are theirs; a private module, so the
+    # bit-for-bit tests against equalize_adapthist are what guard an upgrade
     from skimage.exposure._adapthist import clip_histogram, map_histogram
 
     h, w = source.shape
@@ -285,6 +288,7 @@ def _starts(chunks):
 
 
 def _uint_range_of(lo, hi):
+    # normalised images reach exactly 0 and 1 (the percentiles clip there), so their uint16 range is fixed
     return uint_range([0.0, 1.0]) if float(hi) > float(lo) else (0.0, 0.0)
 
 
