@@ -338,7 +338,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     return done_now
 
 
-#: pixels per band when a large image is segmented a band of rows at a time
+#: pixels per band when a large image is segmented a band of rows at a time; at 20,000 x 20,000,
+#: 16 Mpx bands ran no faster (530 s against 521 s) and peaked higher (599 against 535 MiB)
 BAND_PIXELS = 8 * 1024 * 1024
 
 
