@@ -130,6 +130,12 @@ def _cluster(key, v):
     return out
 
 
+def _auto_or(check):
+    def inner(key, v):
+        return v if v == "auto" else check(key, v)
+    return inner
+
+
 def _bool_or_auto(key, v):
     if v == "auto" or isinstance(v, bool):
         return v
@@ -231,7 +237,10 @@ OPTIONS: dict[str, Option] = {
     "local_std_sigmas": Option([8.0], _sigmas, "scales of the local standard deviation (texture at phase size)",
                                "features"),
     "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
-    "chunk_size": Option(256, _int(32), "spatial chunk side of features, activations and labels", "features"),
+    "chunk_size": Option("auto", _auto_or(_int(32)),
+                         "spatial chunk side of features, activations and labels; auto = the image's longer side "
+                         "rounded up to 256, at most 1024 (a micrograph is one chunk, with no halo computed twice)",
+                         "features"),
     "store_features": Option("auto", _bool_or_auto,
                              "write features to store.zarr: true, false, or auto = only for solver 'minibatch', "
                              "which streams them many times (cd samples once; segment computes them on the fly)",

@@ -134,6 +134,22 @@ def feature_params(settings: dict) -> dict:
     return {k: settings[k] for k in keys}
 
 
+#: ``chunk_size: auto`` keeps a task's working set (features, activations and their temporaries, about
+#: 250 bytes a pixel) near 250 MiB at most
+AUTO_CHUNK_MAX = 1024
+AUTO_CHUNK_STEP = 256
+
+
+def chunk_side(shape, settings: dict) -> int:
+    """The chunk side for an image of ``shape``: the ``chunk_size`` setting, or for ``auto`` the longer side
+    rounded up to ``AUTO_CHUNK_STEP``, at most ``AUTO_CHUNK_MAX``."""
+    value = settings["chunk_size"]
+    if value != "auto":
+        return int(value)
+    side = -(-max(int(s) for s in shape[:2]) // AUTO_CHUNK_STEP) * AUTO_CHUNK_STEP
+    return min(AUTO_CHUNK_MAX, side)
+
+
 def check_size(shape, settings: dict, name: str = "image") -> None:
     depth = halo(settings)
     if min(shape) <= depth:
@@ -153,7 +169,8 @@ def compute_features(image, settings: dict, name: str = "image"):
     import dask.array as da
 
     if not isinstance(image, da.Array):
-        image = da.from_array(np.asarray(image), chunks=settings["chunk_size"])
+        image = np.asarray(image)
+        image = da.from_array(image, chunks=chunk_side(image.shape, settings))
     check_size(image.shape, settings, name)
     depth = halo(settings)
     # a chunk thinner than the halo would need neighbours' neighbours

@@ -36,12 +36,9 @@ class ModelError(ValueError):
 
 # --- pure helpers shipped to workers ------------------------------------------
 
-def sample_block(block: np.ndarray, count: int, seed: int) -> np.ndarray:
-    """``count`` random pixels (rows of features) of one block, without replacement."""
-    pix = block.reshape(-1, block.shape[-1])
-    count = min(int(count), pix.shape[0])
-    idx = np.random.default_rng(seed).choice(pix.shape[0], size=count, replace=False)
-    return pix[np.sort(idx)]
+def sample_block(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """The pixels (rows of features) of one block at the given block-local coordinates."""
+    return np.asarray(block)[rows, cols]
 
 
 def block_counts(sizes, total: int) -> list[int]:
@@ -67,15 +64,35 @@ def fetch_blocks(feature_arrays, refs):
 
 
 def image_sample_graph(arr, image_index: int, count: int, seed: int):
-    """Lazy sample of ``count`` pixels of one image, spread over its blocks by their size."""
+    """Lazy sample of ``count`` pixels of one image, drawn uniformly without replacement.
+
+    The pixels are chosen on the whole image's grid and returned in raster
+    order, so the sample (and so the fit) does not depend on the chunking.
+    """
     import dask
 
-    refs = block_refs(arr, image_index)
-    counts = block_counts([n for _, _, n in refs], count)
+    h, w = arr.shape[:2]
+    count = min(int(count), h * w)
+    flat = np.sort(np.random.default_rng([seed, image_index]).choice(h * w, size=count, replace=False,
+                                                                    shuffle=False))
+    ys, xs = flat // w, flat % w
+    y_edges, x_edges = np.cumsum((0,) + arr.chunks[0]), np.cumsum((0,) + arr.chunks[1])
+    by = np.searchsorted(y_edges, ys, side="right") - 1
+    bx = np.searchsorted(x_edges, xs, side="right") - 1
     blocks = arr.to_delayed()
-    parts = [dask.delayed(sample_block, pure=True)(blocks[idx], c, seed * 1_000_003 + image_index * 4099 + b)
-             for b, ((_, idx, _), c) in enumerate(zip(refs, counts)) if c > 0]
-    return dask.delayed(np.concatenate, pure=True)(parts, axis=0)
+    parts, order = [], []
+    for iy, ix in sorted(set(zip(by.tolist(), bx.tolist()))):
+        sel = np.flatnonzero((by == iy) & (bx == ix))
+        parts.append(dask.delayed(sample_block, pure=True)(blocks[iy, ix, 0], ys[sel] - y_edges[iy],
+                                                            xs[sel] - x_edges[ix]))
+        order.append(sel)
+    return dask.delayed(_in_raster_order, pure=True)(parts, np.concatenate(order) if order else np.empty(0, int))
+
+
+def _in_raster_order(parts, positions):
+    out = np.empty((len(positions),) + parts[0].shape[1:], parts[0].dtype)
+    out[positions] = np.concatenate(parts, axis=0)
+    return out
 
 
 def sample_pixels(feature_arrays, n: int, seed: int, compute, batch_images: int = 32) -> np.ndarray:

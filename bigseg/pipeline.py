@@ -167,12 +167,13 @@ def lazy_features(root, image_id: str, settings: dict):
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                    "clahe_kernel_size")}
     if tiled_preprocessing(img, shape, settings):
-        pre = clahe.preprocess_graph(root[f"images/{image_id}/0"], pp, settings["chunk_size"], name=image_id)
+        pre = clahe.preprocess_graph(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
+                                     name=image_id)
         return features.compute_features(pre, settings, image_id)
     pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id, shape=shape,
                                             chunks=tuple((s,) for s in shape), dtype=np.float32,
                                             name=f"bigseg-preprocess-{image_id}-{tokenize(img, pp)}")
-    pre = pre.rechunk(settings["chunk_size"])
+    pre = pre.rechunk(features.chunk_side(shape, settings))
     return features.compute_features(pre, settings, image_id)
 
 
@@ -318,7 +319,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
                                  settings["spatial_weight"], settings["spatial_sweeps"]).transpose(2, 0, 1)
-        chunk = settings["chunk_size"]
+        chunk = features.chunk_side(acts.shape[1:], settings)
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
         memb_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk, "memberships", "float16")
@@ -364,7 +365,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     out_dir = Path(out_dir)
     source = root[f"images/{image_id}/0"]
     h, w = (int(v) for v in source.shape)
-    chunk = settings["chunk_size"]
+    chunk = features.chunk_side((h, w), settings)
     k = model.n_components
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}

@@ -80,3 +80,12 @@ def test_hessian_and_structure_respond_to_shapes():
     # vertical stripes: one strong gradient direction, the other eigenvalue near zero
     big, small = g[..., names.index("structure_max_s1_4")], g[..., names.index("structure_min_s1_4")]
     assert big.mean() > 20 * small.mean()
+
+
+def test_auto_chunk_side_follows_the_image_up_to_a_cap():
+    s = config.validate({"chunk_size": "auto"})
+    assert features.chunk_side((512, 512), s) == 512          # a resized micrograph is one chunk
+    assert features.chunk_side((703, 1024), s) == 1024
+    assert features.chunk_side((300, 200), s) == 512
+    assert features.chunk_side((20000, 20000), s) == features.AUTO_CHUNK_MAX
+    assert features.chunk_side((20000, 20000), config.validate({"chunk_size": 300})) == 300

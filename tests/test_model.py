@@ -134,3 +134,6 @@ def test_sample_does_not_depend_on_how_many_images_share_a_graph(tmp_path, rng):
     every = model.sample_pixels(arrays, 5000, 7, compute, batch_images=32)
     np.testing.assert_array_equal(one, every)
     assert len(one) == 5000
+    # nor on the chunking: pixels are drawn on the image grid and come back in raster order
+    rechunked = [a.rechunk((37, 51, -1)) for a in arrays]
+    np.testing.assert_array_equal(model.sample_pixels(rechunked, 5000, 7, compute), one)
