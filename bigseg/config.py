@@ -131,15 +131,15 @@ def _cluster(key, v):
 
 
 def _auto_or(check):
+    """``check``, with ``auto`` allowed as well."""
     def inner(key, v):
-        return v if v == "auto" else check(key, v)
+        if v == "auto":
+            return v
+        try:
+            return check(key, v)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (or auto)") from None
     return inner
-
-
-def _bool_or_auto(key, v):
-    if v == "auto" or isinstance(v, bool):
-        return v
-    raise ConfigError(f"{key}: expected true, false or auto, got {v!r}")
 
 
 def _bool(key, v):
@@ -241,7 +241,7 @@ OPTIONS: dict[str, Option] = {
                          "spatial chunk side of features, activations and labels; auto = the image's longer side "
                          "rounded up to 256, at most 1024 (a micrograph is one chunk, with no halo computed twice)",
                          "features"),
-    "store_features": Option("auto", _bool_or_auto,
+    "store_features": Option("auto", _auto_or(_bool),
                              "write features to store.zarr: true, false, or auto = only for solver 'minibatch', "
                              "which streams them many times (cd samples once; segment computes them on the fly)",
                              "features"),

@@ -334,7 +334,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
 
     runner.compute_batches(ids, build, "segment")
     for image_id in large:
-        _guard("segment", image_id, segment_large, out_dir, root, image_id, model, settings, runner)
+        _guard("segment", image_id, segment_large, out_dir, root, image_id, model, settings, runner,
+               segment_settings)
         done_now.append(image_id)
     return done_now
 
@@ -352,7 +353,7 @@ def _is_large(root, image_id, settings) -> bool:
                                     settings))
 
 
-def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, runner) -> None:
+def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, runner, segment_settings) -> None:
     """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
 
     Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
@@ -390,7 +391,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
                           regions=[(slice(None), rows), (slice(None), rows), (rows,)])
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
     result = export_large(lab_arr, act_arr, str(out_dir), image_id, k)
-    _finish(result, str(out_dir), image_id, {key: settings[key] for key in SEGMENT_KEYS})
+    _finish(result, str(out_dir), image_id, segment_settings)
 
 
 def memberships(acts):

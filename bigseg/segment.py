@@ -121,15 +121,14 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: i
     out_dir = Path(out_dir)
     h, w = labels_zarr.shape
     counts = np.zeros(k, np.int64)
-    changes, prev_row = 0, None
+    changes = 0
     band = labels_zarr.chunks[0]
     for r0 in range(0, h, band):
-        lab = np.asarray(labels_zarr[r0:r0 + band])
-        counts += np.bincount(lab.ravel(), minlength=k)[:k]
-        changes += int((lab[:, 1:] != lab[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
-        if prev_row is not None:
-            changes += int((lab[0] != prev_row).sum())
-        prev_row = lab[-1].copy()
+        top = max(r0 - 1, 0)          # the row above joins the band, so pairs across the seam count once
+        lab = np.asarray(labels_zarr[top:r0 + band])
+        own = lab[r0 - top:]
+        counts += np.bincount(own.ravel(), minlength=k)[:k]
+        changes += int((own[:, 1:] != own[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
     pairs = h * (w - 1) + (h - 1) * w
 
     def tiles(colour: bool):

@@ -32,6 +32,7 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
     (["solver=adam"], "solver"), (["n_components=0"], "n_components"), (["resize=small"], "resize"),
     (["alpha_W=-1"], "alpha_W"), (["features=[intensity, colour]"], "features"), (["variance_size=4"], "variance_size"),
     (["solver=minibatch", "init=nndsvd"], "init"), (["crop_bottom=-3"], "crop_bottom"),
+    (["store_features=maybe"], "store_features.*or auto"), (["chunk_size=8"], "chunk_size.*or auto"),
 ])
 def test_bad_values_name_the_key(sets, key):
     with pytest.raises(config.ConfigError, match=key):

@@ -1,5 +1,7 @@
 """Images larger than memory: tiled preprocessing equals the whole frame, chunked inputs, tiled exports."""
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -108,5 +110,8 @@ def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch):
         assert tifffile.TiffFile(tmp_path / "tiled" / "labels" / f"{stem}.tif").pages[0].is_tiled
         assert tifffile.imread(tmp_path / "tiled" / "color" / f"{stem}.tif").shape == ref.shape + (3,)
     np.testing.assert_array_equal(root["images/a_png/labels/phases/0"][:], ref)
+    speckle = {d: json.loads((tmp_path / d / "records" / "segment" / "a_png.json").read_text())["speckle"]
+               for d in ("whole", "tiled")}
+    assert speckle["tiled"] == pytest.approx(speckle["whole"], abs=1e-12)     # band seams counted once
     whole_csv = (tmp_path / "whole" / "phase_fractions.csv").read_text()
     assert (tmp_path / "tiled" / "phase_fractions.csv").read_text() == whole_csv
