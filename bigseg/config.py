@@ -201,7 +201,18 @@ def _sigmas(key, v):
     return [_float(0, lo_open=True)(key, s) for s in v]
 
 
-FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur", "hessian", "structure", "local_std")
+def _odd_sizes(key, v):
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: expected a non-empty list of odd window sides >= 3, got {v!r}")
+    sizes = [_int(3)(key, s) for s in v]
+    even = [s for s in sizes if s % 2 == 0]
+    if even:
+        raise ConfigError(f"{key}: window sides must be odd (centred on the pixel), got {even[0]}")
+    return sizes
+
+
+FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur", "hessian", "structure", "local_std",
+                 "closing", "opening")
 #: named feature sets: "method" is the method's six features
 FEATURE_PRESETS = {
     "method": ["intensity", "gradient", "laplacian", "variance", "blur"],
@@ -236,6 +247,11 @@ OPTIONS: dict[str, Option] = {
                                "orientation)", "features"),
     "local_std_sigmas": Option([8.0], _sigmas, "scales of the local standard deviation (texture at phase size)",
                                "features"),
+    "closing_sizes": Option([9, 17, 33], _odd_sizes,
+                            "window sides of grey closings (granulometry: a dark region keeps its level only if "
+                            "wider than the window, so phases of different size separate)", "features"),
+    "opening_sizes": Option([9, 17, 33], _odd_sizes,
+                            "window sides of grey openings (the same for bright regions)", "features"),
     "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
     "chunk_size": Option("auto", _auto_or(_int(32)),
                          "spatial chunk side of features, activations and labels; auto = the image's longer side "
@@ -300,7 +316,7 @@ OPTIONS["features"] = Option(OPTIONS["features"].default, _features_check,
 MODEL_BOUND_KEYS = (
     "resize", "target_pixel_size", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
     "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
-    "structure_sigmas", "local_std_sigmas", "truncate",
+    "structure_sigmas", "local_std_sigmas", "closing_sizes", "opening_sizes", "truncate",
 )
 
 

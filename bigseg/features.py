@@ -37,6 +37,8 @@ def feature_names(settings: dict) -> list[str]:
             names += [f"structure_{e}_s{d:g}_{i:g}" for e in ("max", "min")]
         elif kind == "local_std":
             names += [f"local_std_s{s:g}" for s in settings["local_std_sigmas"]]
+        elif kind in ("closing", "opening"):
+            names += [f"{kind}_w{s}" for s in settings[f"{kind}_sizes"]]
         elif kind == "gradient":
             names.append(f"gradient_s{settings['gradient_sigma']:g}")
         elif kind == "laplacian":
@@ -73,6 +75,10 @@ def halo(settings: dict) -> int:
         r.append(_radius(d, t) + _radius(i, t))      # smoothing of a gradient product
     if "local_std" in kinds:
         r += [_radius(s, t) for s in settings["local_std_sigmas"]]
+    for kind in ("closing", "opening"):
+        if kind in kinds:
+            # a dilation then an erosion (or the reverse), each reaching half the window
+            r += [2 * (s // 2) for s in settings[f"{kind}_sizes"]]
     return max(r)
 
 
@@ -123,6 +129,9 @@ def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
                 mean = ndi.gaussian_filter(img, s, mode="reflect", truncate=t)
                 mean_sq = ndi.gaussian_filter(img * img, s, mode="reflect", truncate=t)
                 out.append(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)))
+        elif kind in ("closing", "opening"):
+            op = ndi.grey_closing if kind == "closing" else ndi.grey_opening
+            out += [op(img, size=(s, s), mode="reflect") for s in params[f"{kind}_sizes"]]
         else:  # config validation makes this unreachable for user input
             raise ValueError(f"unknown feature {kind!r}")
     return np.stack(out, axis=-1).astype(np.float32, copy=False)
@@ -130,7 +139,7 @@ def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
 
 def feature_params(settings: dict) -> dict:
     keys = ("features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
-            "structure_sigmas", "local_std_sigmas", "truncate")
+            "structure_sigmas", "local_std_sigmas", "closing_sizes", "opening_sizes", "truncate")
     return {k: settings[k] for k in keys}
 
 

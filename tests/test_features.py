@@ -89,3 +89,33 @@ def test_auto_chunk_side_follows_the_image_up_to_a_cap():
     assert features.chunk_side((300, 200), s) == 512
     assert features.chunk_side((20000, 20000), s) == features.AUTO_CHUNK_MAX
     assert features.chunk_side((20000, 20000), config.validate({"chunk_size": 300})) == 300
+
+
+@pytest.mark.parametrize("chunks", [(37, 53), (29, 101)])
+def test_granulometry_chunked_equals_unchunked(rng, chunks):
+    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [3, 9], "opening_sizes": [5, 11]})
+    assert features.halo(s) == 10
+    img = rng.random((120, 150)).astype(np.float32)
+    whole = features.feature_block(img, features.feature_params(s))
+    with raise_if_dask_computes():
+        lazy = features.compute_features(da.from_array(img, chunks=chunks), s)
+    assert features.feature_names(s) == ["closing_w3", "closing_w9", "opening_w5", "opening_w11"]
+    np.testing.assert_array_equal(lazy.compute(), whole)
+
+
+def test_closing_and_opening_separate_regions_by_size():
+    # a 5-px cell and a 25-px region on a frame of the other level: a 9-px window
+    # removes the cell (narrower than the window) and keeps the region
+    dark = np.ones((60, 60), np.float32)
+    dark[10:15, 10:15] = 0.2
+    dark[25:50, 25:50] = 0.2
+    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [9], "opening_sizes": [9]})
+    f = features.feature_block(dark, features.feature_params(s))
+    assert f[12, 12, 0] == 1.0 and f[37, 37, 0] == pytest.approx(0.2)
+    f = features.feature_block(1.2 - dark, features.feature_params(s))
+    assert f[12, 12, 1] == pytest.approx(0.2) and f[37, 37, 1] == 1.0
+
+
+def test_granulometry_sizes_must_be_odd():
+    with pytest.raises(config.ConfigError, match="closing_sizes.*odd.*8"):
+        config.validate({"closing_sizes": [9, 8]})
