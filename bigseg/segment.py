@@ -105,7 +105,8 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
         labels_zarr[...] = labels
     io.write_png(out_dir / "labels" / f"{image_id}.png", labels)
     io.write_palette_png(out_dir / "color" / f"{image_id}.png", labels % len(viz.PALETTE), viz.PALETTE)
-    io.write_png(out_dir / "activations" / f"{image_id}.png", viz.activation_panels(_panel_view(acts_kyx)))
+    io.write_palette_png(out_dir / "activations" / f"{image_id}.png", viz.activation_panels(_panel_view(acts_kyx)),
+                         viz.PANEL_PALETTE)
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
             "pixels": int(labels.size), "speckle": speckle_rate(labels)}
@@ -140,8 +141,8 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: i
     io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
     io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
     step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
-    io.write_png(out_dir / "activations" / f"{image_id}.png",
-                 viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])))
+    io.write_palette_png(out_dir / "activations" / f"{image_id}.png",
+                         viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])), viz.PANEL_PALETTE)
     total = h * w
     return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
             "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

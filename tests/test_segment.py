@@ -74,3 +74,23 @@ def test_compiled_and_numpy_solves_agree_on_a_coupled_solve(rng, monkeypatch):
     reference = spatial_block(feats, H, lo, hi, 0.01, 0.02, 2.0, 5)
     np.testing.assert_allclose(compiled, reference, atol=1e-6)
     assert (compiled.argmax(-1) == reference.argmax(-1)).mean() > 0.999
+
+
+def test_activation_panels_share_one_scale_and_show_as_viridis(tmp_path):
+    from PIL import Image
+
+    from bigseg import io, viz
+
+    acts = np.zeros((3, 10, 12), np.float32)
+    acts[0] = 1.0
+    acts[1, :, 6:] = 0.5
+    panels = viz.activation_panels(acts, gap=2)
+    assert panels.shape == (10, 3 * 12 + 2 * 2)
+    assert (panels[:, 12:14] == 255).all() and (panels[:, 26:28] == 255).all()      # white gaps
+    assert (panels[:, :12] == 254).all()                  # the strongest component tops the shared scale
+    assert (panels[:, 14:20] == 0).all() and (panels[:, 20:26] == 127).all()
+    assert (panels[:, 28:] == 0).all()
+    io.write_palette_png(tmp_path / "p.png", panels, viz.PANEL_PALETTE)
+    rgb = np.asarray(Image.open(tmp_path / "p.png").convert("RGB"))
+    assert tuple(rgb[0, 0]) == (253, 231, 37) and tuple(rgb[0, 14]) == (68, 1, 84)   # viridis ends
+    assert tuple(rgb[0, 12]) == (255, 255, 255)
