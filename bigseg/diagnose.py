@@ -101,9 +101,9 @@ def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]
     return out
 
 
-def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
-    """One bar chart per component over the named features, written atomically as PNG."""
-    from .viz import PALETTE, pyplot, save_figure
+def fingerprint_figure(H: np.ndarray, names, labels) -> bytes:
+    """One bar chart per component over the named features, as PNG bytes."""
+    from .viz import PALETTE, figure_png, pyplot
 
     k = len(H)
     fig, axes = pyplot().subplots(1, k, figsize=(2.6 * k, 3.2), sharey=True, squeeze=False)
@@ -113,4 +113,11 @@ def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
         ax.set_title(f"{i}: {labels[i]}", fontsize=8)
     axes[0][0].set_ylabel("H row (unit norm)")
     fig.tight_layout()
-    save_figure(fig, path)
+    return figure_png(fig)
+
+
+def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
+    """:func:`fingerprint_figure` written atomically to ``path``."""
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(path, fingerprint_figure(H, names, labels))

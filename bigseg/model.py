@@ -149,10 +149,21 @@ class Model:
     feature_names: list
     settings: dict
     report: dict = field(default_factory=dict)
+    #: the fingerprint bar charts as PNG, drawn once when the model is fitted and kept
+    #: with it, so segmenting with a saved model needs no plotting
+    figure: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_components(self) -> int:
         return int(self.H.shape[0])
+
+    def fingerprint_png(self) -> bytes:
+        """The components' fingerprints (H rows over the named features) as a PNG bar chart."""
+        if self.figure is None:
+            from .diagnose import component_names, fingerprint_figure
+
+            self.figure = fingerprint_figure(self.H, self.feature_names, component_names(self.H, self.feature_names))
+        return self.figure
 
     def check_settings(self, settings: dict) -> None:
         """Fail, naming the setting, if ``settings`` would compute other features than the model's."""
@@ -160,7 +171,7 @@ class Model:
 
     # --- persistence ---
     def save(self, path) -> None:
-        """Write ``model.json`` + ``model.npz`` into ``path`` atomically (temp folder, then rename)."""
+        """Write ``model.json``, ``model.npz`` and ``fingerprints.png`` into ``path`` atomically (temp folder, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -170,6 +181,7 @@ class Model:
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
                     "fingerprints": fingerprints(self.H, self.feature_names)}
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+            (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
             os.umask(mask)
             os.chmod(tmp, 0o777 & ~mask)     # mkdtemp's 0700 would hide the model from colleagues
@@ -201,8 +213,9 @@ class Model:
         names = meta["feature_names"]
         if H.ndim != 2 or H.shape[1] != len(names) or lo.shape != (len(names),) or hi.shape != (len(names),):
             raise ModelError(f"{path}: H {H.shape} and scaling do not match {len(names)} features")
+        figure = path / "fingerprints.png"       # absent in models saved before it was kept
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=meta["settings"],
-                   report=meta.get("report", {}))
+                   report=meta.get("report", {}), figure=figure.read_bytes() if figure.exists() else None)
 
 
 def _json_default(o):

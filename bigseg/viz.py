@@ -39,16 +39,21 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, path, dpi: int = 110) -> None:
-    """Write a matplotlib figure as PNG atomically and close it."""
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
     import io as _io
-
-    from .io import atomic_write_bytes
 
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     pyplot().close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(path, figure_png(fig, dpi))
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:

@@ -72,10 +72,14 @@ def test_save_load_round_trip_without_pickle(tmp_path, rng):
                     report={"relative_error": 0.1})
     m.save(tmp_path / "model")
     m.save(tmp_path / "model")                      # overwriting an existing model is atomic too
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.json", "model.npz"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["fingerprints.png", "model.json", "model.npz"]
     back = model.Model.load(tmp_path / "model")
     np.testing.assert_array_equal(back.H, m.H)
     assert back.feature_names == names and back.report == m.report
+    # the figure travels with the model, so segmenting with it draws nothing
+    assert back.figure == m.figure and back.figure.startswith(b"\x89PNG")
+    (tmp_path / "model" / "fingerprints.png").unlink()     # a model saved before the figure was kept
+    assert model.Model.load(tmp_path / "model").fingerprint_png().startswith(b"\x89PNG")
     with np.load(tmp_path / "model" / "model.npz", allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
     block = rng.random((10, 12, len(names))).astype(np.float32)
