@@ -7,6 +7,10 @@ import logging
 
 log = logging.getLogger("bigseg")
 
+#: share of a worker thread's memory its chunk may take (``chunk_memory: auto``); the rest is the process's
+#: libraries (about 450 MiB), results waiting to be stored and the other stages' blocks
+CHUNK_MEMORY_SHARE = 0.25
+
 
 class Runner:
     """Evaluates lists of dask objects on the chosen scheduler, with optional progress."""
@@ -52,6 +56,27 @@ class Runner:
         else:
             threads = os.cpu_count() or 1
         return max(16, 4 * threads)
+
+    def memory_per_thread(self) -> int | None:
+        """Bytes of memory each worker thread may count on (the least over workers), or None if unknown."""
+        import os
+
+        if self.client is not None:
+            workers = self.client.scheduler_info().get("workers", {}).values()
+            shares = [w["memory_limit"] / max(w.get("nthreads", 1), 1) for w in workers if w.get("memory_limit")]
+            return int(min(shares)) if shares else None
+        import dask
+        from distributed.system import MEMORY_LIMIT      # the machine's memory or its cgroup limit
+
+        threads = dask.config.get("num_workers", None) or os.cpu_count() or 1
+        return int(MEMORY_LIMIT / threads)
+
+    def resolve(self, settings: dict) -> dict:
+        """``settings`` with ``chunk_memory: auto`` made a number of bytes for the workers at hand."""
+        if settings.get("chunk_memory") != "auto":
+            return settings
+        share = self.memory_per_thread()
+        return dict(settings, chunk_memory=int(share * CHUNK_MEMORY_SHARE)) if share else settings
 
     def compute_batches(self, items, build, label: str = ""):
         """``build(item)`` (a dask object, or None to leave the item out) computed ``batch_images`` at a time.

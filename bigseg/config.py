@@ -81,6 +81,15 @@ def _memory(key, v):
     return v.strip()
 
 
+def _bytes(key, v):
+    """A size in bytes: a positive integer, or a string such as '512MiB'."""
+    if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+        return v
+    from dask.utils import parse_bytes
+
+    return int(parse_bytes(_memory(key, v)))
+
+
 def _walltime(key, v):
     import re
 
@@ -257,6 +266,10 @@ OPTIONS: dict[str, Option] = {
                          "spatial chunk side of features, activations and labels; auto = the image's longer side "
                          "rounded up to 256, at most 1024 (a micrograph is one chunk, with no halo computed twice)",
                          "features"),
+    "chunk_memory": Option("auto", _auto_or(_bytes),
+                           "memory one task may hold for its chunk (bytes or a size such as '256MiB'); caps "
+                           "chunk_size auto: auto = a quarter of each worker thread's share of memory. Results do "
+                           "not depend on it", "features"),
     "store_features": Option("auto", _auto_or(_bool),
                              "write features to store.zarr: true, false, or auto = only for solver 'minibatch', "
                              "which streams them many times (cd samples once; segment computes them on the fly)",

@@ -143,20 +143,35 @@ def feature_params(settings: dict) -> dict:
     return {k: settings[k] for k in keys}
 
 
-#: ``chunk_size: auto`` keeps a task's working set (features, activations and their temporaries, about
-#: 250 bytes a pixel) near 250 MiB at most
+#: ``chunk_size: auto``: the image's longer side rounded up to a step, at most the cap
 AUTO_CHUNK_MAX = 1024
 AUTO_CHUNK_STEP = 256
+#: the smallest side ``chunk_memory`` may shrink an auto chunk to
+AUTO_CHUNK_MIN = 128
+#: peak memory a segment task holds per pixel of its haloed chunk (features, activations and their
+#: temporaries); measured on a 6000 x 6000 tiled TIFF: 320 bytes for the first thread, 180 for the second
+CHUNK_BYTES_PER_PIXEL = 400
 
 
 def chunk_side(shape, settings: dict) -> int:
-    """The chunk side for an image of ``shape``: the ``chunk_size`` setting, or for ``auto`` the longer side
-    rounded up to ``AUTO_CHUNK_STEP``, at most ``AUTO_CHUNK_MAX``."""
+    """The chunk side for an image of ``shape``.
+
+    The ``chunk_size`` setting, or for ``auto`` the longer side rounded up to
+    ``AUTO_CHUNK_STEP``, at most ``AUTO_CHUNK_MAX``, and shrunk in steps of
+    ``AUTO_CHUNK_MIN`` until a task's haloed chunk fits ``chunk_memory``
+    (once the runner has resolved it to bytes). Halos are exact, so the chunk
+    side changes speed and memory, never the result.
+    """
     value = settings["chunk_size"]
     if value != "auto":
         return int(value)
-    side = -(-max(int(s) for s in shape[:2]) // AUTO_CHUNK_STEP) * AUTO_CHUNK_STEP
-    return min(AUTO_CHUNK_MAX, side)
+    side = min(AUTO_CHUNK_MAX, -(-max(int(s) for s in shape[:2]) // AUTO_CHUNK_STEP) * AUTO_CHUNK_STEP)
+    budget = settings.get("chunk_memory", "auto")
+    if budget != "auto":
+        depth = halo(settings) + int(settings.get("spatial_sweeps", 0))
+        while side > AUTO_CHUNK_MIN and (side + 2 * depth) ** 2 * CHUNK_BYTES_PER_PIXEL > budget:
+            side = max(AUTO_CHUNK_MIN, side - AUTO_CHUNK_MIN)
+    return side
 
 
 def check_size(shape, settings: dict, name: str = "image") -> None:

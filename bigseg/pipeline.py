@@ -467,6 +467,7 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = runner.resolve(settings)
     timings = {}
     t = time.perf_counter()
     paths = io.find_images(inputs)
@@ -533,6 +534,7 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = runner.resolve(settings)
     ids, skipped = ingest(io.find_images(inputs), out_dir, settings, runner)
     ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:

@@ -58,3 +58,19 @@ def test_slurm_job_script_asks_for_what_the_config_says():
     # 4 worker processes of 2 threads sharing the job's 32 GiB
     assert "--nworkers 4" in worker and "--nthreads 2" in worker and "--memory-limit 8.00GiB" in worker
     assert cluster.scheduler_address.split(":")[-1] in worker     # workers dial this scheduler
+
+
+def test_chunk_memory_auto_resolves_to_a_share_of_each_threads_memory(monkeypatch):
+    import dask
+    from distributed.system import MEMORY_LIMIT
+
+    from bigseg import config
+    from bigseg.cluster import CHUNK_MEMORY_SHARE, Runner
+
+    s = config.defaults()
+    with dask.config.set(num_workers=2):
+        resolved = Runner().resolve(s)
+    assert resolved["chunk_memory"] == int(int(MEMORY_LIMIT / 2) * CHUNK_MEMORY_SHARE)
+    assert s["chunk_memory"] == "auto"                     # the caller's settings are left alone
+    given = dict(s, chunk_memory=12345)
+    assert Runner().resolve(given) is given

@@ -39,7 +39,7 @@ def loopback_cluster(tmp_path):
     try:
         address = _wait_for(sched_file)["address"]
         procs.append(subprocess.Popen(dask_cli + ["worker", "--scheduler-file", str(sched_file), "--nworkers", "2",
-                                                  "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard",
+                                                  "--nthreads", "1", "--memory-limit", "2GiB", "--host", "127.0.0.1", "--no-dashboard",
                                                   "--local-directory", str(tmp_path / "worker")],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         from distributed import Client
@@ -66,6 +66,8 @@ def test_run_on_scheduler_and_worker_processes_matches_threads(synth_dir, tmp_pa
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((dist_out / "summary.json").read_text())
     assert summary["scheduler"].startswith("distributed")
+    # chunk_memory auto comes from the workers: a quarter of 2 GiB for their one thread each
+    assert summary["settings"]["chunk_memory"] == 2**31 // 4
     res = CliRunner().invoke(main, ["run"] + in_args + ["--out", str(thread_out)] + ARGS, catch_exceptions=False)
     assert res.exit_code == 0
     for p in inputs:

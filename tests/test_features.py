@@ -91,6 +91,27 @@ def test_auto_chunk_side_follows_the_image_up_to_a_cap():
     assert features.chunk_side((20000, 20000), config.validate({"chunk_size": 300})) == 300
 
 
+def test_chunk_memory_shrinks_auto_chunks_to_fit():
+    s = config.validate({"chunk_size": "auto", "chunk_memory": "2GiB"})
+    assert features.chunk_side((20000, 20000), s) == 1024            # room to spare: the cap holds
+    depth = features.halo(s) + s["spatial_sweeps"]
+    s = config.validate({"chunk_size": "auto", "chunk_memory": "128MiB"})
+    side = features.chunk_side((20000, 20000), s)
+    assert side % features.AUTO_CHUNK_MIN == 0 and side < 1024
+    assert (side + 2 * depth) ** 2 * features.CHUNK_BYTES_PER_PIXEL <= 128 * 2**20
+    assert (side + features.AUTO_CHUNK_MIN + 2 * depth) ** 2 * features.CHUNK_BYTES_PER_PIXEL > 128 * 2**20
+    tiny = config.validate({"chunk_size": "auto", "chunk_memory": 1000})
+    assert features.chunk_side((20000, 20000), tiny) == features.AUTO_CHUNK_MIN      # never below the floor
+    assert features.chunk_side((20000, 20000), dict(tiny, chunk_size=300)) == 300   # an explicit side wins
+
+
+def test_chunk_memory_accepts_sizes_and_names_itself_when_wrong():
+    assert config.validate({"chunk_memory": "256MiB"})["chunk_memory"] == 256 * 2**20
+    assert config.validate({"chunk_memory": 4096})["chunk_memory"] == 4096
+    with pytest.raises(config.ConfigError, match="chunk_memory.*or auto"):
+        config.validate({"chunk_memory": "lots"})
+
+
 @pytest.mark.parametrize("chunks", [(37, 53), (29, 101)])
 def test_granulometry_chunked_equals_unchunked(rng, chunks):
     s = config.validate({"features": ["closing", "opening"], "closing_sizes": [3, 9], "opening_sizes": [5, 11]})

@@ -101,6 +101,19 @@ def test_segment_with_saved_model_reproduces_labels(finished_run, synth_dir, tmp
     assert np.mean(a == b) > 0.999        # features recomputed on the fly equal the stored ones
 
 
+def test_chunks_sized_by_memory_give_the_same_labels(finished_run, synth_dir, tmp_path):
+    # the finished run used 96-px chunks; 1 MiB a task makes auto chunks 128 px (the floor)
+    out = tmp_path / "seg"
+    res = _run(["segment", str(finished_run / "model"), "--input", str(synth_dir / "images" / "synth01.tif"),
+                "--out", str(out), "--quiet", "--set", "chunk_size=auto", "--set", "chunk_memory=1MiB"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "summary.json").read_text())["settings"]["chunk_memory"] == 2**20
+    assert zarr.open_array(str(out / "store.zarr" / "activations" / "synth01"), mode="r").chunks[1:] == (128, 128)
+    a = np.asarray(Image.open(out / "labels" / "synth01.png"))
+    b = np.asarray(Image.open(finished_run / "labels" / "synth01.png"))
+    assert np.mean(a == b) > 0.999
+
+
 def test_segment_refuses_other_feature_settings(finished_run, synth_dir, tmp_path):
     res = CliRunner().invoke(main, ["segment", str(finished_run / "model"), "--input", str(synth_dir / "images"),
                                     "--out", str(tmp_path / "x"), "--set", "gradient_sigma=2.5"])
