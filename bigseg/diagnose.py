@@ -114,10 +114,3 @@ def fingerprint_figure(H: np.ndarray, names, labels) -> bytes:
     axes[0][0].set_ylabel("H row (unit norm)")
     fig.tight_layout()
     return figure_png(fig)
-
-
-def plot_fingerprints(H: np.ndarray, names, labels, path) -> None:
-    """:func:`fingerprint_figure` written atomically to ``path``."""
-    from .io import atomic_write_bytes
-
-    atomic_write_bytes(path, fingerprint_figure(H, names, labels))

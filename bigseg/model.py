@@ -171,7 +171,8 @@ class Model:
 
     # --- persistence ---
     def save(self, path) -> None:
-        """Write ``model.json``, ``model.npz`` and ``fingerprints.png`` into ``path`` atomically (temp folder, then rename)."""
+        """Write ``model.json``, ``model.npz`` and ``fingerprints.png`` into ``path`` atomically
+        (temp folder, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))

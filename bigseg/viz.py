@@ -18,7 +18,7 @@ _VIRIDIS_STOPS = np.array([
 ], dtype=np.float64)
 
 
-def viridis_lut(n: int = 256) -> np.ndarray:
+def viridis_lut(n: int) -> np.ndarray:
     """``n`` viridis colours, dark blue to yellow, as uint8 RGB."""
     t = np.linspace(0, 1, n)
     xs = np.linspace(0, 1, len(_VIRIDIS_STOPS))

@@ -70,19 +70,20 @@ def ceiling(pairs, settings, n_classes, per_image, seed):
             X.append(f.reshape(-1, f.shape[-1])[pick])
             y.append(truth[pick])
         samples.append((np.concatenate(X), np.concatenate(y)))
-    out = {}
-    for weighting in (None, "balanced"):
-        models = [HistGradientBoostingClassifier(max_iter=100, class_weight=weighting, random_state=seed).fit(X, y)
-                  for X, y in samples]
-        cm = np.zeros((n_classes, n_classes), np.int64)
-        for model, fold in zip(models[::-1], folds):       # each fold is predicted by the other's model
-            for image, label in fold:
-                shape, f = _features(image, settings)
-                truth = io.read_label_mask(label)
+    weightings = ("plain", "balanced")
+    models = {w: [HistGradientBoostingClassifier(max_iter=100, class_weight=None if w == "plain" else w,
+                                                 random_state=seed).fit(X, y) for X, y in samples]
+              for w in weightings}
+    cm = {w: np.zeros((n_classes, n_classes), np.int64) for w in weightings}
+    for f_index, fold in enumerate(folds):
+        for image, label in fold:
+            shape, f = _features(image, settings)
+            truth = io.read_label_mask(label)
+            for w in weightings:
+                model = models[w][1 - f_index]              # each fold is predicted by the other's model
                 pred = _predict_native(model, f, n_classes, shape)
-                cm += evaluate.confusion(truth, evaluate.resize_nearest(pred, truth.shape), n_classes, n_classes)
-        out[weighting or "plain"] = evaluate.scores(cm)
-    return out
+                cm[w] += evaluate.confusion(truth, evaluate.resize_nearest(pred, truth.shape), n_classes, n_classes)
+    return {w: evaluate.scores(cm[w]) for w in weightings}
 
 
 def main():
