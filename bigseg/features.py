@@ -153,6 +153,12 @@ AUTO_CHUNK_MIN = 128
 CHUNK_BYTES_PER_PIXEL = 400
 
 
+def segment_halo(settings: dict) -> int:
+    """Rows/columns a labelled pixel depends on: the features' halo plus one per coupled sweep."""
+    sweeps = int(settings.get("spatial_sweeps", 0)) if settings.get("spatial_weight", 0) > 0 else 0
+    return halo(settings) + sweeps
+
+
 def chunk_side(shape, settings: dict) -> int:
     """The chunk side for an image of ``shape``.
 
@@ -168,7 +174,7 @@ def chunk_side(shape, settings: dict) -> int:
     side = min(AUTO_CHUNK_MAX, -(-max(int(s) for s in shape[:2]) // AUTO_CHUNK_STEP) * AUTO_CHUNK_STEP)
     budget = settings.get("chunk_memory", "auto")
     if budget != "auto":
-        depth = halo(settings) + int(settings.get("spatial_sweeps", 0))
+        depth = segment_halo(settings)
         while side > AUTO_CHUNK_MIN and (side + 2 * depth) ** 2 * CHUNK_BYTES_PER_PIXEL > budget:
             side = max(AUTO_CHUNK_MIN, side - AUTO_CHUNK_MIN)
     return side

@@ -371,8 +371,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}
     (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
-    sweeps = settings["spatial_sweeps"] if settings["spatial_weight"] > 0 else 0
-    margin = features.halo(settings) + sweeps
+    margin = features.segment_halo(settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
     memb_arr = store.create_activations(root, image_id, (h, w), k, chunk, "memberships", "float16")
