@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import glob
+import logging
+import math
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,14 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 ZARR_SUFFIX = ".zarr"
 #: rows read at a time from a chunked input
 BAND_ROWS = 1024
+#: images declaring more pixels are refused before anything is decoded (decompression bombs);
+#: about 1.07 Gpx, where a 20,000 x 20,000 montage is 0.4 Gpx
+MAX_IMAGE_PIXELS = 2**30
+#: a TIFF whose declared image is this many times larger than the file is refused: deflate cannot pass
+#: about 1030:1 and LZW, PackBits and JPEG stay below that, so only a crafted or broken file gets here
+MAX_TIFF_COMPRESSION_RATIO = 5000
+
+log = logging.getLogger("bigseg")
 
 
 class ImageReadError(RuntimeError):
@@ -42,7 +53,8 @@ def find_images(inputs) -> list[Path]:
         p = Path(text)
         if p.is_dir() and p.suffix.lower() != ZARR_SUFFIX:
             found += sorted(q for q in p.iterdir() if _is_image(q))
-        elif p.is_file() or p.is_dir():
+        elif p.is_file() or p.is_dir() or os.path.lexists(p):
+            # lexists: a broken link or an entry we may not stat is kept, and reading it says what is wrong
             found.append(p)
         elif any(ch in text for ch in "*?["):
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
@@ -72,7 +84,46 @@ def image_ids(paths: list[Path]) -> list[str]:
 
 def _is_image(p: Path) -> bool:
     suffix = p.suffix.lower()
-    return (p.is_file() and suffix in IMAGE_SUFFIXES) or (p.is_dir() and suffix == ZARR_SUFFIX)
+    if suffix not in IMAGE_SUFFIXES and suffix != ZARR_SUFFIX:
+        return False
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        # a broken link, a link loop or an entry we may not stat must not vanish from the batch unseen:
+        # it is kept, and reading it reports why it failed
+        return os.path.lexists(p)
+    return stat.S_ISDIR(mode) if suffix == ZARR_SUFFIX else stat.S_ISREG(mode)
+
+
+def _refuse_broken_link(path: Path, source: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise ImageReadError(f"{source}: broken symbolic link to {os.readlink(path)}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of a library's exception on one line, for an error that is reported as one line."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _too_many_pixels(source: str, declared: str, max_pixels: int) -> ImageReadError:
+    return ImageReadError(f"{source}: declares {declared}, more than the limit of {max_pixels} pixels "
+                          f"({max_pixels / 1e9:.2f} Gpx) that guards against decompression bombs; "
+                          f"if the image is genuine, set max_image_pixels higher")
+
+
+def _check_pixels(source: str, height: int, width: int, max_pixels: int) -> None:
+    if height * width > max_pixels:
+        raise _too_many_pixels(source, f"{width} x {height} pixels ({height * width / 1e9:.2f} Gpx)", max_pixels)
+
+
+def _refuse_non_finite(grey: np.ndarray, source: str, where: str = "") -> None:
+    """NaN or infinite pixels would make one phase of the whole image: refuse them by name."""
+    if grey.dtype.kind != "f":
+        return
+    bad = grey.size - int(np.count_nonzero(np.isfinite(grey)))
+    if bad:
+        raise ImageReadError(f"{source}: {bad} of {grey.size} pixels{where} are NaN or infinite; bigseg needs "
+                             f"finite values (export the image again or mask them)")
 
 
 def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
@@ -113,44 +164,182 @@ def _tiff_pixel_size(tif) -> float | None:
         return None
 
 
-def read_image(path) -> GreyImage:
-    """Read TIFF (8/16-bit, multi-channel), PNG, JPEG or BMP as a 2-D grey array."""
+# TIFF codes (TIFF 6.0): photometric interpretations and compressions
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
+_CIELAB, _ICCLAB, _ITULAB = 8, 9, 10
+_OJPEG, _JPEG = 6, 7
+#: codecs whose best ratio is known (none, LZW, old and new JPEG, Adobe and old deflate, PackBits): only for
+#: these is a huge declared size in a small file proof of a broken or crafted file. zstd, LZMA, CCITT and the
+#: wavelet codecs pack a constant image far tighter, so for them only the pixel limit applies.
+_BOUNDED_TIFF_CODECS = {1, 5, _OJPEG, _JPEG, 8, 32946, 32773}
+
+
+@dataclass(frozen=True)
+class _TiffPlane:
+    """What reading the first image of a TIFF needs from its header, kept after the file is closed."""
+
+    axes: str                 # of level 0 of the first series, none squeezed
+    page_axes: str            # of one page of it
+    height: int
+    width: int
+    photometric: int
+    compression: int
+    bits: int
+    samples: int
+    colormap: np.ndarray | None
+
+
+def _tiff_first_image(tif, source: str, max_pixels: int) -> _TiffPlane:
+    """Check the first image of a TIFF against the size limits from its header alone; warn of the others.
+
+    Only level 0 of the first plane of the first series is read: a TIFF with
+    several pages or planes (detectors, a stack, a hyperstack) is not mixed into one image.
+    """
+    series = tif.series[0].levels[0]
+    page = series.keyframe
+    height, width = int(page.imagelength), int(page.imagewidth)
+    _check_pixels(source, height, width, max_pixels)
+    compression = int(page.compression)
+    declared_bytes = page.size * page.bitspersample / 8
+    file_bytes = tif.filehandle.size
+    if compression in _BOUNDED_TIFF_CODECS and declared_bytes > MAX_TIFF_COMPRESSION_RATIO * max(file_bytes, 1):
+        raise ImageReadError(f"{source}: declares {width} x {height} pixels ({declared_bytes / 1e6:.0f} MB) in a "
+                             f"file of {file_bytes} bytes, more than {MAX_TIFF_COMPRESSION_RATIO} times its "
+                             f"size, which its compression cannot reach; the file is truncated or crafted "
+                             f"(export the image again)")
+    images = sum(math.prod(s.get_shape(False)) // max(s.keyframe.size, 1) for s in tif.series)
+    if images > 1:
+        noun = "pages" if images == len(tif.pages) else "planes"
+        log.warning("%s: %d %s; using the first (one image per file)", source, images, noun)
+    photometric = int(page.photometric)
+    if photometric == _SEPARATED and (page.tags.valueof("InkSet", 1) != 1 or page.samplesperpixel < 4):
+        raise ImageReadError(f"{source}: separated colour with inks other than CMYK is not supported; "
+                             f"export the image as grey or RGB")
+    extras = [int(e) for e in page.extrasamples]
+    if photometric in (_MINISBLACK, _MINISWHITE) and page.samplesperpixel > 1 and 0 in extras:
+        # unspecified extra samples may be other detectors: say that only the first is used
+        log.warning("%s: %d samples per pixel in a grey image; using the first", source, page.samplesperpixel)
+    colormap = np.asarray(page.colormap) if photometric == _PALETTE and page.colormap is not None else None
+    return _TiffPlane(series.get_axes(False), page.axes, height, width, photometric, compression,
+                      int(page.bitspersample), int(page.samplesperpixel), colormap)
+
+
+def _as_yxs(arr, axes: str, rows: slice = slice(None)) -> np.ndarray:
+    """Rows of the first plane of an array with TIFF ``axes``, ordered Y, X[, S]; only those rows are read."""
+    index = tuple(rows if ax == "Y" else slice(None) if ax in "XS" else 0 for ax in axes)
+    kept = [ax for ax in axes if ax in "YXS"]
+    return np.transpose(np.asarray(arr[index]), [kept.index(ax) for ax in "YXS" if ax in kept])
+
+
+def _tiff_to_grey(arr: np.ndarray, plane: _TiffPlane, source: str) -> np.ndarray:
+    """Y, X[, S] values of a TIFF as grey or RGB, as its photometric interpretation says."""
+    photometric = plane.photometric
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if photometric in (_MINISBLACK, _MINISWHITE):
+        grey = arr[..., 0]
+        if photometric == _MINISWHITE:   # 0 is white: invert so that bright stays bright
+            if grey.dtype == np.bool_:
+                grey = ~grey
+            elif grey.dtype.kind == "u":
+                grey = (np.array(2 ** min(plane.bits, grey.dtype.itemsize * 8) - 1, grey.dtype) - grey)
+        return grey
+    if photometric == _RGB or (photometric == _YCBCR and plane.compression in (_OJPEG, _JPEG)):
+        return arr[..., :3]            # the JPEG codec already gives RGB
+    if photometric in (_YCBCR, _CIELAB, _ICCLAB, _ITULAB):
+        return arr[..., 0]             # luma Y or lightness L is the grey
+    if photometric == _PALETTE and plane.colormap is not None:
+        rgb = np.moveaxis(plane.colormap[:, arr[..., 0]], 0, -1)
+        # 16-bit palette entries that are 8-bit values times 257 are 8-bit colours
+        return (rgb // 257).astype(np.uint8) if not np.any(plane.colormap % 257) else rgb
+    if photometric == _SEPARATED:      # CMYK, checked by _tiff_first_image
+        top = 2 ** min(plane.bits, arr.dtype.itemsize * 8) - 1 if arr.dtype.kind == "u" else 1.0
+        cmyk = arr[..., :4].astype(np.float32)
+        rgb = (top - cmyk[..., :3]) * (top - cmyk[..., 3:]) / top
+        return np.rint(rgb).astype(arr.dtype) if arr.dtype.kind == "u" else rgb
+    raise ImageReadError(f"{source}: TIFF photometric interpretation {photometric} with {arr.shape[-1]} "
+                         f"samples is not supported; export the image as grey or RGB")
+
+
+def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
+    """Read TIFF (8/16-bit, multi-channel), PNG, JPEG or BMP as a 2-D grey array.
+
+    A TIFF gives its first image (a warning names the others); a PNG or JPEG is
+    turned as its EXIF orientation says. Images declaring more than
+    ``max_pixels`` pixels, and float images with NaN or infinite pixels, are
+    refused with an :class:`ImageReadError` naming the file.
+    """
     path = Path(path)
     source = str(path)
     pixel_size = None
+    _refuse_broken_link(path, source)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
-                arr = tif.asarray()
+                plane = _tiff_first_image(tif, source, max_pixels)
+                arr = _as_yxs(tif.series[0].levels[0].keyframe.asarray(), plane.page_axes)
                 pixel_size = _tiff_pixel_size(tif)
+            original_shape, original_dtype = arr.shape, arr.dtype
+            arr = _tiff_to_grey(arr, plane, source)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("P", "PA"):
-                    im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
-                elif im.mode == "I;16B" or im.mode == "I;16L":
-                    im = im.convert("I;16")
-                arr = np.asarray(im)
-                if arr.dtype == np.int32:  # 16-bit PNG opened as mode I
-                    arr = np.clip(arr, 0, 65535).astype(np.uint16)
+            arr = _read_pil(path, source, max_pixels)
+            original_shape, original_dtype = arr.shape, arr.dtype
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"{source}: unreadable image ({type(exc).__name__}: {exc})") from exc
-    original_shape = tuple(int(s) for s in arr.shape)
-    original_dtype = str(arr.dtype)
-    while arr.ndim > 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim > 3:
-        raise ImageReadError(f"{source}: image stacks ({arr.shape}) are not supported; give one plane per file")
+        raise ImageReadError(f"{source}: unreadable image ({_one_line(exc)})") from exc
+    original_shape = tuple(int(s) for s in original_shape)
     grey = _grey_values(_to_grey(arr, source))
     if grey.size == 0:
         raise ImageReadError(f"{source}: image is empty")
-    return GreyImage(np.ascontiguousarray(grey), source, original_shape, original_dtype, pixel_size)
+    _refuse_non_finite(grey, source)
+    return GreyImage(np.ascontiguousarray(grey), source, original_shape, str(original_dtype), pixel_size)
+
+
+#: PIL modes that np.asarray turns into values _to_grey reads right: grey, grey + alpha, RGB(A/X), 16-bit, float
+_PIL_DIRECT_MODES = {"1", "L", "LA", "RGB", "RGBA", "RGBX", "I;16", "F"}
+
+
+def _read_pil(path: Path, source: str, max_pixels: int) -> np.ndarray:
+    """A PNG, JPEG or BMP as grey, grey + alpha or RGB(A) values, turned upright."""
+    from PIL import Image, ImageOps
+
+    # PIL refuses images over twice its limit as it opens them (89 Mpx by default, under a legitimate montage):
+    # raise it to ours, never lower it for other readers in the process; max_pixels is checked right after
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _too_many_pixels(source, f"more than {2 * Image.MAX_IMAGE_PIXELS} pixels", max_pixels) from exc
+    with im:
+        width, height = im.size
+        _check_pixels(source, height, width, max_pixels)
+        frames = getattr(im, "n_frames", 1)
+        if frames > 1 and im.format != "MPO":  # an MPO JPEG's extra frames are previews of the same picture
+            log.warning("%s: %d frames; using the first (one image per file)", source, frames)
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        mode = im.mode
+        if mode in ("P", "PA"):
+            im = im.convert("RGBA" if "transparency" in im.info or mode == "PA" else "RGB")
+        elif mode in ("I;16B", "I;16L", "I;16N"):
+            im = im.convert("I;16")
+        elif mode in ("La", "RGBa"):      # premultiplied alpha would darken the grey
+            im = im.convert(mode.upper())
+        elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+            # as stored these are no grey or RGB values; PIL also undoes the inverted CMYK of Adobe JPEGs
+            im = im.convert("RGB")
+        elif mode != "I" and mode not in _PIL_DIRECT_MODES:
+            raise ImageReadError(f"{source}: PIL image mode {mode!r} is not supported; save the image as "
+                                 f"grey or RGB")
+        arr = np.asarray(im)
+    if mode == "I":  # 16-bit PNGs may open as 32-bit integers; values outside 16 bits stay exact as float
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        arr = arr.astype(np.uint16) if 0 <= lo and hi <= 65535 else arr.astype(np.float32)
+    return arr
 
 
 # --- chunked inputs: tiled TIFF, Zarr and OME-Zarr, read a band of rows at a time ------------
@@ -174,8 +363,8 @@ def is_chunked_input(path) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return bool(page.is_tiled) or page.shape[0] * page.shape[1] > LARGE_IMAGE_PIXELS
-    except Exception:   # unreadable: the ordinary reader reports it by name
+            return bool(page.is_tiled) or page.imagelength * page.imagewidth > LARGE_IMAGE_PIXELS
+    except Exception:   # unreadable or a broken link: the ordinary reader reports it by name
         return False
 
 
@@ -183,35 +372,50 @@ class ChunkedImage:
     """A 2-D grey image read a band of rows at a time from a tiled TIFF or a Zarr / OME-Zarr array.
 
     Use as a context manager; :meth:`rows` returns grey rows as :func:`read_image`
-    would (Rec. 601 luma for colour, uint8/uint16 kept, other types as float32).
+    would (Rec. 601 luma for colour, uint8/uint16 kept, other types as float32),
+    and the same first image of a TIFF. Images declaring more than ``max_pixels``
+    pixels are refused before anything is read; a band with NaN or infinite
+    pixels raises :class:`ImageReadError`.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, max_pixels: int = MAX_IMAGE_PIXELS):
         import zarr
 
         self.source = str(path)
         self.pixel_size = None
         self._store = None
+        self._tiff = None
         path = Path(path)
+        _refuse_broken_link(path, self.source)
         try:
             if path.is_dir():
                 node = zarr.open(str(path), mode="r")
-                node, self.pixel_size = _zarr_image(node)
+                node, self.pixel_size = _zarr_image(node, self.source)
             else:
                 import tifffile
 
                 with tifffile.TiffFile(path) as tif:
+                    self._tiff = _tiff_first_image(tif, self.source, max_pixels)
                     self.pixel_size = _tiff_pixel_size(tif)
-                self._store = tifffile.imread(path, aszarr=True)
+                    # the store reopens the file itself when read, like tifffile.imread(aszarr=True)
+                    self._store = tif.aszarr(series=0, level=0, squeeze=False)
                 node = zarr.open(self._store, mode="r")
-                if hasattr(node, "groups"):            # a pyramid: level 0 is full resolution
-                    node = node["0"]
         except ImageReadError:
+            self.close()
             raise
         except Exception as exc:
             self.close()
-            raise ImageReadError(f"{self.source}: unreadable image ({type(exc).__name__}: {exc})") from exc
+            raise ImageReadError(f"{self.source}: unreadable image ({_one_line(exc)})") from exc
         self._arr = node
+        self.dtype = _grey_dtype(node.dtype)
+        if self._tiff is not None:
+            plane = self._tiff
+            self.shape = (plane.height, plane.width)
+            self.original_shape = (plane.height, plane.width) + ((plane.samples,) if plane.samples > 1 else ())
+            self.original_dtype = str(node.dtype)
+            if plane.colormap is not None:   # palette indices become the colours' type
+                self.dtype = np.dtype(np.uint16 if np.any(plane.colormap % 257) else np.uint8)
+            return
         self.original_shape = tuple(int(s) for s in node.shape)
         self.original_dtype = str(node.dtype)
         shape = list(node.shape)
@@ -229,16 +433,25 @@ class ChunkedImage:
             raise ImageReadError(f"{self.source}: cannot interpret an array of shape {self.original_shape} "
                                  f"as a 2-D image")
         self.shape = tuple(shape[1:]) if self._layout == "cyx" else tuple(shape[:2])
-        self.dtype = _grey_dtype(node.dtype)
+        try:
+            _check_pixels(self.source, self.shape[0], self.shape[1], max_pixels)
+        except ImageReadError:
+            self.close()
+            raise
 
     def rows(self, r0: int, r1: int) -> np.ndarray:
         """Grey rows ``r0:r1``."""
-        lead = (0,) * self._lead
-        if self._layout == "cyx":
-            band = np.moveaxis(np.asarray(self._arr[lead + (slice(None), slice(r0, r1))]), 0, -1)
+        if self._tiff is not None:
+            band = _tiff_to_grey(_as_yxs(self._arr, self._tiff.axes, slice(r0, r1)), self._tiff, self.source)
         else:
-            band = np.asarray(self._arr[lead + (slice(r0, r1),)])
-        return _grey_values(_to_grey(band, self.source) if band.ndim == 3 else band)
+            lead = (0,) * self._lead
+            if self._layout == "cyx":
+                band = np.moveaxis(np.asarray(self._arr[lead + (slice(None), slice(r0, r1))]), 0, -1)
+            else:
+                band = np.asarray(self._arr[lead + (slice(r0, r1),)])
+        grey = _grey_values(_to_grey(band, self.source) if band.ndim == 3 else band)
+        _refuse_non_finite(grey, self.source, f" in rows {r0}-{r0 + grey.shape[0] - 1}")
+        return grey
 
     def close(self) -> None:
         if self._store is not None:
@@ -266,7 +479,7 @@ def _grey_values(grey: np.ndarray) -> np.ndarray:
     return grey
 
 
-def _zarr_image(node):
+def _zarr_image(node, source: str):
     """The full-resolution array of a Zarr array or OME-Zarr image group, and its pixel size (um) if stated."""
     if not hasattr(node, "groups"):
         return node, None
@@ -275,7 +488,7 @@ def _zarr_image(node):
     if not ms:
         if "0" in node:
             return node["0"], None
-        raise ImageReadError(f"{node.store}: a Zarr group without OME multiscales metadata or an array '0'")
+        raise ImageReadError(f"{source}: a Zarr group without OME multiscales metadata or an array '0'")
     level = ms[0]["datasets"][0]
     axes = ms[0].get("axes") or []
     pixel_size = None
