@@ -7,16 +7,26 @@ typo in a config never costs a long run.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
+from .nnls import MAX_EXACT_K
+
 
 class ConfigError(ValueError):
     """A setting is unknown or has a value that is not allowed."""
+
+
+#: what a key is to a saved model (``Option.role``): "features" keys change the numbers a model
+#: was fitted on, "fit" and "segment" keys are the method's, "kept" keys travel with it as
+#: how its images were read; a key with no role is a run setting a model never carries
+ROLES = ("features", "fit", "segment", "kept")
 
 
 @dataclass(frozen=True)
@@ -25,13 +35,18 @@ class Option:
     check: Callable[[str, Any], Any]
     help: str
     stage: str
+    role: str | None = None
 
 
 # --- value checkers: each returns the normalised value or raises ConfigError ---
 
 def _int(lo=None, hi=None):
     def check(key, v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}: expected a finite integer, got {v}")
+        if int(v) != v:
             raise ConfigError(f"{key}: expected an integer, got {v!r}")
         v = int(v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -44,7 +59,13 @@ def _float(lo=None, hi=None, lo_open=False):
     def check(key, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {v!r}")
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:      # an int beyond float's range
+            v = math.inf
+        # NaN passes every comparison below and would run into the results; inf overflows later
+        if not math.isfinite(v):
+            raise ConfigError(f"{key}: expected a finite number, got {v}")
         if lo is not None and (v < lo or (lo_open and v == lo)):
             raise ConfigError(f"{key}: must be {'>' if lo_open else '>='} {lo}, got {v}")
         if hi is not None and v > hi:
@@ -81,13 +102,24 @@ def _memory(key, v):
     return v.strip()
 
 
+#: largest size in bytes (1 EiB): far beyond any machine, so a larger one is a typo
+MAX_BYTES = 2 ** 60
+
+
 def _bytes(key, v):
     """A size in bytes: a positive integer, or a string such as '512MiB'."""
     if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-        return v
-    from dask.utils import parse_bytes
+        n = v
+    else:
+        from dask.utils import parse_bytes
 
-    return int(parse_bytes(_memory(key, v)))
+        try:
+            n = int(parse_bytes(_memory(key, v)))
+        except OverflowError:          # hundreds of digits read as a float overflow to inf
+            raise ConfigError(f"{key}: size {v!r} is not a finite number of bytes") from None
+    if n > MAX_BYTES:
+        raise ConfigError(f"{key}: at most {MAX_BYTES} bytes (1 EiB), got {v!r}")
+    return n
 
 
 def _walltime(key, v):
@@ -160,7 +192,18 @@ def _bool(key, v):
 def _crop(key, v):
     if v == "auto":
         return v
-    return _int(0)(key, v)
+    # a data bar is a few percent of a frame: more rows than any image has is a typo
+    return _int(0, 2 ** 20)(key, v)
+
+
+#: largest side of the processing grid: a typo (an extra digit) must not allocate a giant grid
+MAX_RESIZE_SIDE = 32768
+#: largest Gaussian sigma (px): the halo each chunk reads is truncate * sigma, beyond a chunk's side
+MAX_SIGMA = 256.0
+#: largest window side (px) of local variance and granulometry, for the same reason
+MAX_WINDOW = 1025
+#: most entries of a list of scales or windows: each is a feature channel held for every pixel
+MAX_SCALES = 32
 
 
 def _resize(key, v):
@@ -176,7 +219,7 @@ def _resize(key, v):
         v = [v, v]
     if not isinstance(v, (list, tuple)) or len(v) != 2:
         raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}")
-    return [_int(8)(key, p) for p in v]
+    return [_int(8, MAX_RESIZE_SIDE)(key, p) for p in v]
 
 
 def _path(key, v):
@@ -204,16 +247,23 @@ def _alpha_h(key, v):
     return v if v == "same" else _float(0)(key, v)
 
 
+def _too_many(key, v):
+    if len(v) > MAX_SCALES:
+        raise ConfigError(f"{key}: expected a non-empty list of at most {MAX_SCALES} entries, got {len(v)}")
+
+
 def _sigmas(key, v):
     if not isinstance(v, (list, tuple)) or not v:
         raise ConfigError(f"{key}: expected a non-empty list of positive numbers, got {v!r}")
-    return [_float(0, lo_open=True)(key, s) for s in v]
+    _too_many(key, v)
+    return [_float(0, MAX_SIGMA, lo_open=True)(key, s) for s in v]
 
 
 def _odd_sizes(key, v):
     if not isinstance(v, (list, tuple)) or not v:
         raise ConfigError(f"{key}: expected a non-empty list of odd window sides >= 3, got {v!r}")
-    sizes = [_int(3)(key, s) for s in v]
+    _too_many(key, v)
+    sizes = [_int(3, MAX_WINDOW)(key, s) for s in v]
     even = [s for s in sizes if s % 2 == 0]
     if even:
         raise ConfigError(f"{key}: window sides must be odd (centred on the pixel), got {even[0]}")
@@ -230,39 +280,58 @@ FEATURE_PRESETS = {
 
 OPTIONS: dict[str, Option] = {
     # ingest
-    "crop_bottom": Option("auto", _crop, "rows of SEM information band to remove: 'auto' detects the data bar, or N", "ingest"),
+    "crop_bottom": Option("auto", _crop, "rows of SEM information band to remove: 'auto' detects the data bar, or N",
+                          "ingest", role="kept"),
     "pixel_size": Option(None, _optional(_float(0, lo_open=True)),
                          "micrometres per pixel of images whose file does not say (TIFF tags, pixel_size_csv)", "ingest"),
     "pixel_size_csv": Option(None, _optional(_path), "CSV with columns image,pixel_size_um (image = file stem)", "ingest"),
+    "max_image_pixels": Option(2 ** 30, _int(1, 2 ** 48),
+                               "largest image (pixels) read; a file claiming more is refused as a likely "
+                               "decompression bomb; raise it for larger montages", "ingest"),
     # preprocess
     "resize": Option([512, 512], _resize,
-                     "'native', 'physical' (to target_pixel_size), N, HxW or [H, W]: the processing grid", "preprocess"),
+                     f"'native', 'physical' (to target_pixel_size), N, HxW or [H, W]: the processing grid "
+                     f"(sides at most {MAX_RESIZE_SIDE})", "preprocess", role="features"),
     "target_pixel_size": Option(None, _optional(_float(0, lo_open=True)),
-                                "micrometres per pixel of the processing grid when resize is 'physical'", "preprocess"),
-    "normalize_percentiles": Option([0.0, 100.0], _percentiles, "per-image intensity percentiles mapped to 0 and 1", "preprocess"),
-    "clahe": Option(True, _bool, "apply CLAHE after normalisation", "preprocess"),
-    "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]", "preprocess"),
-    "clahe_kernel_size": Option(None, _optional(_int(2)), "CLAHE tile side in pixels; null = 1/8 of the image", "preprocess"),
+                                "micrometres per pixel of the processing grid when resize is 'physical'", "preprocess",
+                                role="features"),
+    "normalize_percentiles": Option([0.0, 100.0], _percentiles, "per-image intensity percentiles mapped to 0 and 1",
+                                    "preprocess", role="features"),
+    "clahe": Option(True, _bool, "apply CLAHE after normalisation", "preprocess", role="features"),
+    "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]",
+                               "preprocess", role="features"),
+    # scikit-image pads the image by about a tile on each side, so a tile far beyond any image costs memory
+    "clahe_kernel_size": Option(None, _optional(_int(2, 8192)), "CLAHE tile side in pixels (at most 8192); "
+                                "null = 1/8 of the image", "preprocess", role="features"),
     # features
     "features": Option("method", None, "a preset (" + ", ".join(FEATURE_PRESETS) + ") or a list of kinds from "
-                       + ", ".join(FEATURE_NAMES), "features"),
-    "gradient_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the gradient magnitude", "features"),
-    "laplacian_sigma": Option(1.0, _float(0, lo_open=True), "Gaussian sigma of the Laplacian", "features"),
-    "variance_size": Option(7, _int(3), "window side of the local variance (odd)", "features"),
-    "blur_sigmas": Option([2.0, 8.0], _sigmas, "Gaussian blur sigmas, one feature each", "features"),
-    "hessian_sigmas": Option([2.0], _sigmas, "scales of the Hessian eigenvalues (ridges and blobs)", "features"),
+                       + ", ".join(FEATURE_NAMES), "features", role="features"),
+    "gradient_sigma": Option(1.0, _float(0, MAX_SIGMA, lo_open=True), "Gaussian sigma of the gradient magnitude",
+                             "features", role="features"),
+    "laplacian_sigma": Option(1.0, _float(0, MAX_SIGMA, lo_open=True), "Gaussian sigma of the Laplacian",
+                              "features", role="features"),
+    "variance_size": Option(7, _int(3, MAX_WINDOW), "window side of the local variance (odd)", "features",
+                            role="features"),
+    "blur_sigmas": Option([2.0, 8.0], _sigmas, "Gaussian blur sigmas, one feature each", "features", role="features"),
+    "hessian_sigmas": Option([2.0], _sigmas, "scales of the Hessian eigenvalues (ridges and blobs)", "features",
+                             role="features"),
     "structure_sigmas": Option([1.0, 4.0], _sigmas,
                                "[gradient, integration] scales of the structure-tensor eigenvalues (edges, "
-                               "orientation)", "features"),
+                               "orientation)", "features", role="features"),
     "local_std_sigmas": Option([8.0], _sigmas, "scales of the local standard deviation (texture at phase size)",
-                               "features"),
+                               "features", role="features"),
     "closing_sizes": Option([9, 17, 33], _odd_sizes,
                             "window sides of grey closings (granulometry: a dark region keeps its level only if "
-                            "wider than the window, so phases of different size separate)", "features"),
+                            "wider than the window, so phases of different size separate)", "features",
+                            role="features"),
     "opening_sizes": Option([9, 17, 33], _odd_sizes,
-                            "window sides of grey openings (the same for bright regions)", "features"),
-    "truncate": Option(4.0, _float(1), "Gaussian kernels are cut at truncate * sigma (sets the halo)", "features"),
-    "chunk_size": Option("auto", _auto_or(_int(32)),
+                            "window sides of grey openings (the same for bright regions)", "features",
+                            role="features"),
+    # scipy's default is 4; past 16 the tails add nothing but halo
+    "truncate": Option(4.0, _float(1, 16), "Gaussian kernels are cut at truncate * sigma (sets the halo)",
+                       "features", role="features"),
+    # one task holds its chunk with halo and every feature channel
+    "chunk_size": Option("auto", _auto_or(_int(32, 16384)),
                          "spatial chunk side of features, activations and labels; auto = the image's longer side "
                          "rounded up to 256, at most 1024 (a micrograph is one chunk, with no halo computed twice)",
                          "features"),
@@ -280,24 +349,38 @@ OPTIONS: dict[str, Option] = {
                                 "8 of float16's 10 is a relative step of 2^-9, finer than an 8-bit grey level",
                                 "features"),
     # fit
-    "n_components": Option(5, _int(1, 12), "number of NMF components (phases)", "fit"),
-    "solver": Option("cd", _choice("cd", "minibatch"), "cd: full batch on a sample; minibatch: streamed", "fit"),
-    "beta_loss": Option("frobenius", _choice("frobenius"), "NMF loss (segmentation solves least squares)", "fit"),
-    "alpha_W": Option(0.0, _float(0), "regularisation of W", "fit"),
-    "alpha_H": Option("same", _alpha_h, "regularisation of H, or 'same' as alpha_W", "fit"),
-    "l1_ratio": Option(0.0, _float(0, 1), "L1 share of the regularisation (0 = L2, 1 = L1)", "fit"),
-    "max_iter": Option(400, _int(1), "cd: iterations; minibatch: passes over the streamed data", "fit"),
-    "tol": Option(1e-4, _float(0), "convergence tolerance", "fit"),
+    "n_components": Option(5, _int(1, MAX_EXACT_K),
+                           f"number of NMF components (phases), at most {MAX_EXACT_K} (the exact segmentation "
+                           f"solve enumerates all 2^k supports) and at most the number of features", "fit",
+                           role="fit"),
+    "solver": Option("cd", _choice("cd", "minibatch"), "cd: full batch on a sample; minibatch: streamed", "fit",
+                     role="fit"),
+    "beta_loss": Option("frobenius", _choice("frobenius"), "NMF loss (segmentation solves least squares)", "fit",
+                        role="fit"),
+    "alpha_W": Option(0.0, _float(0), "regularisation of W", "fit", role="fit"),
+    "alpha_H": Option("same", _alpha_h, "regularisation of H, or 'same' as alpha_W", "fit", role="fit"),
+    "l1_ratio": Option(0.0, _float(0, 1), "L1 share of the regularisation (0 = L2, 1 = L1)", "fit", role="fit"),
+    "max_iter": Option(400, _int(1, 100_000), "cd: iterations; minibatch: passes over the streamed data", "fit",
+                       role="fit"),
+    "tol": Option(1e-4, _float(0), "convergence tolerance", "fit", role="fit"),
     "init": Option("auto", _choice("auto", "nndsvd", "nndsvda", "nndsvdar"),
-                   "NNDSVD-family initialisation; auto: nndsvd for cd, nndsvda for minibatch", "fit"),
-    "sample_size": Option(200_000, _int(100), "pixels drawn across all images for cd and for scaling", "fit"),
-    "batch_size": Option(4096, _int(16), "pixels per minibatch", "fit"),
-    "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit"),
-    "random_state": Option(0, _int(0), "seed of sampling and initialisation", "fit"),
-    "orthogonality": Option(0.0, _float(0), "penalty on overlap between H rows (orthogonal NMF; 0 = off)", "fit"),
+                   "NNDSVD-family initialisation; auto: nndsvd for cd, nndsvda for minibatch", "fit", role="fit"),
+    # the sample is held in memory, in float32 and again in float64 by the fit
+    "sample_size": Option(200_000, _int(100, 100_000_000),
+                          "pixels drawn across all images for cd and for scaling (held in memory; at most 10^8)",
+                          "fit", role="fit"),
+    "batch_size": Option(4096, _int(16, 2 ** 20), "pixels per minibatch", "fit", role="fit"),
+    "minibatch_fraction": Option(0.25, _float(0, 1, lo_open=True), "share of each streamed block used per pass", "fit",
+                                 role="fit"),
+    # scikit-learn seeds numpy's RandomState, whose seeds are 32-bit
+    "random_state": Option(0, _int(0, 2 ** 32 - 1), "seed of sampling and initialisation", "fit", role="fit"),
+    "orthogonality": Option(0.0, _float(0), "penalty on overlap between H rows (orthogonal NMF; 0 = off)", "fit",
+                            role="fit"),
     # segment
-    "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)", "segment"),
-    "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment"),
+    "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)",
+                             "segment", role="segment"),
+    "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment",
+                             role="segment"),
     # --- where it runs ---
     "cluster": Option(None, _cluster,
                       "null = this machine; or a SLURM cluster built with dask-jobqueue: {type: slurm, queue, "
@@ -321,16 +404,22 @@ def _features_check(key, v):
     return list(v)
 
 
-OPTIONS["features"] = Option(OPTIONS["features"].default, _features_check,
-                             OPTIONS["features"].help, "features")
+OPTIONS["features"] = dataclasses.replace(OPTIONS["features"], check=_features_check)
+
+
+def _keys(role: str) -> tuple[str, ...]:
+    return tuple(k for k, o in OPTIONS.items() if o.role == role)
+
 
 #: settings that change the numbers a model was fitted on; a model only applies
 #: to features computed with the same values.
-MODEL_BOUND_KEYS = (
-    "resize", "target_pixel_size", "normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
-    "features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
-    "structure_sigmas", "local_std_sigmas", "closing_sizes", "opening_sizes", "truncate",
-)
+MODEL_BOUND_KEYS = _keys("features")
+#: settings of the fit: changing them refits
+FIT_KEYS = _keys("fit")
+#: settings of the segment stage alone: changing them redoes the labels, not the fit
+SEGMENT_KEYS = _keys("segment")
+#: everything a saved model carries: what defines the segmentation, never where or how a run goes
+MODEL_KEYS = MODEL_BOUND_KEYS + FIT_KEYS + SEGMENT_KEYS + _keys("kept")
 
 
 def defaults() -> dict[str, Any]:
@@ -363,6 +452,13 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
                           f"got {out['feature_keep_bits']}")
     if out["variance_size"] % 2 == 0:
         raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
+    from .features import feature_names    # here, not at the top: features imports this module
+
+    n_features = len(feature_names(out))
+    if out["n_components"] > n_features:
+        # NNDSVD and the exact solve both need at least as many features as components
+        raise ConfigError(f"n_components: {out['n_components']} components but features {out['features']!r} "
+                          f"compute only {n_features}; lower n_components or add features")
     return out
 
 

@@ -2,17 +2,25 @@
 
 A model is a folder with ``model.json`` (settings, feature names, fit report,
 version) and ``model.npz`` (H and the scaling), read with ``allow_pickle=False``:
-a model received from someone else cannot run code.
+a model received from someone else cannot run code. It is data, never
+instructions: :meth:`Model.load` checks every field, accepts only the settings
+that define the segmentation (``config.MODEL_KEYS``) and reads only regular
+files of bounded size.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +28,18 @@ import numpy as np
 
 from . import __version__
 from . import nnls
-from .config import ConfigError, check_same, model_bound, resolved_init
+from .config import MODEL_KEYS, ConfigError, check_same, resolved_init, validate
 
 MODEL_FORMAT = 1
+#: size caps of the model files, so a model cannot exhaust memory (H has at most nnls.MAX_EXACT_K rows)
+MAX_JSON_BYTES = 16 * 2 ** 20
+MAX_NPZ_BYTES = 256 * 2 ** 20
+MAX_PNG_BYTES = 16 * 2 ** 20
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: the arrays of model.npz, each one float vector or matrix
+MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
+#: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
+MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
@@ -172,7 +189,18 @@ class Model:
     # --- persistence ---
     def save(self, path) -> None:
         """Write ``model.json``, ``model.npz`` and ``fingerprints.png`` into ``path`` atomically
-        (temp folder, then rename)."""
+        (temp folder, then rename).
+
+        Raises
+        ------
+        ModelError
+            If ``settings`` holds a key that is not in ``config.MODEL_KEYS``
+            (:meth:`load` would refuse the model).
+        """
+        extra = [k for k in self.settings if k not in MODEL_KEYS]
+        if extra:
+            raise ModelError(f"settings.{extra[0]} is not a model setting; a model carries only what defines "
+                             f"the segmentation ({', '.join(MODEL_KEYS)})")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -199,24 +227,240 @@ class Model:
 
     @classmethod
     def load(cls, path) -> "Model":
+        """Read a model folder written by :meth:`save`, checking every field.
+
+        Raises
+        ------
+        ModelError
+            One line naming the file and the field, for a missing, damaged,
+            oversized or inconsistent model, a symbolic link or non-regular
+            file in the folder, or a setting that is not a model setting.
+        """
         path = Path(path)
-        meta_path, arr_path = path / "model.json", path / "model.npz"
-        if not meta_path.exists() or not arr_path.exists():
+        meta_path, arr_path, png_path = path / "model.json", path / "model.npz", path / "fingerprints.png"
+        meta_bytes = _read_regular(meta_path, MAX_JSON_BYTES)
+        arr_bytes = _read_regular(arr_path, MAX_NPZ_BYTES)
+        if meta_bytes is None or arr_bytes is None:
             raise ModelError(f"{path}: not a bigseg model (needs model.json and model.npz)")
-        try:
-            meta = json.loads(meta_path.read_text())
-            with np.load(arr_path, allow_pickle=False) as z:
-                H, lo, hi = z["H"], z["scale_lo"], z["scale_hi"]
-        except (ValueError, KeyError, OSError) as exc:
-            raise ModelError(f"{path}: damaged model file ({exc})") from None
-        if meta.get("format") != MODEL_FORMAT:
-            raise ModelError(f"{path}: model format {meta.get('format')!r}, this bigseg reads {MODEL_FORMAT}")
-        names = meta["feature_names"]
-        if H.ndim != 2 or H.shape[1] != len(names) or lo.shape != (len(names),) or hi.shape != (len(names),):
-            raise ModelError(f"{path}: H {H.shape} and scaling do not match {len(names)} features")
-        figure = path / "fingerprints.png"       # absent in models saved before it was kept
-        return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=meta["settings"],
-                   report=meta.get("report", {}), figure=figure.read_bytes() if figure.exists() else None)
+        meta = _parse_json(meta_path, meta_bytes)
+        arrays = _parse_npz(arr_path, arr_bytes)
+        names, settings, report = _check_meta(meta_path, meta)
+        H, lo, hi = _check_arrays(arr_path, arrays, names)
+        settings = _check_settings(meta_path, settings, names, H.shape[0])
+        if "n_components" in meta and meta["n_components"] != H.shape[0]:
+            raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
+                             f"has {H.shape[0]} rows")
+        _check_fingerprints(meta_path, meta.get("fingerprints"), names, H.shape[0])
+        figure = _read_regular(png_path, MAX_PNG_BYTES)      # absent in models saved before it was kept
+        if figure is not None and not figure.startswith(PNG_SIGNATURE):
+            raise ModelError(f"{png_path}: not a PNG image")
+        return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
+                   figure=figure)
+
+
+# --- reading a model: every check names the file and the field -----------------------
+
+_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+               | getattr(os, "O_BINARY", 0))
+
+
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes, never read through a link.
+
+    Returns None when ``path`` does not exist. ``O_NOFOLLOW`` closes the race
+    between the ``lstat`` and the open; ``O_NONBLOCK`` keeps a FIFO put there
+    in between from blocking the open.
+    """
+    link = f"{path}: is a symbolic link; a model folder holds only regular files"
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise ModelError(link)
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"{path}: is not a regular file; a model folder holds only regular files")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ModelError(link) from None
+        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
+    with open(fd, "rb", closefd=True) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{path}: is not a regular file; a model folder holds only regular files")
+        if st.st_size > limit:
+            raise ModelError(f"{path}: {st.st_size} bytes, more than the {limit} a model file may have")
+        data = f.read(limit + 1)           # the file may have grown since the fstat
+    if len(data) > limit:
+        raise ModelError(f"{path}: more than the {limit} bytes a model file may have")
+    return data
+
+
+def _parse_json(path: Path, data: bytes):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ModelError(f"{path}: damaged model file: not JSON ({exc})") from None
+
+
+def _parse_npz(path: Path, data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of an npz archive, each header checked before its data is read."""
+    if data.startswith(b"\x93NUMPY"):
+        raise ModelError(f"{path}: damaged model file: a single .npy array, not the npz archive of "
+                         f"{', '.join(MODEL_ARRAYS)}")
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ModelError(f"{path}: damaged model file: not an npz (zip) archive ({exc})") from None
+    with archive:
+        infos = archive.infolist()
+        members = [i.filename for i in infos]
+        for name in members:
+            if name.removesuffix(".npy") not in MODEL_ARRAYS or not name.endswith(".npy"):
+                raise ModelError(f"{path}: array {name!r} is not a model array ({', '.join(MODEL_ARRAYS)})")
+        if len(set(members)) != len(members):
+            raise ModelError(f"{path}: damaged model file: an array is stored twice")
+        missing = [a for a in MODEL_ARRAYS if f"{a}.npy" not in members]
+        if missing:
+            raise ModelError(f"{path}: array {missing[0]!r} is missing")
+        # compressed members could inflate far beyond the archive (a zip bomb)
+        if sum(i.file_size for i in infos) > MAX_NPZ_BYTES:
+            raise ModelError(f"{path}: arrays of more than {MAX_NPZ_BYTES} bytes unpacked")
+        out = {}
+        for info in infos:
+            name = info.filename.removesuffix(".npy")
+            try:
+                raw = archive.read(info)
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError,
+                    RuntimeError) as exc:
+                raise ModelError(f"{path}: damaged model file: array {name!r} cannot be unpacked ({exc})") from None
+            out[name] = _read_npy(path, name, raw)
+    return out
+
+
+def _read_npy(path: Path, name: str, raw: bytes) -> np.ndarray:
+    fmt = np.lib.format
+    buf = io.BytesIO(raw)
+    try:
+        version = fmt.read_magic(buf)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"npy format version {version} is not read here")
+    except (ValueError, TypeError, SyntaxError, EOFError) as exc:
+        raise ModelError(f"{path}: damaged model file: array {name!r} has no valid header ({exc})") from None
+    if dtype.hasobject:
+        # allow_pickle=False would refuse it too, with numpy's own words
+        raise ModelError(f"{path}: array {name!r} holds Python objects; a model holds only float arrays")
+    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+        raise ModelError(f"{path}: array {name!r} must be float32 or float64, got {dtype}")
+    # the header's shape sizes the allocation: it must not claim more than the data holds
+    if math.prod(shape) * dtype.itemsize != len(raw) - buf.tell():
+        raise ModelError(f"{path}: damaged model file: array {name!r} of shape {shape} does not match its data")
+    buf.seek(0)
+    try:
+        return np.lib.format.read_array(buf, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ModelError(f"{path}: damaged model file: array {name!r} cannot be read ({exc})") from None
+
+
+def _check_meta(path: Path, meta) -> tuple[list, dict, dict]:
+    """Feature names, settings and report of ``model.json``, each field of the right type."""
+    if not isinstance(meta, dict):
+        kind = {list: "a list", str: "a string", bool: "true or false", type(None): "null"}.get(type(meta), "a number")
+        raise ModelError(f"{path}: must hold a JSON object of model fields, got {kind}")
+    for key in meta:
+        if key not in MODEL_FIELDS:
+            raise ModelError(f"{path}: field {key!r} is not a model field ({', '.join(MODEL_FIELDS)})")
+    for key in ("format", "feature_names", "settings"):
+        if key not in meta:
+            raise ModelError(f"{path}: field {key!r} is missing")
+    fmt = meta["format"]
+    if type(fmt) is not int or fmt != MODEL_FORMAT:
+        raise ModelError(f"{path}: field 'format' is {fmt!r}; this bigseg reads model format {MODEL_FORMAT}")
+    if "bigseg_version" in meta and not isinstance(meta["bigseg_version"], str):
+        raise ModelError(f"{path}: field 'bigseg_version' must be a string")
+    if "n_components" in meta and type(meta["n_components"]) is not int:
+        raise ModelError(f"{path}: field 'n_components' must be an integer")
+    names = meta["feature_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise ModelError(f"{path}: field 'feature_names' must be a non-empty list of strings")
+    if not isinstance(meta["settings"], dict):
+        raise ModelError(f"{path}: field 'settings' must be a mapping of setting: value")
+    report = meta.get("report", {})
+    if not isinstance(report, dict):
+        raise ModelError(f"{path}: field 'report' must be a mapping")
+    return names, meta["settings"], report
+
+
+def _check_arrays(path: Path, arrays: dict, names: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    H, lo, hi = (arrays[a] for a in MODEL_ARRAYS)
+    if H.ndim != 2 or not 1 <= H.shape[0] <= nnls.MAX_EXACT_K:
+        raise ModelError(f"{path}: array 'H' must be a matrix of 1 to {nnls.MAX_EXACT_K} rows "
+                         f"(components), got shape {H.shape}")
+    if H.shape[1] != len(names):
+        raise ModelError(f"{path}: array 'H' has {H.shape[1]} columns but feature_names lists {len(names)} features")
+    for name, a in (("H", H), ("scale_lo", lo), ("scale_hi", hi)):
+        if name != "H" and a.shape != (len(names),):
+            raise ModelError(f"{path}: array {name!r} must have one value per feature ({len(names)}), "
+                             f"got shape {a.shape}")
+        if not np.isfinite(a).all():
+            raise ModelError(f"{path}: array {name!r} holds NaN or infinite values")
+    if (H < 0).any():
+        raise ModelError(f"{path}: array 'H' holds negative values; NMF components are non-negative")
+    zero = np.flatnonzero(~(H > 0).any(axis=1))
+    if zero.size:
+        raise ModelError(f"{path}: array 'H' row {zero[0]} is all zero (a component of no feature)")
+    bad = np.flatnonzero(~(hi > lo))
+    if bad.size:
+        raise ModelError(f"{path}: array 'scale_hi' must exceed 'scale_lo' for every feature; "
+                         f"not for {names[bad[0]]!r}")
+    return H, lo, hi
+
+
+def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
+    """The model's settings, normalised: model keys only, values as ``config.validate`` allows,
+    computing exactly ``names`` with ``k`` components."""
+    for key in settings:
+        if key not in MODEL_KEYS:
+            raise ModelError(f"{path}: settings.{key} is not a model setting; a model carries only what "
+                             f"defines the segmentation")
+    given = dict(settings)
+    given.setdefault("n_components", k)      # it is H's row count; validate would assume its default
+    try:
+        full = validate(given)
+    except ConfigError as exc:
+        # validate's messages start with the key they are about
+        where = "settings." if str(exc).split(":", 1)[0] in MODEL_KEYS else "settings: "
+        raise ModelError(f"{path}: {where}{exc}") from None
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ModelError(f"{path}: field 'settings' holds an invalid value ({exc})") from None
+    if full["n_components"] != k:
+        raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {k} rows")
+    from .features import feature_names
+
+    expected = feature_names(full)
+    if names != expected:
+        raise ModelError(f"{path}: field 'feature_names' must be the features the model's settings compute, "
+                         f"{expected}; got {names}")
+    return {key: full[key] for key in given}
+
+
+def _check_fingerprints(path: Path, prints, names: list, k: int) -> None:
+    if prints is None:
+        return
+    if (not isinstance(prints, list) or len(prints) != k
+            or not all(isinstance(p, dict) and sorted(p) == sorted(names)
+                       and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p.values())
+                       for p in prints)):
+        raise ModelError(f"{path}: field 'fingerprints' must list, for each of the {k} components, "
+                         f"a number per feature name")
 
 
 def _json_default(o):
@@ -393,10 +637,8 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     report.update(reconstruction(X, H, settings))
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
-    keep = model_bound(settings)
-    keep.update({k: settings[k] for k in ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio",
-                                          "max_iter", "tol", "init", "sample_size", "batch_size", "random_state",
-                                          "spatial_weight", "spatial_sweeps", "orthogonality", "crop_bottom")})
+    # a model carries what defines the segmentation and nothing of where or how this run went
+    keep = {k: settings[k] for k in MODEL_KEYS}
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
 
 

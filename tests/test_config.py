@@ -63,3 +63,15 @@ def test_physical_resize_needs_a_target_pixel_size():
     with pytest.raises(config.ConfigError, match="target_pixel_size"):
         config.load(None, sets=["resize=physical"])
     assert config.load(None, sets=["resize=physical", "target_pixel_size=0.05"])["resize"] == "physical"
+
+
+def test_model_key_groups_come_from_the_schema():
+    assert config.FIT_KEYS == ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter",
+                               "tol", "init", "sample_size", "batch_size", "minibatch_fraction", "random_state",
+                               "orthogonality")
+    assert config.SEGMENT_KEYS == ("spatial_weight", "spatial_sweeps")
+    assert config.MODEL_KEYS == config.MODEL_BOUND_KEYS + config.FIT_KEYS + config.SEGMENT_KEYS + ("crop_bottom",)
+    assert all(o.role in config.ROLES + (None,) for o in config.OPTIONS.values())
+    # where and how a run goes is never part of a model
+    for key in ("cluster", "chunk_size", "chunk_memory", "store_features", "max_image_pixels", "pixel_size_csv"):
+        assert key not in config.MODEL_KEYS

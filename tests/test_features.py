@@ -35,7 +35,7 @@ def test_kernel_matches_scipy_directly(rng):
 def test_halo_follows_sigma():
     s = config.validate({"blur_sigmas": [2.0, 10.0], "truncate": 3.0})
     assert features.halo(s) == 30
-    assert features.halo(config.validate({"features": ["intensity"]})) == 0
+    assert features.halo(config.validate({"features": ["intensity"], "n_components": 1})) == 0
 
 
 def test_image_smaller_than_halo_is_a_clear_error():
@@ -67,7 +67,7 @@ def test_extended_bank_chunked_equals_unchunked(rng, chunks):
 
 
 def test_hessian_and_structure_respond_to_shapes():
-    s = config.validate({"features": ["hessian", "structure"], "hessian_sigmas": [3.0]})
+    s = config.validate({"features": ["hessian", "structure"], "hessian_sigmas": [3.0], "n_components": 3})
     yy, xx = np.mgrid[:64, :64]
     blob = np.exp(-((yy - 32) ** 2 + (xx - 32) ** 2) / (2 * 3.0 ** 2)).astype(np.float32)
     f = features.feature_block(blob, features.feature_params(s))
@@ -114,7 +114,8 @@ def test_chunk_memory_accepts_sizes_and_names_itself_when_wrong():
 
 @pytest.mark.parametrize("chunks", [(37, 53), (29, 101)])
 def test_granulometry_chunked_equals_unchunked(rng, chunks):
-    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [3, 9], "opening_sizes": [5, 11]})
+    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [3, 9], "opening_sizes": [5, 11],
+                         "n_components": 3})
     assert features.halo(s) == 10
     img = rng.random((120, 150)).astype(np.float32)
     whole = features.feature_block(img, features.feature_params(s))
@@ -130,7 +131,8 @@ def test_closing_and_opening_separate_regions_by_size():
     dark = np.ones((60, 60), np.float32)
     dark[10:15, 10:15] = 0.2
     dark[25:50, 25:50] = 0.2
-    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [9], "opening_sizes": [9]})
+    s = config.validate({"features": ["closing", "opening"], "closing_sizes": [9], "opening_sizes": [9],
+                         "n_components": 2})
     f = features.feature_block(dark, features.feature_params(s))
     assert f[12, 12, 0] == 1.0 and f[37, 37, 0] == pytest.approx(0.2)
     f = features.feature_block(1.2 - dark, features.feature_params(s))
