@@ -21,6 +21,9 @@ vectorised numpy path below gives it.
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
+import threading
 
 import numpy as np
 
@@ -154,18 +157,77 @@ def _try_hint(C, Gm, solvers, hint, W, support) -> np.ndarray:
 # --- compiled kernel ----------------------------------------------------------------
 
 _KERNEL = []
+# dask runs blocks on threads: one compilation, and one borrowing of numba's global CACHE_DIR at a time
+_KERNEL_LOCK = threading.Lock()
+
+
+def cache_dir() -> str | None:
+    """The folder the compiled kernel is cached in, or None when none can be written.
+
+    Numba's default cache is the module's ``__pycache__``: inside an installed
+    package that leaves files pip does not remove, and the leftover folder then
+    shadows a later editable install as an empty namespace package. So the
+    cache goes to ``NUMBA_CACHE_DIR`` when the user set one, else to
+    ``$XDG_CACHE_HOME/bigseg/numba`` or ``~/.cache/bigseg/numba``.
+    """
+    from numba.core import config
+
+    path = config.CACHE_DIR                 # NUMBA_CACHE_DIR (or .numba_config.yaml), read at numba import
+    if not path:
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        try:
+            # the XDG spec says to ignore a relative XDG_CACHE_HOME
+            base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
+        except RuntimeError:                # no HOME and no password entry
+            return None
+        if not os.path.isabs(base):         # expanduser left "~" as is
+            return None
+        path = os.path.join(base, "bigseg", "numba")
+    try:
+        # the check numba itself makes before it uses a folder; failing it, numba would fall back to __pycache__
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError:
+        return None
+    return path
 
 
 def _compiled():
     """The numba kernel, compiled on first use (cached on disk); None when numba is not installed."""
-    if not _KERNEL:
-        try:
-            import numba
-        except ImportError:
-            _KERNEL.append(None)
-        else:
-            _KERNEL.append(numba.njit(cache=True, nogil=True)(_kernel))
+    with _KERNEL_LOCK:
+        if not _KERNEL:
+            try:
+                import numba
+            except ImportError:
+                _KERNEL.append(None)
+            else:
+                _KERNEL.append(_decorate(numba))
     return _KERNEL[0]
+
+
+def _decorate(numba):
+    """``_kernel`` under numba.njit, with its disk cache in :func:`cache_dir` or, if that is unwritable, none."""
+    from numba.core import config
+
+    folder = cache_dir()
+    if folder is None:
+        # better to compile in every process than to write into the package
+        return numba.njit(cache=False, nogil=True)(_kernel)
+    # the dispatcher fixes its cache folder from config.CACHE_DIR when it is made, here; restored after, so
+    # other libraries' numba caches stay where their users expect them
+    saved = config.CACHE_DIR
+    config.CACHE_DIR = folder
+    try:
+        kernel = numba.njit(cache=True, nogil=True)(_kernel)
+    finally:
+        config.CACHE_DIR = saved
+    cache = getattr(kernel, "_cache", None)
+    where = getattr(cache, "cache_path", None)
+    if where is not None and os.path.commonpath([os.path.abspath(where), os.path.abspath(folder)]) != \
+            os.path.abspath(folder):
+        # numba found the folder unwritable after all and fell back to __pycache__
+        return numba.njit(cache=False, nogil=True)(_kernel)
+    return kernel
 
 
 def _kernel(V, H, l1, offset, solvers, Gm, hints, W, support):  # pragma: no cover - compiled by numba

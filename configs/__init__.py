@@ -1,0 +1,1 @@
+"""Example configs, installed as ``bigseg.configs``: ``importlib.resources.files("bigseg.configs") / "default.yaml"``."""
