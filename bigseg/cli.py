@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -10,12 +11,33 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import OPTIONS, ConfigError, load, validate
+from .config import MODEL_KEYS, ConfigError, load, validate
 
 log = logging.getLogger("bigseg")
 
 #: exit status when the run finished but some inputs were skipped
 EXIT_SKIPPED = 3
+
+
+class ConfigFile(click.Path):
+    """A settings file, or the name of one shipped with bigseg (``default``, ``metaldam``)."""
+
+    name = "config"
+
+    def __init__(self):
+        super().__init__(exists=True, dir_okay=False)
+
+    def convert(self, value, param, ctx):
+        if not Path(value).exists():
+            from importlib.resources import files
+
+            shipped = files("bigseg.configs") / f"{Path(value).stem}.yaml"
+            if Path(value).parent == Path(".") and shipped.is_file():
+                return str(shipped)
+        return super().convert(value, param, ctx)
+
+
+CONFIG = ConfigFile()
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -55,11 +77,23 @@ def _explicit_keys(config, sets, overrides):
     return keys
 
 
+@contextlib.contextmanager
 def _runner(workers, scheduler, quiet, settings):
     """The Runner for --workers / --scheduler, else the config's ``cluster`` section, else threads."""
     from .cluster import runner
 
-    return runner(workers, scheduler, quiet, settings["cluster"])
+    with contextlib.ExitStack() as stack:
+        yield _guarded(lambda: stack.enter_context(runner(workers, scheduler, quiet, settings["cluster"])))
+
+
+@contextlib.contextmanager
+def _locked(out_dir):
+    """The output folder's lock, taken before any worker starts or SLURM job is submitted."""
+    from .lock import output_lock
+
+    with contextlib.ExitStack() as stack:
+        _guarded(lambda: stack.enter_context(output_lock(out_dir)))
+        yield
 
 
 def _cluster_options(f):
@@ -93,7 +127,7 @@ def main():
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
               help="image file, folder or glob (repeatable)")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
@@ -105,14 +139,14 @@ def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
 
     _setup_logging(quiet)
     settings = _settings(config, sets, n_components)
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r))
     _finish(summary)
 
 
 @main.command()
 @click.argument("model_dir", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
@@ -128,19 +162,19 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
     except ModelError as exc:
         raise click.UsageError(str(exc)) from None
     # the model's own settings (features, spatial coupling) unless the user overrides them
-    base = validate({k: v for k, v in model.settings.items() if k in OPTIONS})
+    base = validate({k: v for k, v in model.settings.items() if k in MODEL_KEYS})
     settings = _settings(config, sets, None, base=base)
     try:
         model.check_settings(settings)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline(list(inputs), out_dir, settings, r, model=model))
     _finish(summary)
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
@@ -152,8 +186,7 @@ def ingest(config, inputs, out_dir, sets, workers, scheduler, quiet):
 
     _setup_logging(quiet)
     settings = _settings(config, sets)
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         ids, skipped = _guarded(lambda: ingest_stage(find_images(list(inputs)), out_dir, settings, r))
     _finish({"n_images": len(ids), "skipped": skipped})
 
@@ -169,7 +202,7 @@ def _stored_ids(out_dir):
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 @_cluster_options
@@ -179,13 +212,13 @@ def features(config, out_dir, sets, workers, scheduler, quiet):
 
     _setup_logging(quiet)
     settings = _settings(config, sets)
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         ids, skipped = _guarded(lambda: compute_features_stage(out_dir, _stored_ids(out_dir), settings, r))
     _finish({"n_images": len(ids), "skipped": skipped})
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
 @_config_options
 @_cluster_options
@@ -195,7 +228,7 @@ def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
 
     _setup_logging(quiet)
     settings = _settings(config, sets, n_components)
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         model = _guarded(lambda: fit_stage(out_dir, _stored_ids(out_dir), settings, r))
     click.echo(json.dumps(model.report, indent=2, default=str))
 
@@ -218,7 +251,7 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
 
 
 @main.command()
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
 @click.option("--labels", "label_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="folder of class-index masks with the same file stems")
@@ -239,7 +272,7 @@ def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, w
 
 
 @main.command("select-k")
-@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("config", required=False, type=CONFIG)
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--k-min", default=2, show_default=True, type=click.IntRange(1))
@@ -255,7 +288,7 @@ def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, schedu
     if k_max < k_min:
         raise click.UsageError(f"--k-max ({k_max}) is below --k-min ({k_min})")
     settings = _settings(config, sets)
-    with _runner(workers, scheduler, quiet, settings) as r:
+    with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         res = _guarded(lambda: run_select_k(list(inputs), out_dir, settings, r, range(k_min, k_max + 1), seeds))
     click.echo("   k   error   stability")
     for row in res["results"]:
@@ -290,7 +323,9 @@ def demo(out_dir, n_images, seed, workers, scheduler, quiet):
 
 def _guarded(fn):
     """Run a stage; turn expected failures into one clear line instead of a traceback."""
+    from .cluster import ClusterError
     from .features import ImageTooSmallError
+    from .lock import FolderBusyError
     from .model import ModelError
     from .pipeline import StageError
 
@@ -298,8 +333,11 @@ def _guarded(fn):
         return fn()
     except (ConfigError, ModelError) as exc:
         raise click.UsageError(str(exc)) from None
-    except (StageError, ImageTooSmallError, FileNotFoundError, ValueError) as exc:
+    except (StageError, ImageTooSmallError, FileNotFoundError, ValueError, FolderBusyError, ClusterError) as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:   # a full disk or a folder turned read-only mid-run: what and where, in one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from None
 
 
 if __name__ == "__main__":

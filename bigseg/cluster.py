@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 
 log = logging.getLogger("bigseg")
 
 #: share of a worker thread's memory its chunk may take (``chunk_memory: auto``); the rest is the process's
 #: libraries (about 450 MiB), results waiting to be stored and the other stages' blocks
 CHUNK_MEMORY_SHARE = 0.25
+
+#: how long ``--scheduler`` waits for the scheduler before saying it cannot be reached
+SCHEDULER_TIMEOUT = "10s"
+
+
+class ClusterError(RuntimeError):
+    """The workers cannot be had (no sbatch, scheduler unreachable); the message says what to do."""
 
 
 class Runner:
@@ -78,18 +86,35 @@ class Runner:
         share = self.memory_per_thread()
         return dict(settings, chunk_memory=int(share * CHUNK_MEMORY_SHARE)) if share else settings
 
-    def compute_batches(self, items, build, label: str = ""):
+    def compute_batches(self, items, build, label: str = "", on_error=None):
         """``build(item)`` (a dask object, or None to leave the item out) computed ``batch_images`` at a time.
 
-        Returns the results of every built item, in order.
+        Returns the results of every built item, in order. With ``on_error``, an
+        item whose computation fails costs only itself: after a failed batch each
+        of its items is built again and computed alone (``build`` returns None for
+        those that finished before the failure), and ``on_error(item, exc)`` is
+        told of each one that still fails; without it the exception propagates.
         """
         items = list(items)
         results = []
         n = self.batch_images
         for start in range(0, len(items), n):
-            todo = [t for t in (build(item) for item in items[start:start + n]) if t is not None]
+            built = [(item, build(item)) for item in items[start:start + n]]
+            todo = [(item, obj) for item, obj in built if obj is not None]
             part = f"{label} ({start + 1}-{min(start + n, len(items))} of {len(items)})" if len(items) > n else label
-            results += self.compute(todo, part if todo else "")
+            try:
+                results += self.compute([obj for _, obj in todo], part if todo else "")
+            except Exception:
+                if on_error is None:
+                    raise
+                for item, _ in todo:
+                    again = build(item)
+                    if again is None:
+                        continue
+                    try:
+                        results += self.compute([again])
+                    except Exception as exc:
+                        on_error(item, exc)
         return results
 
     @property
@@ -104,18 +129,25 @@ def slurm_cluster(spec: dict):
 
     ``cluster.job_script()`` shows the batch script each of the ``jobs`` will run.
     """
+    import dask
+
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
-        raise RuntimeError("the cluster setting needs dask-jobqueue: pip install 'bigseg[cluster]'") from None
+        raise ClusterError("the cluster setting needs dask-jobqueue: pip install 'bigseg[cluster]'") from None
     kwargs = {k: v for k, v in spec.items() if k not in ("type", "jobs")}
     kwargs.setdefault("job_name", "bigseg")
+    # dask-jobqueue starts workers with this interpreter's path (unless its own config names one); a prologue
+    # (``source venv/bin/activate``, ``module load``) is there to choose the compute nodes' Python, so take
+    # the one on PATH after it ran
+    if spec.get("job_script_prologue") and dask.config.get("jobqueue.slurm.python", None) is None:
+        kwargs.setdefault("python", "python3")
     return SLURMCluster(**kwargs)
 
 
 @contextlib.contextmanager
 def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool = False,
-           cluster: dict | None = None):
+           cluster: dict | None = None, timeout: str | float = SCHEDULER_TIMEOUT):
     """Context manager yielding a :class:`Runner`.
 
     ``scheduler`` connects to a running ``dask scheduler``; ``workers`` starts a
@@ -123,13 +155,23 @@ def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool
     validated ``cluster`` setting) submits that many SLURM jobs of dask workers.
     With none of them graphs run on threads in this process. ``workers`` and
     ``scheduler`` win over ``cluster``, so one config serves laptop and cluster.
+
+    Raises :class:`ClusterError` when the scheduler does not answer within
+    ``timeout`` or, for ``cluster``, when there is no ``sbatch`` to submit with.
     """
     if workers and scheduler:
         raise ValueError("give --workers or --scheduler, not both")
     if scheduler:
         from distributed import Client
 
-        with Client(scheduler, timeout="30s") as client:
+        try:
+            client = Client(scheduler, timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:     # refused, unresolvable, no such scheme
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(f"cannot reach the dask scheduler at {scheduler}: {reason}; "
+                               "start one with 'dask scheduler' or check the address") from exc
+        # only the connection is guarded: errors of the work itself pass through unchanged
+        with client:
             log.info("connected to %s (dashboard %s)", scheduler, client.dashboard_link)
             yield Runner(client, quiet)
     elif workers:
@@ -141,6 +183,10 @@ def runner(workers: int | None = None, scheduler: str | None = None, quiet: bool
     elif cluster:
         from distributed import Client
 
+        # without sbatch the jobs are never submitted and the run waits at 0% for workers forever
+        if shutil.which("sbatch") is None:
+            raise ClusterError("cluster: sbatch not found on PATH; run bigseg on a SLURM login node, "
+                               "or remove the cluster section / use --workers")
         with slurm_cluster(cluster) as slurm, Client(slurm) as client:
             slurm.scale(jobs=cluster["jobs"])
             log.info("submitted %d SLURM job(s); dashboard %s", cluster["jobs"], client.dashboard_link)

@@ -8,6 +8,7 @@ every output of that image) decide what a re-run skips.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _io
 import json
 import logging
@@ -18,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, clahe, diagnose, features, io, preprocess, store
-from .config import check_same, model_bound, resolved_store_features
+from .config import FIT_KEYS, SEGMENT_KEYS, check_same, model_bound, resolved_store_features
+from .lock import output_lock
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
 from .segment import activations_graph, export_image, export_large
 from .viz import PALETTE
@@ -41,17 +43,19 @@ def _guard(stage: str, image_id: str, func, *args, **kwargs):
 
 # --- ingest -----------------------------------------------------------------------
 
-def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: dict) -> dict:
+def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: dict,
+               max_pixels: int = io.MAX_IMAGE_PIXELS) -> dict:
     """Read, grey, crop and store one file. Never raises: a bad file is reported, not fatal.
 
     ``record`` (from :func:`_ingest_record`) holds the crop setting and the pixel
-    size inputs. Tiled TIFFs, very large TIFF pages and Zarr / OME-Zarr arrays
+    size inputs; a file declaring more than ``max_pixels`` is refused unread.
+    Tiled TIFFs, very large TIFF pages and Zarr / OME-Zarr arrays
     are copied a band of rows at a time, so no input is ever held whole.
     """
     crop_bottom = record["crop_setting"]
     try:
         if io.is_chunked_input(path):
-            with io.ChunkedImage(path) as img:
+            with io.ChunkedImage(path, max_pixels=max_pixels) as img:
                 crop = io.detect_data_bar_banded(img) if crop_bottom == "auto" else int(crop_bottom)
                 shape = (img.shape[0] - crop, img.shape[1])
                 if shape[0] <= 0:
@@ -59,7 +63,7 @@ def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: 
                 prov = _provenance(path, image_id, img, crop, crop_bottom, shape, img.dtype, record)
                 store.write_image_bands(store.open_root(store_path), image_id, img.rows, shape, img.dtype, prov)
         else:
-            img = io.read_image(path)
+            img = io.read_image(path, max_pixels=max_pixels)
             grey, crop = io.crop_rows(img.data, crop_bottom, img.source)
             prov = _provenance(path, image_id, img, crop, crop_bottom, grey.shape, grey.dtype, record)
             store.write_image(store.open_root(store_path), image_id, grey, prov)
@@ -86,9 +90,10 @@ def _provenance(path, image_id, img, crop, crop_setting, shape, dtype, record) -
             "pixel_size_source": px_source}
 
 
-def _ingest_record(source: str, settings: dict, table, image_id: str) -> dict:
-    """What an ingest record must say for a stored image to be reused as is."""
-    return {"source": source, "crop_setting": settings["crop_bottom"],
+def _ingest_record(source: str, identity: dict | None, settings: dict, table, image_id: str) -> dict:
+    """What an ingest record must say for a stored image to be reused as is: the file's identity
+    (size, time, content hash) and the settings that shaped what was stored."""
+    return {"source": source, "input": identity, "crop_setting": settings["crop_bottom"],
             "pixel_inputs": [(table or {}).get(image_id), settings["pixel_size"]]}
 
 
@@ -107,12 +112,13 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
 
     def build(item):
         p, image_id = item
-        record = _ingest_record(str(p.resolve()), settings, table, image_id)
+        record = _ingest_record(str(p.resolve()), store.file_identity(p), settings, table, image_id)
         if store.is_done(out_dir, "ingest", image_id) and store.read_record(out_dir, "ingest", image_id) == record:
             return None
         for stage in ("features", "segment"):   # a re-ingested image needs everything again
             store.record_path(out_dir, stage, image_id).unlink(missing_ok=True)
-        return dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir), record)
+        return dask.delayed(ingest_one, pure=False)(str(p), image_id, store_path, str(out_dir), record,
+                                                    settings["max_image_pixels"])
 
     results = runner.compute_batches(zip(paths, ids), build, "ingest")
     skipped = [r for r in results if not r["ok"]]
@@ -149,6 +155,15 @@ def checked_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
 def _skip(skipped: list, image_id: str, exc: Exception) -> None:
     log.warning("skipped %s", exc)
     skipped.append({"id": image_id, "stage": "features", "error": str(exc)})
+
+
+def _failure(stage: str, image_id: str, exc: Exception) -> dict:
+    """The skipped-image entry of an image whose computation failed; logged once, by name."""
+    msg = str(exc) if isinstance(exc, StageError) else f"{stage} failed on image {image_id!r}: " \
+        f"{type(exc).__name__}: {exc}"
+    msg = " ".join(msg.split())    # one line, whatever the library's message held
+    log.warning("skipped %s", msg)
+    return {"id": image_id, "stage": stage, "error": msg}
 
 
 def lazy_features(root, image_id: str, settings: dict):
@@ -213,10 +228,15 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
             return None
         write = store.features_to_zarr(store_path, image_id, feats, names, attrs, settings["feature_dtype"],
                                        settings["feature_keep_bits"])
-        ok.append(image_id)
+        if image_id not in ok:   # built again after a failed batch
+            ok.append(image_id)
         return _after(write, store.mark_done, str(out_dir), "features", image_id)
 
-    runner.compute_batches(ids, build, "features")
+    def failed(image_id, exc):
+        ok.remove(image_id)
+        skipped.append(_failure("features", image_id, exc))
+
+    runner.compute_batches(ids, build, "features", on_error=failed)
     return ok, skipped
 
 
@@ -257,16 +277,40 @@ def feature_source(out_dir, image_id, settings):
 
 # --- fit -------------------------------------------------------------------------------
 
-#: settings of the segment stage alone: changing them redoes the labels, not the fit
-SEGMENT_KEYS = ("spatial_weight", "spatial_sweeps")
-FIT_KEYS = ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter", "tol", "init",
-            "sample_size", "batch_size", "random_state", "orthogonality")
+#: the per-image exports of the segment stage, forgotten whole when the folder's model changes
+EXPORT_DIRS = ("labels", "color", "activations")
+
+
+def inputs_digest(out_dir, ids) -> str:
+    """One hash of the images a fit saw: their ids, contents and ingest settings (not where they lie)."""
+    digest = hashlib.sha256()
+    for image_id in sorted(ids):
+        rec = store.read_record(out_dir, "ingest", image_id)
+        digest.update(json.dumps([image_id, rec.get("input"), rec.get("crop_setting"), rec.get("pixel_inputs")],
+                                 sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def model_digest(model: Model) -> str:
+    """One hash of what a model computes: H, the scaling, the feature names and model-bound settings."""
+    digest = hashlib.sha256()
+    for arr in (model.H, model.scale_lo, model.scale_hi):
+        digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
+    digest.update(json.dumps([list(model.feature_names), model_bound(model.settings)], sort_keys=True).encode())
+    return digest.hexdigest()
 
 
 def fit_stage(out_dir, ids, settings, runner) -> Model:
-    """Fit (or reuse a finished fit of the same settings) and save ``model/``."""
+    """Fit (or reuse a finished fit of the same settings on the same images) and save ``model/``.
+
+    A new fit forgets every earlier segmentation in the folder, so no label map
+    of the old model survives beside the new one.
+    """
     out_dir = Path(out_dir)
     model_dir = out_dir / "model"
+    if not ids:
+        raise ValueError("no image to fit on: every input was skipped")
+    seen = inputs_digest(out_dir, ids)
     if model_dir.exists():
         try:
             existing = Model.load(model_dir)
@@ -274,16 +318,15 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
             existing = None
         if existing is not None:
             existing.check_settings(settings)
-            if all(_same(existing.settings.get(k), settings[k]) for k in FIT_KEYS):
+            if (all(_same(existing.settings.get(k), settings[k]) for k in FIT_KEYS)
+                    and existing.report.get("inputs") == seen):
                 log.info("reusing the fitted model in %s", model_dir)
                 return existing
-            store.clear_records(out_dir, "segment")
-    if not ids:
-        raise ValueError("no image to fit on: every input was skipped")
     model = fit(FeatureSources(out_dir, ids, settings), features.feature_names(settings), settings,
                 lambda objs: runner.compute(objs), log=log.info, batch_images=runner.batch_images)
     model.report["images"] = len(ids)
-    model.save(model_dir)
+    model.report["inputs"] = seen
+    adopt_model(out_dir, model)
     r = model.report
     log.info("fit (%s): relative error %.4f, %d iterations, converged=%s", r["solver"], r["relative_error"],
              r["n_iter"], r["converged"])
@@ -296,8 +339,23 @@ def _same(a, b):
 
 # --- segment ---------------------------------------------------------------------------
 
-def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
-    """Activations, labels and exports of every image not done yet."""
+def adopt_model(out_dir, model: Model) -> None:
+    """Make ``model`` the folder's model; if it differs from the one there, forget the old one's labels first."""
+    model_dir = Path(out_dir) / "model"
+    try:
+        same = model_dir.exists() and model_digest(Model.load(model_dir)) == model_digest(model)
+    except ModelError:
+        same = False
+    if same:
+        return
+    if model_dir.exists() or (Path(out_dir) / "records" / "segment").exists():
+        store.clear_segmentation(out_dir, EXPORT_DIRS)
+    model.save(model_dir)
+
+
+def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[str], list[dict]]:
+    """Activations, labels and exports of every image not done yet; returns the ids segmented now and the
+    images that failed (each reported and skipped; the others complete)."""
     import dask
     import dask.array as da
 
@@ -306,15 +364,15 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     k = model.n_components
     # a record made with other spatial settings is stale: those labels are redone
-    segment_settings = {k: settings[k] for k in SEGMENT_KEYS}
-    done_now, large = [], []
+    made_by = {"settings": {k: settings[k] for k in SEGMENT_KEYS}, "model": model_digest(model)}
+    large, skipped = [], []
 
     def build(image_id):
-        if (store.is_done(out_dir, "segment", image_id)
-                and store.read_record(out_dir, "segment", image_id).get("settings") == segment_settings):
+        if segment_current(out_dir, image_id, made_by):
             return None
         if _is_large(root, image_id, settings):
-            large.append(image_id)
+            if image_id not in large:
+                large.append(image_id)
             return None
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
@@ -329,15 +387,25 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> list[str]:
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
                                                              lab_arr)
-        done_now.append(image_id)
-        return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, segment_settings)
+        return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
-    runner.compute_batches(ids, build, "segment")
+    done_now = runner.compute_batches(ids, build, "segment",
+                                      on_error=lambda i, exc: skipped.append(_failure("segment", i, exc)))
     for image_id in large:
-        _guard("segment", image_id, segment_large, out_dir, root, image_id, model, settings, runner,
-               segment_settings)
-        done_now.append(image_id)
-    return done_now
+        try:
+            segment_large(out_dir, root, image_id, model, settings, runner, made_by)
+            done_now.append(image_id)
+        except Exception as exc:   # one montage failing costs only itself
+            skipped.append(_failure("segment", image_id, exc))
+    return done_now, skipped
+
+
+def segment_current(out_dir, image_id: str, made_by: dict) -> bool:
+    """Whether the image's labels exist and were made by this model with these segment settings."""
+    if not store.is_done(out_dir, "segment", image_id):
+        return False
+    rec = store.read_record(out_dir, "segment", image_id)
+    return all(rec.get(key) == value for key, value in made_by.items())
 
 
 #: pixels per band when a large image is segmented a band of rows at a time; at 20,000 x 20,000,
@@ -353,7 +421,7 @@ def _is_large(root, image_id, settings) -> bool:
                                     settings))
 
 
-def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, runner, segment_settings) -> None:
+def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, runner, made_by) -> None:
     """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
 
     Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
@@ -390,7 +458,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
                           regions=[(slice(None), rows), (slice(None), rows), (rows,)])
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
     result = export_large(lab_arr, act_arr, str(out_dir), image_id, k)
-    _finish(result, str(out_dir), image_id, segment_settings)
+    _finish(result, str(out_dir), image_id, made_by)
 
 
 def memberships(acts):
@@ -409,13 +477,13 @@ def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):
     return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr)
 
 
-def _finish(result, out_dir, image_id, segment_settings):
-    return store.mark_done(out_dir, "segment", image_id, dict(result, settings=segment_settings))
+def _finish(result, out_dir, image_id, made_by):
+    return store.mark_done(out_dir, "segment", image_id, dict(result, **made_by))
 
 
 # --- reports ---------------------------------------------------------------------------
 
-def write_tables(out_dir, ids, model: Model, summary: dict) -> dict:
+def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None = None) -> dict:
     """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
 
     Adds the components (name, fingerprint, share of all pixels) and the
@@ -427,8 +495,9 @@ def write_tables(out_dir, ids, model: Model, summary: dict) -> dict:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image"] + [f"phase_{i}" for i in range(k)])
     totals, speckle = np.zeros(k), {}
+    made_by = made_by or {"model": model_digest(model)}
     for image_id in ids:
-        if store.is_done(out_dir, "segment", image_id):
+        if segment_current(out_dir, image_id, made_by):
             rec = store.read_record(out_dir, "segment", image_id)
             fr = rec["fractions"]
             w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
@@ -462,10 +531,15 @@ def versions() -> dict:
 def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
     """Every stage in order; with ``model`` given, segment only (no refit, features not stored).
 
-    Returns the summary (also written to ``summary.json``).
+    Holds the output folder's lock throughout. One image failing in any stage
+    is reported and skipped, the others complete, and ``summary.json`` and
+    ``phase_fractions.csv`` are written whatever failed. Returns the summary.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(out_dir):
+        return _run(inputs, Path(out_dir), settings, runner, model)
+
+
+def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     settings = runner.resolve(settings)
     timings = {}
     t = time.perf_counter()
@@ -487,11 +561,14 @@ def run(inputs, out_dir, settings, runner, model: Model | None = None) -> dict:
     if model is None:
         model = fit_stage(out_dir, ids, settings, runner)
     else:
-        model.save(out_dir / "model")
+        adopt_model(out_dir, model)
     timings["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    segmented = segment_stage(out_dir, ids, model, settings, runner)
+    segmented, more = segment_stage(out_dir, ids, model, settings, runner)
+    skipped += more
+    failed = {s["id"] for s in more}
+    ids = [i for i in ids if i not in failed]
     timings["segment"] = time.perf_counter() - t
 
     summary = {
@@ -529,10 +606,13 @@ def select_k(inputs, out_dir, settings, runner, k_values, n_seeds: int = 3) -> d
 
     Writes ``select_k.json`` and ``select_k.png`` into ``out_dir``.
     """
+    with output_lock(out_dir):
+        return _select_k(inputs, Path(out_dir), settings, runner, k_values, n_seeds)
+
+
+def _select_k(inputs, out_dir: Path, settings, runner, k_values, n_seeds: int) -> dict:
     from . import selectk
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     settings = runner.resolve(settings)
     ids, skipped = ingest(io.find_images(inputs), out_dir, settings, runner)
     ids, more = prepare_features(out_dir, ids, settings, runner)

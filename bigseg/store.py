@@ -198,8 +198,60 @@ def read_record(out_dir, stage: str, image_id: str) -> dict:
     return json.loads(record_path(out_dir, stage, image_id).read_text())
 
 
+def file_identity(path) -> dict | None:
+    """What a record says of an input: size, modification time and a content hash (None if unreadable).
+
+    The hash is what decides: a file replaced in place, even with its old size
+    and time kept, is read again. A Zarr folder is hashed over its files' names,
+    sizes and times, since reading every chunk of a montage would cost as much
+    as ingesting it.
+    """
+    import hashlib
+    import os
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    try:
+        st = path.stat()
+        if path.is_dir():
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                fs = f.stat()
+                digest.update(f"{f.relative_to(path)}\0{fs.st_size}\0{fs.st_mtime_ns}\n".encode())
+        else:
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    except OSError:   # broken link, vanished or unreadable: the reader reports it by name
+        return None
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "sha256": digest.hexdigest()}
+
+
 def clear_records(out_dir, stage: str) -> None:
     d = Path(out_dir) / "records" / stage
     if d.exists():
         for f in d.glob("*.json"):
             f.unlink()
+
+
+def clear_segmentation(out_dir, export_dirs) -> None:
+    """Forget every image's segmentation: records first (so nothing looks done), then the exports in
+    ``export_dirs`` and the stored activations, memberships and label images.
+
+    Called when the folder's model changes, so the folder never holds labels of two models.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    clear_records(out_dir, "segment")
+    for name in export_dirs:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    store_path = out_dir / "store.zarr"
+    if not store_path.exists():
+        return
+    root = open_root(store_path)
+    for group in ("activations", "memberships"):
+        if group in root:
+            del root[group]
+    for image_id in image_ids(root):
+        if "labels" in root[f"images/{image_id}"]:
+            del root[f"images/{image_id}/labels"]

@@ -1,10 +1,14 @@
 """The ``cluster`` section: validation, and the SLURM job script dask-jobqueue generates from it (no SLURM needed)."""
 
+import socket
+import sys
+import time
+
 import pytest
 import yaml
 
 from bigseg import config
-from bigseg.cluster import slurm_cluster
+from bigseg.cluster import ClusterError, runner, slurm_cluster
 
 SECTION = """
 cluster:
@@ -55,9 +59,48 @@ def test_slurm_job_script_asks_for_what_the_config_says():
         assert any(line.startswith(directive) for line in lines), (directive, script)
     assert "module load python/3.11" in script
     worker = next(line for line in lines if "distributed.cli.dask_worker" in line)
+    # the prologue picks the nodes' Python: the login node's interpreter path would bypass it
+    assert worker.startswith("python3 -m distributed.cli.dask_worker "), worker
     # 4 worker processes of 2 threads sharing the job's 32 GiB
     assert "--nworkers 4" in worker and "--nthreads 2" in worker and "--memory-limit 8.00GiB" in worker
     assert cluster.scheduler_address.split(":")[-1] in worker     # workers dial this scheduler
+
+
+def test_without_a_prologue_workers_run_this_interpreter():
+    spec = config.validate({"cluster": {"type": "slurm", "cores": 2, "memory": "4GiB"}})["cluster"]
+    with slurm_cluster(spec) as cluster:
+        worker = next(line for line in cluster.job_script().splitlines() if "distributed.cli.dask_worker" in line)
+    assert worker.startswith(f"{sys.executable} -m distributed.cli.dask_worker "), worker
+
+
+def test_cluster_section_without_sbatch_fails_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))                 # no sbatch here: it used to wait at 0% forever
+    spec = config.validate(yaml.safe_load(SECTION))["cluster"]
+    with pytest.raises(ClusterError, match="sbatch not found on PATH.*--workers"):
+        with runner(cluster=spec):
+            pass
+
+
+def test_unreachable_scheduler_is_one_clear_error():
+    with socket.socket() as s:                                # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(ClusterError, match=f"cannot reach the dask scheduler at {address}: .*dask scheduler"):
+        with runner(scheduler=address, timeout="1s"):
+            pass
+    assert time.monotonic() - start < 10
+    assert issubclass(ClusterError, RuntimeError)
+
+
+def test_work_errors_under_a_scheduler_are_not_connection_errors():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as local:
+        with pytest.raises(FileNotFoundError):
+            with runner(scheduler=local.scheduler_address):
+                raise FileNotFoundError("an input")           # an OSError, but not the scheduler's
 
 
 def test_chunk_memory_auto_resolves_to_a_share_of_each_threads_memory(monkeypatch):
