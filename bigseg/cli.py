@@ -276,7 +276,7 @@ def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, w
 @click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--k-min", default=2, show_default=True, type=click.IntRange(1))
-@click.option("--k-max", default=8, show_default=True, type=click.IntRange(1, 10))
+@click.option("--k-max", type=click.IntRange(1, 10), help="largest k [default: 8, or the feature count if smaller]")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(2), help="resampled fits per k")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
 @_cluster_options
@@ -285,9 +285,16 @@ def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, schedu
     from .pipeline import select_k as run_select_k
 
     _setup_logging(quiet)
+    settings = _settings(config, sets)
+    from .features import feature_names
+
+    n_features = len(feature_names(settings))
+    k_max = min(8, n_features) if k_max is None else k_max
     if k_max < k_min:
         raise click.UsageError(f"--k-max ({k_max}) is below --k-min ({k_min})")
-    settings = _settings(config, sets)
+    if k_max > n_features:
+        raise click.UsageError(f"--k-max ({k_max}) is above the {n_features} features the settings compute; "
+                               f"NMF finds at most one component per feature")
     with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         res = _guarded(lambda: run_select_k(list(inputs), out_dir, settings, r, range(k_min, k_max + 1), seeds))
     click.echo("   k   error   stability")
