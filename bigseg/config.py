@@ -207,16 +207,16 @@ MAX_SCALES = 32
 
 
 def _resize(key, v):
-    """``native``, ``physical``, an int (square side) or ``[height, width]``."""
+    """``native``, ``physical``, an int (the longer side, aspect ratio kept) or ``[height, width]``."""
     if v in ("native", "physical"):
         return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return _int(8, MAX_RESIZE_SIDE)(key, v)
     if isinstance(v, str) and "x" in v:
         try:
             v = [int(p) for p in v.lower().split("x")]
         except ValueError:
             raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}") from None
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        v = [v, v]
     if not isinstance(v, (list, tuple)) or len(v) != 2:
         raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}")
     return [_int(8, MAX_RESIZE_SIDE)(key, p) for p in v]
@@ -289,9 +289,11 @@ OPTIONS: dict[str, Option] = {
                                "largest image (pixels) read; a file claiming more is refused as a likely "
                                "decompression bomb; raise it for larger montages", "ingest"),
     # preprocess
-    "resize": Option([512, 512], _resize,
-                     f"'native', 'physical' (to target_pixel_size), N, HxW or [H, W]: the processing grid "
-                     f"(sides at most {MAX_RESIZE_SIDE})", "preprocess", role="features"),
+    "resize": Option(512, _resize,
+                     f"the processing grid: N = the longer side at N pixels, aspect ratio kept (so every filter "
+                     f"sees the microstructure alike along x and y); 'native'; 'physical' (to "
+                     f"target_pixel_size); or an exact HxW / [H, W] (sides at most {MAX_RESIZE_SIDE})",
+                     "preprocess", role="features"),
     "target_pixel_size": Option(None, _optional(_float(0, lo_open=True)),
                                 "micrometres per pixel of the processing grid when resize is 'physical'", "preprocess",
                                 role="features"),
@@ -376,6 +378,13 @@ OPTIONS: dict[str, Option] = {
     "random_state": Option(0, _int(0, 2 ** 32 - 1), "seed of sampling and initialisation", "fit", role="fit"),
     "orthogonality": Option(0.0, _float(0), "penalty on overlap between H rows (orthogonal NMF; 0 = off)", "fit",
                             role="fit"),
+    "transition_share": Option(0.75, _float(0, 1, lo_open=True),
+                               "a component is a boundary, not a phase, when more than this share of its pixels "
+                               "lies between two other labels (within twice the derivative sigma): it is refitted "
+                               "with one component more per boundary where the features allow, keeps explaining "
+                               "edge pixels, and never labels a pixel; 1 = off. Rims scored 0.88-0.996 on every set "
+                               "we have, real phases (thin films and small pores included) at most 0.67",
+                               "fit", role="fit"),
     # segment
     "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)",
                              "segment", role="segment"),

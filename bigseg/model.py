@@ -39,7 +39,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: the arrays of model.npz, each one float vector or matrix
 MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
-MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints")
+MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
+                "transitions")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
@@ -166,20 +167,37 @@ class Model:
     feature_names: list
     settings: dict
     report: dict = field(default_factory=dict)
+    #: rows of H that live on phase boundaries: they explain edge pixels in the solve, never label a pixel
+    transitions: list = field(default_factory=list)
     #: the fingerprint bar charts as PNG, drawn once when the model is fitted and kept
     #: with it, so segmenting with a saved model needs no plotting
     figure: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_components(self) -> int:
+        """Rows of H: the phases and the transition components."""
         return int(self.H.shape[0])
 
+    @property
+    def phases(self) -> list[int]:
+        """The rows of H that are phases, in order: label ``i`` is component ``phases[i]``."""
+        return [j for j in range(self.n_components) if j not in self.transitions]
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.phases)
+
+    @property
+    def phase_H(self) -> np.ndarray:
+        return self.H[self.phases]
+
     def fingerprint_png(self) -> bytes:
-        """The components' fingerprints (H rows over the named features) as a PNG bar chart."""
+        """The phases' fingerprints (H rows over the named features) as a PNG bar chart."""
         if self.figure is None:
             from .diagnose import component_names, fingerprint_figure
 
-            self.figure = fingerprint_figure(self.H, self.feature_names, component_names(self.H, self.feature_names))
+            self.figure = fingerprint_figure(self.phase_H, self.feature_names,
+                                             component_names(self.phase_H, self.feature_names))
         return self.figure
 
     def check_settings(self, settings: dict) -> None:
@@ -208,7 +226,8 @@ class Model:
             np.savez(tmp / "model.npz", H=self.H.astype(np.float64), scale_lo=self.scale_lo, scale_hi=self.scale_hi)
             meta = {"format": MODEL_FORMAT, "bigseg_version": __version__, "n_components": self.n_components,
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
-                    "fingerprints": fingerprints(self.H, self.feature_names)}
+                    "fingerprints": fingerprints(self.H, self.feature_names),
+                    "transitions": [int(j) for j in self.transitions]}
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
             (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
@@ -246,7 +265,8 @@ class Model:
         arrays = _parse_npz(arr_path, arr_bytes)
         names, settings, report = _check_meta(meta_path, meta)
         H, lo, hi = _check_arrays(arr_path, arrays, names)
-        settings = _check_settings(meta_path, settings, names, H.shape[0])
+        transitions = _check_transitions(meta_path, meta.get("transitions", []), H.shape[0])
+        settings = _check_settings(meta_path, settings, names, H.shape[0] - len(transitions))
         if "n_components" in meta and meta["n_components"] != H.shape[0]:
             raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
                              f"has {H.shape[0]} rows")
@@ -255,7 +275,7 @@ class Model:
         if figure is not None and not figure.startswith(PNG_SIGNATURE):
             raise ModelError(f"{png_path}: not a PNG image")
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
-                   figure=figure)
+                   transitions=transitions, figure=figure)
 
 
 # --- reading a model: every check names the file and the field -----------------------
@@ -424,6 +444,15 @@ def _check_arrays(path: Path, arrays: dict, names: list) -> tuple[np.ndarray, np
     return H, lo, hi
 
 
+def _check_transitions(path: Path, value, rows: int) -> list[int]:
+    """The transition rows of H: distinct row indices, at least one phase left (absent in older models)."""
+    if (not isinstance(value, list) or not all(type(j) is int and 0 <= j < rows for j in value)
+            or len(set(value)) != len(value) or len(value) >= rows):
+        raise ModelError(f"{path}: field 'transitions' must list distinct rows of H (0 to {rows - 1}), "
+                         f"leaving at least one phase; got {value!r}")
+    return sorted(value)
+
+
 def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
     """The model's settings, normalised: model keys only, values as ``config.validate`` allows,
     computing exactly ``names`` with ``k`` components."""
@@ -432,7 +461,7 @@ def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
             raise ModelError(f"{path}: settings.{key} is not a model setting; a model carries only what "
                              f"defines the segmentation")
     given = dict(settings)
-    given.setdefault("n_components", k)      # it is H's row count; validate would assume its default
+    given.setdefault("n_components", k)      # the phases' count; validate would assume its default
     try:
         full = validate(given)
     except ConfigError as exc:
@@ -442,7 +471,8 @@ def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise ModelError(f"{path}: field 'settings' holds an invalid value ({exc})") from None
     if full["n_components"] != k:
-        raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {k} rows")
+        raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {k} "
+                         f"phase rows")
     from .features import feature_names
 
     expected = feature_names(full)
@@ -613,13 +643,22 @@ def scaled_sample(feature_arrays, settings: dict, compute, batch_images: int = 3
     return apply_scaling(sample, lo, hi), lo, hi
 
 
-def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32) -> Model:
+def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32,
+        find_transitions=None) -> Model:
     """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
 
     ``feature_arrays`` is a sequence (a list, or one that builds each graph on
     access). ``compute`` evaluates a list of dask objects (threads, processes
     or a cluster). The pixel sample for the scaling (and for ``cd``) is bounded
     by ``sample_size`` whatever the collection's size.
+
+    ``find_transitions(H, lo, hi)`` (see :func:`bigseg.regions.find_transitions`)
+    names the components that live on phase boundaries. A boundary is not a
+    phase, so when there are some, H is fitted again on the sample with one
+    component more per boundary (where the feature count and the exact solver
+    allow): the phases get back the capacity the edges took, and the new fit's
+    rows most like the old boundaries are kept as ``transitions``, explaining
+    edge pixels in the solve and never labelling one.
     """
     t0 = time.perf_counter()
     X, lo, hi = scaled_sample(feature_arrays, settings, compute, batch_images)
@@ -630,16 +669,48 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
         H, report = fit_cd(X, settings)
     else:
         H, report = fit_minibatch(feature_arrays, lo, hi, settings, X, compute, log)
-    if settings["orthogonality"] > 0:
-        H, extra = refine_orthogonal(X, H, settings)
-        report.update(extra)
-    H = normalise_rows(H)
+    H = _finish_H(X, H, settings, report)
+    transitions = []
+    if find_transitions is not None and settings["transition_share"] < 1:
+        transitions, shares = find_transitions(H, lo, hi)
+        report["between_shares"] = shares
+        k2 = settings["n_components"] + len(transitions)
+        if transitions and k2 <= min(X.shape[1], nnls.MAX_EXACT_K):
+            # the refit runs on the in-memory sample whatever the solver: it is the sample cd fits on
+            H2, refit = fit_cd(X, dict(settings, n_components=k2))
+            H2 = _finish_H(X, H2, settings, report)
+            transitions = match_rows(H[transitions], H2)
+            H = H2
+            report["refit"] = {"n_components": k2, "n_iter": refit["n_iter"], "converged": refit["converged"]}
+        report["transitions"] = len(transitions)
     report.update(reconstruction(X, H, settings))
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     # a model carries what defines the segmentation and nothing of where or how this run went
     keep = {k: settings[k] for k in MODEL_KEYS}
-    return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report)
+    return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report,
+                 transitions=transitions)
+
+
+def _finish_H(X, H, settings, report):
+    """The orthogonal refinement (when asked for) and unit-norm rows."""
+    if settings["orthogonality"] > 0:
+        H, extra = refine_orthogonal(X, H, settings)
+        report.update(extra)
+    return normalise_rows(H)
+
+
+def match_rows(rows: np.ndarray, H: np.ndarray) -> list[int]:
+    """The rows of ``H`` most like ``rows`` (cosine, one each, Hungarian), sorted.
+
+    After a refit with one component more per boundary these are the new fit's
+    boundary components: the fingerprint of an edge does not change when the
+    phases gain capacity.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    _, cols = linear_sum_assignment(-(normalise_rows(rows) @ normalise_rows(H).T))
+    return sorted(int(c) for c in cols)
 
 
 __all__ = ["Model", "ModelError", "ConfigError", "fit", "scaled_sample", "apply_scaling", "fit_scaling"]

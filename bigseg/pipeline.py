@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, clahe, diagnose, features, io, preprocess, store
+from . import __version__, clahe, diagnose, features, io, preprocess, regions, store
 from .config import FIT_KEYS, SEGMENT_KEYS, check_same, model_bound, resolved_store_features
 from .lock import output_lock
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
@@ -296,8 +296,24 @@ def model_digest(model: Model) -> str:
     digest = hashlib.sha256()
     for arr in (model.H, model.scale_lo, model.scale_hi):
         digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
-    digest.update(json.dumps([list(model.feature_names), model_bound(model.settings)], sort_keys=True).encode())
+    digest.update(json.dumps([list(model.feature_names), model_bound(model.settings), list(model.transitions)],
+                             sort_keys=True).encode())
     return digest.hexdigest()
+
+
+def transition_windows(sources, runner) -> list[np.ndarray]:
+    """In-memory features of a few images spread over the collection, each at most a window
+    of ``regions.TRANSITION_WINDOW`` pixels a side (its centre): what decides which components are boundaries."""
+    n = len(sources)
+    picks = sorted(set(np.linspace(0, n - 1, min(n, regions.TRANSITION_IMAGES)).round().astype(int).tolist()))
+    windows = []
+    for i in picks:
+        arr = sources[i]
+        arr = getattr(arr, "data", arr)          # a stored xarray DataArray, or a dask array
+        cuts = [slice(max(0, (s - regions.TRANSITION_WINDOW) // 2), max(0, (s - regions.TRANSITION_WINDOW) // 2)
+                      + regions.TRANSITION_WINDOW) for s in arr.shape[:2]]
+        windows.append(arr[cuts[0], cuts[1]])
+    return [np.asarray(w, dtype=np.float32) for w in runner.compute(windows, "fit: boundaries")]
 
 
 def fit_stage(out_dir, ids, settings, runner) -> Model:
@@ -322,8 +338,11 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
                     and existing.report.get("inputs") == seen):
                 log.info("reusing the fitted model in %s", model_dir)
                 return existing
-    model = fit(FeatureSources(out_dir, ids, settings), features.feature_names(settings), settings,
-                lambda objs: runner.compute(objs), log=log.info, batch_images=runner.batch_images)
+    sources = FeatureSources(out_dir, ids, settings)
+    model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
+                log=log.info, batch_images=runner.batch_images,
+                find_transitions=lambda H, lo, hi: regions.find_transitions(
+                    transition_windows(sources, runner), H, lo, hi, settings))
     model.report["images"] = len(ids)
     model.report["inputs"] = seen
     adopt_model(out_dir, model)
@@ -362,7 +381,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
     out_dir = Path(out_dir)
     root = store.open_root(out_dir / "store.zarr")
     l1, l2 = regularisation(model.settings, model.H.shape[1])
-    k = model.n_components
+    k, n_phases = model.n_components, model.n_phases
     # a record made with other spatial settings is stale: those labels are redone
     made_by = {"settings": {k: settings[k] for k in SEGMENT_KEYS}, "model": model_digest(model)}
     large, skipped = [], []
@@ -380,13 +399,14 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         chunk = features.chunk_side(acts.shape[1:], settings)
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
-        memb_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk, "memberships", "float16")
-        lab_arr = store.create_labels(root, image_id, native, k, PALETTE, max(chunk, 512))
-        stored = da.store([acts, memberships(acts)], [act_arr, memb_arr], lock=False, compute=False)
+        memb_arr = store.create_activations(root, image_id, acts.shape[1:], n_phases, chunk, "memberships",
+                                            "float16")
+        lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512))
+        stored = da.store([acts, memberships(acts[model.phases])], [act_arr, memb_arr], lock=False, compute=False)
         # exports read the stored activations back: handing the lazy array to a second
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
-                                                             lab_arr)
+                                                             lab_arr, model.phases)
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
     done_now = runner.compute_batches(ids, build, "segment",
@@ -435,15 +455,15 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     source = root[f"images/{image_id}/0"]
     h, w = (int(v) for v in source.shape)
     chunk = features.chunk_side((h, w), settings)
-    k = model.n_components
+    k, n_phases = model.n_components, model.n_phases
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}
     (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
     margin = features.segment_halo(settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
-    memb_arr = store.create_activations(root, image_id, (h, w), k, chunk, "memberships", "float16")
-    lab_arr = store.create_labels(root, image_id, (h, w), k, PALETTE, chunk)
+    memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16")
+    lab_arr = store.create_labels(root, image_id, (h, w), n_phases, PALETTE, chunk)
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
@@ -453,11 +473,12 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
                                  model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"])
         acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
         rows = slice(r0, r1)
-        stored = da.store([acts, memberships(acts), acts.argmax(axis=0).astype(np.uint8)],
+        phase_acts = acts[model.phases]
+        stored = da.store([acts, memberships(phase_acts), phase_acts.argmax(axis=0).astype(np.uint8)],
                           [act_arr, memb_arr, lab_arr], lock=False, compute=False,
                           regions=[(slice(None), rows), (slice(None), rows), (rows,)])
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
-    result = export_large(lab_arr, act_arr, str(out_dir), image_id, k)
+    result = export_large(lab_arr, act_arr, str(out_dir), image_id, model.phases)
     _finish(result, str(out_dir), image_id, made_by)
 
 
@@ -473,8 +494,8 @@ def memberships(acts):
     return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
-def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr):
-    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr)
+def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr, phases):
+    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr, phases)
 
 
 def _finish(result, out_dir, image_id, made_by):
@@ -490,11 +511,11 @@ def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None
     failure-mode warnings to ``summary``, and returns it.
     """
     out_dir = Path(out_dir)
-    k = model.n_components
+    k = model.n_phases
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image"] + [f"phase_{i}" for i in range(k)])
-    totals, speckle = np.zeros(k), {}
+    totals, speckle, transition_shares = np.zeros(k), {}, []
     made_by = made_by or {"model": model_digest(model)}
     for image_id in ids:
         if segment_current(out_dir, image_id, made_by):
@@ -503,11 +524,17 @@ def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None
             w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
             totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
             speckle[image_id] = rec["speckle"]
+            transition_shares.append(rec.get("transition_share"))
     io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
     shares = totals / max(totals.sum(), 1)
-    names = diagnose.component_names(model.H, model.feature_names)
+    names = diagnose.component_names(model.phase_H, model.feature_names)
     summary["components"] = [{"index": i, "name": names[i], "share": round(float(shares[i]), 6),
-                              "fingerprint": fp} for i, fp in enumerate(fingerprints(model.H, model.feature_names))]
+                              "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
+                                                                                     model.feature_names))]
+    moved = [r for r in transition_shares if r is not None]
+    summary["boundaries"] = {"components": len(model.transitions),
+                             "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
+                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0}
     summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
     io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -12,11 +12,17 @@ import numpy as np
 def target_shape(shape, resize, pixel_size=None, target_pixel_size=None, name: str = "image") -> tuple[int, int]:
     """The processing grid for an image of ``shape`` under the ``resize`` setting.
 
+    An integer N is the longer side, the aspect ratio kept: squashing a 1024x703
+    frame to 512x512 scaled x by 2.0 and y by 1.37, so every filter saw another
+    microstructure along x than along y, and another in each frame size.
     ``physical`` resamples to ``target_pixel_size`` micrometres per pixel, so one
     phase has one size in pixels whatever the magnification it was taken at.
     """
     if resize == "native":
         return int(shape[0]), int(shape[1])
+    if isinstance(resize, int):
+        scale = resize / max(int(shape[0]), int(shape[1]))
+        return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
     if resize == "physical":
         if not pixel_size:
             raise ValueError(f"{name}: resize is 'physical' but the pixel size is unknown; give it in the TIFF "

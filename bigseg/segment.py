@@ -92,13 +92,22 @@ def _panel_view(acts_kyx: np.ndarray) -> np.ndarray:
     return acts_kyx[:, ::step, ::step]
 
 
-def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None) -> dict:
+def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
+                 phases=None) -> dict:
     """Write labels/, color/, activations/ PNGs (and the OME label array) of one image.
 
-    Returns the phase fractions, pixel count and speckle rate. Pure apart from the files it writes, so it runs
-    on any worker; every file is written atomically.
+    ``phases`` are the components that label pixels (default: all); the others
+    live on boundaries, so each pixel they would win goes to the phase with the
+    largest activation there. Returns the phase fractions, pixel count, speckle
+    rate and the share of pixels a boundary component would have won. Pure
+    apart from the files it writes, so it runs on any worker; every file is
+    written atomically.
     """
     out_dir = Path(out_dir)
+    phases = list(range(acts_kyx.shape[0])) if phases is None else list(phases)
+    boundary = np.setdiff1d(np.arange(acts_kyx.shape[0]), phases)
+    moved = float(np.isin(acts_kyx.argmax(axis=0), boundary).mean()) if boundary.size else 0.0
+    acts_kyx = acts_kyx[phases]
     k = acts_kyx.shape[0]
     labels = labels_at(acts_kyx, native_shape)
     if labels_zarr is not None:
@@ -109,10 +118,10 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
                          viz.PANEL_PALETTE)
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
-            "pixels": int(labels.size), "speckle": speckle_rate(labels)}
+            "pixels": int(labels.size), "speckle": speckle_rate(labels), "transition_share": round(moved, 6)}
 
 
-def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: int = 256) -> dict:
+def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256) -> dict:
     """Exports of an image too large to hold, read back from the store a band or a tile at a time.
 
     ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
@@ -121,6 +130,7 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: i
     """
     out_dir = Path(out_dir)
     h, w = labels_zarr.shape
+    k = len(phases)
     counts = np.zeros(k, np.int64)
     changes = 0
     band = labels_zarr.chunks[0]
@@ -142,7 +152,8 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, k: int, tile: i
     io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
     step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
     io.write_palette_png(out_dir / "activations" / f"{image_id}.png",
-                         viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])), viz.PANEL_PALETTE)
+                         viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)]),
+                         viz.PANEL_PALETTE)
     total = h * w
     return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
             "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

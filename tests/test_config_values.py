@@ -34,7 +34,13 @@ CLUSTER_NUMERIC = [k for k, c in config.CLUSTER_KEYS.items() if any(_accepts(c, 
 def test_the_numeric_keys_are_found():
     assert {"n_components", "spatial_weight", "truncate", "resize", "max_image_pixels", "crop_bottom",
             "chunk_size", "random_state", "pixel_size", "clahe_kernel_size"} <= set(SCALAR_KEYS)
-    assert {"resize", "normalize_percentiles", "blur_sigmas", "closing_sizes"} <= set(LIST_KEYS)
+    assert {"normalize_percentiles", "blur_sigmas", "closing_sizes"} <= set(LIST_KEYS)
+
+
+@pytest.mark.parametrize("bad", [[float("nan"), 512], [512, float("inf")], 512.5, float("inf")])
+def test_resize_refuses_non_finite_and_fractional_sides(bad):
+    with pytest.raises(config.ConfigError, match="resize"):
+        config.validate({"resize": bad})
     assert {"cores", "processes", "jobs"} <= set(CLUSTER_NUMERIC)
 
 
@@ -110,7 +116,7 @@ def test_huge_resize_is_refused(value):
 
 
 def test_largest_resize_is_accepted():
-    assert config.validate({"resize": config.MAX_RESIZE_SIDE})["resize"] == [config.MAX_RESIZE_SIDE] * 2
+    assert config.validate({"resize": config.MAX_RESIZE_SIDE})["resize"] == config.MAX_RESIZE_SIDE
 
 
 @pytest.mark.parametrize("key, too_big, largest", [

@@ -7,7 +7,15 @@ def test_constant_image_normalises_to_zero_without_warnings():
     img = np.full((40, 50), 9, np.uint8)
     with np.errstate(all="raise"):
         out = preprocess.preprocess_image(img, config.defaults())
-    assert out.shape == (512, 512) and np.all(out == 0)
+    assert out.shape == (410, 512) and np.all(out == 0)      # the longer side at 512, aspect kept
+
+
+def test_working_size_keeps_the_aspect_ratio():
+    # MetalDAM's 1024x703 frame: squashed to 512x512 it was scaled 2.0 along x and 1.37 along y
+    assert preprocess.target_shape((703, 1024), 512) == (352, 512)
+    assert preprocess.target_shape((1280, 960), 512) == (512, 384)
+    assert preprocess.target_shape((703, 1024), [512, 512]) == (512, 512)     # an exact grid stays exact
+    assert config.validate({"resize": 512})["resize"] == 512 == config.defaults()["resize"]
 
 
 def test_normalise_maps_range_and_clips():
