@@ -92,6 +92,14 @@ def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]
                     "message": f"{len(noisy)} image(s) have speckled maps ({worst}: {noisy[worst]:.0%} of "
                                f"neighbouring pixels disagree)",
                     "suggestion": "raise spatial_weight or spatial_sweeps, or add a larger blur sigma"})
+    asked = report.get("phases_asked") if report else None
+    if asked and report.get("transitions") and len(shares) < asked:
+        out.append({"kind": "boundaries",
+                    "message": f"{report['transitions']} of the {asked} components live on phase boundaries, not "
+                               f"in regions, and the features allow no refit with more components: "
+                               f"{len(shares)} phases",
+                    "suggestion": "add features (features: extended) so a refit can give the phases their "
+                                  "capacity back, or lower n_components"})
     if report and not report.get("converged", True):
         out.append({"kind": "not_converged",
                     "message": f"the fit stopped at max_iter ({report.get('n_iter')} iterations) before reaching "

@@ -266,7 +266,7 @@ class Model:
         names, settings, report = _check_meta(meta_path, meta)
         H, lo, hi = _check_arrays(arr_path, arrays, names)
         transitions = _check_transitions(meta_path, meta.get("transitions", []), H.shape[0])
-        settings = _check_settings(meta_path, settings, names, H.shape[0] - len(transitions))
+        settings = _check_settings(meta_path, settings, names, H.shape[0], len(transitions))
         if "n_components" in meta and meta["n_components"] != H.shape[0]:
             raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
                              f"has {H.shape[0]} rows")
@@ -453,15 +453,16 @@ def _check_transitions(path: Path, value, rows: int) -> list[int]:
     return sorted(value)
 
 
-def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
+def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transitions: int = 0) -> dict:
     """The model's settings, normalised: model keys only, values as ``config.validate`` allows,
-    computing exactly ``names`` with ``k`` components."""
+    computing exactly ``names``, with H's ``rows`` made of the phases asked for (or fewer, where
+    boundary components took capacity no refit could give back) and ``n_transitions`` boundaries."""
     for key in settings:
         if key not in MODEL_KEYS:
             raise ModelError(f"{path}: settings.{key} is not a model setting; a model carries only what "
                              f"defines the segmentation")
     given = dict(settings)
-    given.setdefault("n_components", k)      # the phases' count; validate would assume its default
+    given.setdefault("n_components", rows - n_transitions)   # validate would assume its default
     try:
         full = validate(given)
     except ConfigError as exc:
@@ -470,9 +471,10 @@ def _check_settings(path: Path, settings: dict, names: list, k: int) -> dict:
         raise ModelError(f"{path}: {where}{exc}") from None
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise ModelError(f"{path}: field 'settings' holds an invalid value ({exc})") from None
-    if full["n_components"] != k:
-        raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {k} "
-                         f"phase rows")
+    phases = rows - n_transitions
+    if phases > full["n_components"] or (n_transitions == 0 and phases != full["n_components"]):
+        raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {rows} "
+                         f"rows, {n_transitions} of them boundaries")
     from .features import feature_names
 
     expected = feature_names(full)
@@ -683,6 +685,7 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
             H = H2
             report["refit"] = {"n_components": k2, "n_iter": refit["n_iter"], "converged": refit["converged"]}
         report["transitions"] = len(transitions)
+        report["phases_asked"] = settings["n_components"]
     report.update(reconstruction(X, H, settings))
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})

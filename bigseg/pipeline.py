@@ -349,6 +349,9 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
     r = model.report
     log.info("fit (%s): relative error %.4f, %d iterations, converged=%s", r["solver"], r["relative_error"],
              r["n_iter"], r["converged"])
+    if model.transitions:
+        log.info("%d component(s) live on phase boundaries (between shares %s): they explain edges and label no "
+                 "pixel; %d phases", len(model.transitions), r.get("between_shares"), model.n_phases)
     return model
 
 

@@ -87,3 +87,19 @@ def test_a_damaged_boundary_list_is_refused(tmp_path, islands):
         (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
         with pytest.raises(model.ModelError, match="'transitions'"):
             model.Model.load(tmp_path / "m")
+
+
+def test_without_room_for_a_refit_the_boundary_still_labels_nothing_and_the_run_says_so(islands, tmp_path):
+    from bigseg import diagnose
+
+    s, feats, _ = islands
+    s = dict(s, n_components=len(feats[0][0, 0]))            # as many components as features: no refit
+    arrays = [da.from_array(f, chunks=f.shape) for f in feats]
+    fitted = model.fit(arrays, features.feature_names(s), s,
+                       lambda objs: list(dask.compute(*objs, scheduler="sync")),
+                       find_transitions=lambda H, lo, hi: ([0], [1.0] + [0.0] * (len(H) - 1)))
+    assert fitted.transitions == [0] and fitted.n_phases == s["n_components"] - 1 and "refit" not in fitted.report
+    fitted.save(tmp_path / "m")
+    assert model.Model.load(tmp_path / "m").phases == fitted.phases
+    kinds = [w["kind"] for w in diagnose.failure_modes(np.full(fitted.n_phases, 0.2), {}, fitted.report)]
+    assert "boundaries" in kinds
