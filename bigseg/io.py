@@ -41,6 +41,7 @@ class GreyImage:
     original_shape: tuple     # shape of the file as read (H, W[, C])
     original_dtype: str
     pixel_size: float | None  # micrometres per pixel when the file says so
+    pixel_size_source: str | None = None  # which metadata said so: see pixel_size_from_tiff
 
 
 def find_images(inputs) -> list[Path]:
@@ -146,22 +147,146 @@ def _to_grey(arr: np.ndarray, source: str) -> np.ndarray:
     raise ImageReadError(f"{source}: cannot interpret an array of shape {arr.shape} as a 2-D image")
 
 
-def _tiff_pixel_size(tif) -> float | None:
-    """Micrometres per pixel from standard TIFF resolution tags, when present."""
+#: micrometres per unit for the length units TIFF metadata uses (OME UnitsLength, ImageJ, Zeiss SEM)
+_LENGTH_UM = {"m": 1e6, "cm": 1e4, "mm": 1e3, "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0,
+              "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+              "å": 1e-4, "angstrom": 1e-4, "pm": 1e-6}
+_INCH_UM = 25400.0
+#: a pixel size from any source outside this range (10 pm .. 1 mm per pixel) is a broken tag, not a microscope
+PIXEL_SIZE_RANGE_UM = (1e-5, 1e3)
+#: every image program writes resolution tags at a screen or print default (72, 96, 300 .. 2400 dpi are
+#: 352.8, 264.6, 84.7 .. 10.6 um/px, and GIMP & co. store the same in px/cm); no microscope pixel is that
+#: coarse where only resolution tags record it, so above this they say nothing about the specimen
+MAX_RESOLUTION_TAG_UM = 10.0
+#: dpi defaults that converters (ImageJ, Bio-Formats) copy into OME or ImageJ calibration as micrometres
+_DPI_DEFAULTS = (72, 96, 120, 150, 200, 240, 300, 400, 600, 1200, 2400)
+
+
+def _length_um(value, unit) -> tuple[float | None, bool]:
+    """``value`` in ``unit`` as micrometres, and whether the unit is the inch (a dpi default, likely)."""
+    unit = str(unit).strip().replace("\\u00B5", "µ").replace("\\u00b5", "µ").lower()  # ImageJ escapes the µ
+    if unit in ("in", "inch", "inches"):
+        return float(value) * _INCH_UM, True
+    return (float(value) * _LENGTH_UM[unit], False) if unit in _LENGTH_UM else (None, False)
+
+
+def _looks_like_dpi(um: float) -> bool:
+    return any(abs(um * dpi / _INCH_UM - 1) < 1e-3 for dpi in _DPI_DEFAULTS)
+
+
+def _fei_um(tif):
+    meta = tif.fei_metadata
+    if not meta:
+        return None, False
+    # PixelWidth is in metres; Scan is the beam in use, EScan / IScan the electron / ion column's own
+    for section in ("Scan", "EScan", "IScan"):
+        value = (meta.get(section) or {}).get("PixelWidth")
+        if value is not None:
+            return float(value) * 1e6, False
+    return None, False
+
+
+def _zeiss_um(tif):
+    meta = tif.sem_metadata
+    if not meta:
+        return None, False
+    # ('Image Pixel Size', 2.5, 'nm'): tifffile splits "2.5 nm" into number and unit
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = meta.get(key)
+        if isinstance(entry, tuple) and len(entry) == 3:
+            return _length_um(entry[1], entry[2])
+    return None, False
+
+
+def _ome_um(tif):
+    xml = tif.ome_metadata
+    if not xml:
+        return None, False
+    from xml.etree import ElementTree
+
+    for el in ElementTree.fromstring(xml).iter():
+        if el.tag.rsplit("}", 1)[-1] == "Pixels":  # the first image's, which is the one read
+            if el.get("PhysicalSizeX") is None:
+                return None, False
+            return _length_um(el.get("PhysicalSizeX"), el.get("PhysicalSizeXUnit", "µm"))  # the schema's default
+    return None, False
+
+
+def _x_per_unit(tags) -> float | None:
+    num, den = tags["XResolution"].value
+    return num / den if den else None
+
+
+def _imagej_um(tif):
+    meta = tif.imagej_metadata
+    tags = tif.pages.first.tags
+    if not meta or "unit" not in meta or "XResolution" not in tags:
+        return None, False
+    per_unit = _x_per_unit(tags)    # ImageJ stores pixels per `unit` whatever ResolutionUnit says
+    return _length_um(1.0 / per_unit, meta["unit"]) if per_unit else (None, False)
+
+
+def _resolution_um(tif):
+    tags = tif.pages.first.tags
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None, False
+    unit = int(tags["ResolutionUnit"].value)
+    per_unit = _x_per_unit(tags)
+    if unit not in (2, 3) or not per_unit:   # NONE (1) gives an aspect ratio, no length
+        return None, False
+    return (_INCH_UM if unit == 2 else 1e4) / per_unit, True
+
+
+_PIXEL_SIZE_READERS = (("fei", _fei_um), ("zeiss", _zeiss_um), ("ome", _ome_um), ("imagej", _imagej_um),
+                       ("tiff-resolution", _resolution_um))
+
+
+def _plausible_pixel_size(um, source: str, where: str, dpi_like: bool = False) -> float | None:
+    """``um`` if a microscope could have that pixel size, else None (logged)."""
     try:
-        page = tif.pages[0]
-        tags = page.tags
-        if "XResolution" not in tags or "ResolutionUnit" not in tags:
-            return None
-        num, den = tags["XResolution"].value
-        unit = int(tags["ResolutionUnit"].value)
-        per_unit = num / den if den else 0
-        if per_unit <= 0:
-            return None
-        um_per_unit = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
-        return um_per_unit / per_unit if um_per_unit else None
-    except Exception:  # metadata is a bonus; a strange tag must not reject the image
+        um = float(um)
+    except (TypeError, ValueError):
         return None
+    lo, hi = PIXEL_SIZE_RANGE_UM
+    if not lo <= um <= hi:   # also NaN
+        why = "outside %g..%g um" % (lo, hi)
+    elif dpi_like and um > MAX_RESOLUTION_TAG_UM:
+        why = "a screen or print resolution, no microscope's"
+    elif source in ("ome", "imagej") and um > MAX_RESOLUTION_TAG_UM and _looks_like_dpi(um):
+        why = "a dpi default copied into the calibration"
+    else:
+        return um
+    # resolution tags at 72 dpi are in most files and nothing is wrong: only a stated calibration is worth a warning
+    level = logging.DEBUG if source == "tiff-resolution" else logging.WARNING
+    log.log(level, "%s: pixel size %g um from %s metadata ignored (%s); give it with pixel_size_csv or "
+            "pixel_size", where, um, source, why)
+    return None
+
+
+def pixel_size_from_tiff(tif) -> tuple[float | None, str | None]:
+    """Micrometres per pixel of a TIFF's first image, and which metadata said so.
+
+    Sources, the first plausible one wins: SEM vendor tags (``"fei"`` for
+    FEI/Thermo, ``"zeiss"``), OME-XML (``"ome"``), ImageJ calibration
+    (``"imagej"``), then resolution tags in centimetres or inches
+    (``"tiff-resolution"``) up to ``MAX_RESOLUTION_TAG_UM``. Values outside
+    ``PIXEL_SIZE_RANGE_UM``, NaN or zero are ignored.
+
+    Returns
+    -------
+    tuple
+        ``(um_per_pixel, source)``, or ``(None, None)`` when no source says.
+    """
+    where = str(getattr(tif.filehandle, "path", "") or getattr(tif, "filename", "TIFF"))
+    for source, read in _PIXEL_SIZE_READERS:
+        try:
+            um, dpi_like = read(tif)
+        except Exception as exc:  # metadata is a bonus; a strange tag must not reject the image
+            log.debug("%s: %s pixel size unreadable (%s)", where, source, _one_line(exc))
+            continue
+        if um is not None and (um := _plausible_pixel_size(um, source, where, dpi_like)) is not None:
+            return um, source
+    return None, None
 
 
 # TIFF codes (TIFF 6.0): photometric interpretations and compressions
@@ -271,7 +396,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
     """
     path = Path(path)
     source = str(path)
-    pixel_size = None
+    pixel_size = pixel_size_source = None
     _refuse_broken_link(path, source)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -280,7 +405,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
             with tifffile.TiffFile(path) as tif:
                 plane = _tiff_first_image(tif, source, max_pixels)
                 arr = _as_yxs(tif.series[0].levels[0].keyframe.asarray(), plane.page_axes)
-                pixel_size = _tiff_pixel_size(tif)
+                pixel_size, pixel_size_source = pixel_size_from_tiff(tif)
             original_shape, original_dtype = arr.shape, arr.dtype
             arr = _tiff_to_grey(arr, plane, source)
         else:
@@ -295,7 +420,8 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
     if grey.size == 0:
         raise ImageReadError(f"{source}: image is empty")
     _refuse_non_finite(grey, source)
-    return GreyImage(np.ascontiguousarray(grey), source, original_shape, str(original_dtype), pixel_size)
+    return GreyImage(np.ascontiguousarray(grey), source, original_shape, str(original_dtype), pixel_size,
+                     pixel_size_source)
 
 
 #: PIL modes that np.asarray turns into values _to_grey reads right: grey, grey + alpha, RGB(A/X), 16-bit, float
@@ -382,7 +508,7 @@ class ChunkedImage:
         import zarr
 
         self.source = str(path)
-        self.pixel_size = None
+        self.pixel_size = self.pixel_size_source = None
         self._store = None
         self._tiff = None
         path = Path(path)
@@ -390,13 +516,15 @@ class ChunkedImage:
         try:
             if path.is_dir():
                 node = zarr.open(str(path), mode="r")
-                node, self.pixel_size = _zarr_image(node, self.source)
+                node, pixel_size = _zarr_image(node, self.source)
+                self.pixel_size = _plausible_pixel_size(pixel_size, "ome-zarr", self.source) if pixel_size else None
+                self.pixel_size_source = "ome-zarr" if self.pixel_size else None
             else:
                 import tifffile
 
                 with tifffile.TiffFile(path) as tif:
                     self._tiff = _tiff_first_image(tif, self.source, max_pixels)
-                    self.pixel_size = _tiff_pixel_size(tif)
+                    self.pixel_size, self.pixel_size_source = pixel_size_from_tiff(tif)
                     # the store reopens the file itself when read, like tifffile.imread(aszarr=True)
                     self._store = tif.aszarr(series=0, level=0, squeeze=False)
                 node = zarr.open(self._store, mode="r")

@@ -79,7 +79,7 @@ def _provenance(path, image_id, img, crop, crop_setting, shape, dtype, record) -
     then the file's own metadata, then the ``pixel_size`` setting."""
     sidecar_pixel_size, pixel_size_default = record["pixel_inputs"]
     px, px_source = None, None
-    for value, source in ((sidecar_pixel_size, "pixel_size_csv"), (img.pixel_size, "file"),
+    for value, source in ((sidecar_pixel_size, "pixel_size_csv"), (img.pixel_size, img.pixel_size_source or "file"),
                           (pixel_size_default, "pixel_size")):
         if value:
             px, px_source = float(value), source
