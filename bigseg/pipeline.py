@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, clahe, diagnose, features, io, preprocess, regions, store
+from . import __version__, clahe, diagnose, estimator, features, io, preprocess, regions, store
 from .config import FIT_KEYS, SEGMENT_KEYS, check_same, model_bound, resolved_store_features
 from .lock import output_lock
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
@@ -130,10 +130,6 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
 
 # --- features ------------------------------------------------------------------------
 
-def preprocess_named(block, settings, image_id, shape):
-    return _guard("preprocess", image_id, preprocess.preprocess_image, block, settings, shape)
-
-
 def processing_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
     """The processing grid of a stored image (its pixel size matters when resize is 'physical')."""
     info = store.image_info(root, image_id)
@@ -175,21 +171,16 @@ def lazy_features(root, image_id: str, settings: dict):
     as one block, which is about twice as fast: the resize and CLAHE see the
     whole frame.
     """
-    from dask.base import tokenize
-
     img = store.lazy_image(root, image_id)
     shape = checked_shape(root, image_id, settings)
-    pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
-                                   "clahe_kernel_size")}
     if tiled_preprocessing(img, shape, settings):
+        pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
+                                       "clahe_kernel_size")}
         pre = clahe.preprocess_graph(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
                                      name=image_id)
         return features.compute_features(pre, settings, image_id)
-    pre = img.rechunk(img.shape).map_blocks(preprocess_named, settings=pp, image_id=image_id, shape=shape,
-                                            chunks=tuple((s,) for s in shape), dtype=np.float32,
-                                            name=f"bigseg-preprocess-{image_id}-{tokenize(img, pp)}")
-    pre = pre.rechunk(features.chunk_side(shape, settings))
-    return features.compute_features(pre, settings, image_id)
+    # the per-image path of the Python API, on the stored image
+    return estimator.lazy_features(img, settings, store.image_info(root, image_id).get("pixel_size"), image_id)
 
 
 def tiled_preprocessing(img, shape, settings) -> bool:
@@ -301,21 +292,6 @@ def model_digest(model: Model) -> str:
     return digest.hexdigest()
 
 
-def transition_windows(sources, runner) -> list[np.ndarray]:
-    """In-memory features of a few images spread over the collection, each at most a window
-    of ``regions.TRANSITION_WINDOW`` pixels a side (its centre): what decides which components are boundaries."""
-    n = len(sources)
-    picks = sorted(set(np.linspace(0, n - 1, min(n, regions.TRANSITION_IMAGES)).round().astype(int).tolist()))
-    windows = []
-    for i in picks:
-        arr = sources[i]
-        arr = getattr(arr, "data", arr)          # a stored xarray DataArray, or a dask array
-        cuts = [slice(max(0, (s - regions.TRANSITION_WINDOW) // 2), max(0, (s - regions.TRANSITION_WINDOW) // 2)
-                      + regions.TRANSITION_WINDOW) for s in arr.shape[:2]]
-        windows.append(arr[cuts[0], cuts[1]])
-    return [np.asarray(w, dtype=np.float32) for w in runner.compute(windows, "fit: boundaries")]
-
-
 def fit_stage(out_dir, ids, settings, runner) -> Model:
     """Fit (or reuse a finished fit of the same settings on the same images) and save ``model/``.
 
@@ -342,7 +318,8 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
     model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
                 log=log.info, batch_images=runner.batch_images,
                 find_transitions=lambda H, lo, hi: regions.find_transitions(
-                    transition_windows(sources, runner), H, lo, hi, settings))
+                    estimator.transition_windows(sources, lambda objs: runner.compute(objs, "fit: boundaries")),
+                    H, lo, hi, settings))
     model.report["images"] = len(ids)
     model.report["inputs"] = seen
     adopt_model(out_dir, model)

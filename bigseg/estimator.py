@@ -1,0 +1,593 @@
+"""The per-image path as a scikit-learn style estimator: :class:`PhaseSegmenter`.
+
+One image goes through the same steps as in ``bigseg run``: read, grey and crop
+(:func:`read_grey`, :func:`grey_array`), the processing grid
+(:func:`processing_shape`), preprocessing and features (:func:`lazy_features`
+for a fit, the same arrays computed in one block when the image is one chunk),
+the coupled W solve against the model's H (:func:`image_activations`), and the
+label map at the image's own size (:func:`segment_image`). The CLI's labels and
+:meth:`PhaseSegmenter.predict` on the same model agree bit for bit.
+
+Nothing here touches an output folder: no store, no records, no PNGs. A run
+over a folder (``bigseg.pipeline``) adds those around the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from . import config, features, io, preprocess, regions
+from .model import Model, fit as fit_model, regularisation
+from .segment import activations_graph, labels_at, spatial_block
+
+log = logging.getLogger("bigseg")
+
+__all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activations", "memberships",
+           "read_grey", "grey_array", "processing_shape", "lazy_features", "transition_windows"]
+
+#: what a model keeps of the settings that :meth:`PhaseSegmenter.predict` reads from the estimator at call
+#: time (the segment stage's coupling and how files are cropped); :meth:`PhaseSegmenter.save` writes their
+#: current values, so a saved estimator predicts what it predicted before
+_CALL_TIME_KEYS = tuple(k for k in config.MODEL_KEYS if config.OPTIONS[k].role in ("segment", "kept"))
+
+
+class NotFittedError(ValueError, AttributeError):
+    """The estimator is used before :meth:`PhaseSegmenter.fit` or :meth:`PhaseSegmenter.load`.
+
+    Derives from the same classes as scikit-learn's ``NotFittedError``, so code
+    catching either ``ValueError`` or ``AttributeError`` keeps working.
+    """
+
+
+# --- one image, from file or memory, to its grey pixels -----------------------------------
+
+def read_grey(path, settings: dict, table: dict | None = None) -> tuple[np.ndarray, float | None, int]:
+    """One file as ``bigseg ingest`` stores it: grey, the bottom rows cropped; and its pixel size.
+
+    Parameters
+    ----------
+    path : str or Path
+        An image file (TIFF, PNG, JPEG, BMP) or a Zarr / OME-Zarr array.
+    settings : dict
+        Validated settings: ``crop_bottom``, ``max_image_pixels``, ``pixel_size``.
+    table : dict, optional
+        ``{file stem: micrometres per pixel}`` from ``io.read_pixel_sizes``
+        (the ``pixel_size_csv`` setting); it wins over the file's metadata.
+
+    Returns
+    -------
+    grey : ndarray, 2-D
+        uint8, uint16 or float32, as the store would hold it.
+    pixel_size : float or None
+        Micrometres per pixel: the table, then the file, then ``pixel_size``.
+    crop : int
+        The rows removed at the bottom (``crop_bottom: auto`` resolved).
+    """
+    path = Path(path)
+    crop_setting = settings["crop_bottom"]
+    if io.is_chunked_input(path):
+        # a tiled TIFF or a Zarr array: ingest copies it a band at a time; here it is held whole
+        with io.ChunkedImage(path, max_pixels=settings["max_image_pixels"]) as img:
+            crop = io.detect_data_bar_banded(img) if crop_setting == "auto" else int(crop_setting)
+            rows = img.shape[0] - crop
+            if rows <= 0:
+                raise io.ImageReadError(f"{path}: crop_bottom={crop} removes the whole image ({img.shape[0]} rows)")
+            grey, file_pixel_size = img.rows(0, rows), img.pixel_size
+    else:
+        img = io.read_image(path, max_pixels=settings["max_image_pixels"])
+        grey, crop = io.crop_rows(img.data, crop_setting, img.source)
+        file_pixel_size = img.pixel_size
+    # the order of pipeline._provenance: the sidecar table, the file's own metadata, the setting
+    pixel_size = None
+    for value in ((table or {}).get(path.stem), file_pixel_size, settings["pixel_size"]):
+        if value:
+            pixel_size = float(value)
+            break
+    return np.ascontiguousarray(grey), pixel_size, int(crop)
+
+
+def grey_array(image, settings: dict, name: str = "image") -> np.ndarray:
+    """An in-memory image as the store would hold it: grey (Rec. 601 luma of RGB), uint8/uint16 kept,
+    other types as float32.
+
+    An array is taken to be the picture as it should be segmented: it is cropped
+    only when ``crop_bottom`` is an integer. ``crop_bottom: auto`` (the default)
+    looks for an SEM data bar in files only; crop arrays yourself, or set the
+    number of rows.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name}: expected a 2-D grey or 3-D colour image, got an array of shape {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name}: expected numbers, got an array of dtype {arr.dtype}")
+    grey = io._grey_values(io._to_grey(arr, name))
+    if grey.size == 0:
+        raise ValueError(f"{name}: image is empty")
+    io._refuse_non_finite(grey, name)
+    if isinstance(settings["crop_bottom"], int) and settings["crop_bottom"]:
+        grey, _ = io.crop_rows(grey, settings["crop_bottom"], name)
+    return np.ascontiguousarray(grey)
+
+
+def processing_shape(native_shape, settings: dict, pixel_size: float | None = None,
+                     name: str = "image") -> tuple[int, int]:
+    """The processing grid of an image of ``native_shape`` (rows, columns), both checked to hold the halo.
+
+    Raises ``features.ImageTooSmallError``, or ``ValueError`` when ``resize`` is
+    'physical' and the pixel size is unknown (``pipeline.checked_shape``).
+    """
+    shape = preprocess.target_shape(native_shape[:2], settings["resize"], pixel_size,
+                                    settings["target_pixel_size"], name)
+    features.check_size(native_shape[:2], settings, name)
+    features.check_size(shape, settings, name)
+    return shape
+
+
+# --- features ------------------------------------------------------------------------------
+
+def lazy_features(grey, settings: dict, pixel_size: float | None = None, name: str = "image"):
+    """Lazy ``(y, x, f)`` float32 features of a 2-D numpy or dask image, as ``pipeline.lazy_features``
+    builds them.
+
+    The image is preprocessed as one block (resize and CLAHE see the whole
+    frame), then cut into ``features.chunk_side`` chunks with exact halos, so
+    the values do not depend on the chunking. (``pipeline`` preprocesses large
+    native-size images tile by tile instead; ``clahe.preprocess_graph`` equals
+    this bit for bit.)
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    shape = processing_shape(grey.shape, settings, pixel_size, name)
+    if not isinstance(grey, da.Array):
+        # name=False: a random key instead of hashing every pixel of the image
+        grey = da.from_array(np.asarray(grey), chunks=grey.shape, name=False)
+    pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
+                                   "clahe_kernel_size")}
+    pre = grey.rechunk(grey.shape).map_blocks(preprocess.preprocess_image, settings=pp, shape=shape,
+                                              chunks=tuple((s,) for s in shape), dtype=np.float32,
+                                              name=f"bigseg-preprocess-{tokenize(grey, pp, shape)}")
+    pre = pre.rechunk(features.chunk_side(shape, settings))
+    return features.compute_features(pre, settings, name)
+
+
+def _as_stored(feats, settings: dict):
+    """The features as a run reads them back: rounded to the store's precision when it stores them.
+
+    ``bigseg run`` fits and segments from ``store.zarr`` when ``store_features``
+    resolves to true (the minibatch solver, by default), so its numbers are the
+    rounded ones; computed on the fly they are the float32 ones.
+    """
+    if not config.resolved_store_features(settings):
+        return feats
+    from .store import round_significand
+
+    dtype, bits = settings["feature_dtype"], settings["feature_keep_bits"]
+    if isinstance(feats, np.ndarray):
+        return round_significand(feats, dtype, bits)
+    return feats.map_blocks(round_significand, dtype, bits, dtype=dtype)
+
+
+# --- the per-image path ------------------------------------------------------------------------
+
+def image_activations(grey: np.ndarray, model: Model, settings: dict, pixel_size: float | None = None,
+                      name: str = "image") -> np.ndarray:
+    """Activations ``(k, y, x)`` float32 of every component of ``model`` (phases and boundaries) on the
+    image's processing grid: what ``bigseg run`` stores in ``store.zarr/activations``.
+
+    ``grey`` is the image as stored (:func:`read_grey`, :func:`grey_array`).
+    The regularisation comes from the model's settings and the spatial coupling
+    (``spatial_weight``, ``spatial_sweeps``) from ``settings``, as in the
+    segment stage. An image that fits one chunk is computed in one numpy block,
+    without dask; a larger one as a chunked dask graph on threads (exact halos:
+    the same numbers either way). Either way the activations are held whole.
+    """
+    shape = processing_shape(grey.shape, settings, pixel_size, name)
+    l1, l2 = regularisation(model.settings, model.H.shape[1])
+    weight, sweeps = float(settings["spatial_weight"]), int(settings["spatial_sweeps"])
+    if features.chunk_side(shape, settings) >= max(shape):
+        # one chunk: the fused feature kernel and the solve see exactly the block a dask task would
+        pre = preprocess.preprocess_image(grey, settings, shape)
+        feats = _as_stored(features.feature_block(pre, features.feature_params(settings)), settings)
+        acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
+                             sweeps if weight > 0 else 0)
+    else:
+        feats = _as_stored(lazy_features(grey, settings, pixel_size, name), settings)
+        acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
+                                 sweeps).compute(scheduler="threads")
+    return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
+
+
+def segment_image(grey: np.ndarray, model: Model, settings: dict, pixel_size: float | None = None,
+                  name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """One image segmented with a fitted model: the per-image path of ``bigseg run`` and ``bigseg segment``.
+
+    Parameters
+    ----------
+    grey : ndarray, 2-D
+        The image as stored: grey and cropped (:func:`read_grey`, :func:`grey_array`).
+    model : bigseg.model.Model
+        A fitted model; its model-bound settings must equal ``settings``'.
+    settings : dict
+        Validated settings (``config.validate``).
+    pixel_size : float, optional
+        Micrometres per pixel; needed only when ``resize`` is 'physical'.
+    name : str
+        What error messages call the image.
+
+    Returns
+    -------
+    acts : ndarray, float32, shape (n_components, y, x)
+        Every component's activation on the processing grid (:func:`image_activations`).
+    labels : ndarray, uint8, shape grey.shape
+        Phase labels at the image's own size: the phase rows of ``acts``
+        resampled bilinearly, then argmax (``segment.export_image``). Label
+        ``i`` is component ``model.phases[i]``; boundary components label no pixel.
+    """
+    acts = image_activations(grey, model, settings, pixel_size, name)
+    return acts, labels_at(acts[model.phases], grey.shape[:2])
+
+
+def memberships(acts: np.ndarray) -> np.ndarray:
+    """Soft labels of ``(component, y, x)`` activations: each pixel's W divided by its sum, float32.
+
+    H rows have unit norm, so these shares compare like with like; a pixel with
+    no activation at all gets equal shares (``pipeline.memberships``, there in float16).
+    """
+    acts = np.asarray(acts, dtype=np.float32)
+    total = acts.sum(axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, acts / np.maximum(total, np.float32(1e-12)),
+                        np.float32(1.0 / acts.shape[0])).astype(np.float32)
+
+
+def transition_windows(sources, compute) -> list[np.ndarray]:
+    """In-memory features of a few images spread over the collection, each at most a window
+    of ``regions.TRANSITION_WINDOW`` pixels a side (its centre): what decides which components are boundaries.
+
+    ``compute`` evaluates a list of dask objects (``cluster.Runner.compute``);
+    ``bigseg run`` and :meth:`PhaseSegmenter.fit` both decide with it.
+    """
+    n = len(sources)
+    picks = sorted(set(np.linspace(0, n - 1, min(n, regions.TRANSITION_IMAGES)).round().astype(int).tolist()))
+    windows = []
+    for i in picks:
+        arr = sources[i]
+        arr = getattr(arr, "data", arr)          # a stored xarray DataArray, or a dask array
+        cuts = [slice(max(0, (s - regions.TRANSITION_WINDOW) // 2), max(0, (s - regions.TRANSITION_WINDOW) // 2)
+                      + regions.TRANSITION_WINDOW) for s in arr.shape[:2]]
+        windows.append(arr[cuts[0], cuts[1]])
+    return [np.asarray(w, dtype=np.float32) for w in compute(windows)]
+
+
+# --- the images of a fit, streamed -----------------------------------------------------------
+
+class _Input:
+    """One image of a fit: an array held by reference, or a file read again whenever its pixels are needed."""
+
+    def __init__(self, item, index: int, settings: dict, table):
+        self.settings = settings
+        if isinstance(item, (str, os.PathLike)):
+            self.path, self.name = Path(item), str(item)
+            grey, self.pixel_size, crop = read_grey(self.path, settings, table)
+            # a re-read crops the rows found now: 'auto' is not detected again for every pass
+            self.read_settings = dict(settings, crop_bottom=crop)
+            self.array = None
+        else:
+            self.path, self.name = None, f"image {index}"
+            grey = self.array = grey_array(item, settings, self.name)
+            self.pixel_size = settings["pixel_size"]
+        self.shape, self.dtype = grey.shape, grey.dtype
+        processing_shape(self.shape, settings, self.pixel_size, self.name)    # fail before any fitting
+
+    def grey(self) -> np.ndarray:
+        return self.array if self.array is not None else read_grey(self.path, self.read_settings)[0]
+
+    def features(self):
+        import dask
+        import dask.array as da
+
+        grey = self.array
+        if grey is None:
+            grey = da.from_delayed(dask.delayed(self.grey, pure=False)(), self.shape, self.dtype)
+        return _as_stored(lazy_features(grey, self.settings, self.pixel_size, self.name), self.settings)
+
+
+class _FeatureSources:
+    """The lazy feature arrays of a fit's images as a sequence, each graph built when asked for
+    (``pipeline.FeatureSources`` without the store): a fit holds one batch of graphs at a time."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+    def __len__(self):
+        return len(self.inputs)
+
+    def __getitem__(self, i):
+        return self.inputs[i].features()
+
+
+def _expand(images) -> list:
+    """The fit's images in order; a path may be a folder or a glob, expanded as ``--input`` is."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    elif isinstance(images, np.ndarray):
+        raise TypeError("fit takes a sequence of images (arrays or paths); put a single image in a list")
+    out = []
+    for item in images:
+        out += io.find_images([item]) if isinstance(item, (str, os.PathLike)) else [item]
+    return out
+
+
+# --- the estimator -------------------------------------------------------------------------------
+
+class PhaseSegmenter:
+    """Unsupervised phase segmentation of micrographs with NMF, as ``bigseg run`` does it.
+
+    Every key of ``bigseg.config.OPTIONS`` (``configs/default.yaml``) is a
+    keyword parameter, stored as given and checked by :meth:`fit`,
+    :meth:`transform` and :meth:`predict` (``config.validate``), as
+    scikit-learn checks parameters in ``fit``.
+
+    Parameters
+    ----------
+    n_components : int, default=5
+        Phases to find (components of the NMF); at most the number of features.
+    **settings
+        Any other setting, e.g. ``resize=512``, ``features="extended"``,
+        ``spatial_weight=2.0``, ``crop_bottom=0``. Settings only a run over a
+        folder uses (``cluster``, ``store_features``, ``chunk_memory``) are
+        accepted so that settings files load unchanged; the estimator always
+        computes in this process, on threads.
+
+    Attributes
+    ----------
+    model_ : bigseg.model.Model
+        The fitted model: H, the feature scaling, settings and fit report.
+        ``model_.save`` writes the folder ``bigseg segment`` reads.
+    components_ : ndarray of shape (n_phases_, n_features_in_)
+        The phases' H rows (unit norm): label ``i`` is ``components_[i]``.
+    boundary_components_ : ndarray of shape (n_boundaries, n_features_in_)
+        H rows that live on phase boundaries: they explain edge pixels in the
+        solve and never label a pixel.
+    n_phases_ : int
+        Phases found; fewer than ``n_components`` when boundary components
+        took capacity a refit could not give back (a warning says so).
+    n_features_in_ : int
+        Feature channels computed per pixel.
+    feature_names_in_ : ndarray of str
+        Their names (``features.feature_names``).
+
+    Notes
+    -----
+    Images are 2-D grey or 3-D colour arrays (Rec. 601 luma is used), or paths
+    to image files, read, greyed and cropped as ``bigseg ingest`` does
+    (``crop_bottom: auto`` finds an SEM data bar). Arrays are used as given:
+    they are cropped only when ``crop_bottom`` is an integer.
+
+    :meth:`transform` and :meth:`predict_proba` return values on the
+    *processing grid* (the ``resize`` setting: the longer side is 512 pixels by
+    default), as ``store.zarr`` holds them; :meth:`predict` returns labels at
+    the image's own (cropped) size, interpolating the activations, exactly as
+    ``bigseg run`` writes ``labels/<image>.png``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bigseg import PhaseSegmenter, synth
+    >>> images = [img for img, _ in synth.family("islands", 2, shape=(192, 256))]
+    >>> seg = PhaseSegmenter(n_components=3, resize="native", sample_size=6000).fit(images)
+    >>> seg.n_phases_, seg.components_.shape
+    (3, (3, 6))
+    >>> labels = seg.predict(images[0])
+    >>> labels.shape, labels.dtype
+    ((192, 256), dtype('uint8'))
+    >>> seg.predict_proba(images[0]).shape
+    (3, 192, 256)
+    """
+
+    def __init__(self, n_components=5, **settings):
+        for key in settings:
+            if key not in config.OPTIONS:
+                raise TypeError(f"PhaseSegmenter got an unexpected keyword argument {key!r}"
+                                f"{_did_you_mean(key)}")
+        params = config.defaults()
+        params.update(settings, n_components=n_components)
+        for key in config.OPTIONS:
+            setattr(self, key, params[key])
+
+    # --- parameters, as scikit-learn's BaseEstimator has them ---
+    def get_params(self, deep=True):
+        """Every setting of this estimator, by name (the same object as given, as ``sklearn.base.clone`` needs).
+
+        Parameters
+        ----------
+        deep : bool, default=True
+            Ignored: no setting is an estimator itself.
+
+        Returns
+        -------
+        dict
+        """
+        return {key: getattr(self, key) for key in config.OPTIONS}
+
+    def set_params(self, **params):
+        """Set settings by name; returns ``self``. Values are checked when next used, as in scikit-learn."""
+        for key in params:
+            if key not in config.OPTIONS:
+                raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}"
+                                 f"{_did_you_mean(key)}. Valid parameters are: {', '.join(config.OPTIONS)}.")
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def __repr__(self):
+        defaults = config.defaults()
+        params = self.get_params()
+        # n_components first, as the signature has it; then the other settings that differ from their default
+        changed = [f"n_components={self.n_components!r}"] + [
+            f"{k}={v!r}" for k, v in params.items() if k != "n_components" and not _same(v, defaults[k])]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _settings(self) -> dict:
+        settings = config.validate(self.get_params())
+        if settings["cluster"] is not None:
+            warnings.warn("cluster: PhaseSegmenter computes in this process; the setting is used by "
+                          "'bigseg run' only", UserWarning, stacklevel=3)
+        return settings
+
+    # --- fit ---
+    def fit(self, images, y=None):
+        """Fit the feature scaling and the NMF on a collection of images, as ``bigseg run`` does.
+
+        Parameters
+        ----------
+        images : iterable of ndarray or path
+            2-D grey or 3-D colour arrays, image files, folders or glob
+            patterns (expanded in ``bigseg run --input`` order). Streamed:
+            features are computed a batch of images at a time and only the
+            fit's pixel sample is kept; a file is read again whenever a pass
+            needs its pixels, and arrays are kept by reference.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PhaseSegmenter
+        """
+        settings = self._settings()
+        table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
+        inputs = [_Input(item, i, settings, table) for i, item in enumerate(_expand(images))]
+        if not inputs:
+            raise ValueError("no image to fit on")
+        from .cluster import Runner
+
+        runner = Runner(None, quiet=True)
+        compute = runner.compute
+        sources = _FeatureSources(inputs)
+        model = fit_model(sources, features.feature_names(settings), settings, compute, log=log.info,
+                          batch_images=runner.batch_images,
+                          find_transitions=lambda H, lo, hi: regions.find_transitions(
+                              transition_windows(sources, compute), H, lo, hi, settings))
+        model.report["images"] = len(inputs)
+        if model.n_phases < settings["n_components"]:
+            warnings.warn(f"{len(model.transitions)} of the {settings['n_components']} components live on phase "
+                          f"boundaries and the features allow no refit with more components: "
+                          f"{model.n_phases} phases. Add features (features='extended') or lower n_components",
+                          UserWarning, stacklevel=2)
+        return self._adopt(model)
+
+    def _adopt(self, model: Model) -> "PhaseSegmenter":
+        self.model_ = model
+        self.components_ = np.array(model.phase_H)
+        self.boundary_components_ = np.array(model.H[model.transitions]).reshape(-1, model.H.shape[1])
+        self.n_phases_ = model.n_phases
+        self.n_features_in_ = len(model.feature_names)
+        self.feature_names_in_ = np.asarray(model.feature_names, dtype=object)
+        return self
+
+    # --- one image ---
+    def _checked(self) -> tuple[Model, dict]:
+        model = getattr(self, "model_", None)
+        if model is None:
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(images) or "
+                                 f"{type(self).__name__}.load(path) first")
+        settings = self._settings()
+        model.check_settings(settings)   # a feature setting changed since the fit would compute other numbers
+        return model, settings
+
+    def _grey(self, image, settings) -> tuple[np.ndarray, float | None, str]:
+        if isinstance(image, (str, os.PathLike)):
+            table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
+            grey, pixel_size, _ = read_grey(image, settings, table)
+            return grey, pixel_size, str(image)
+        return grey_array(image, settings), settings["pixel_size"], "image"
+
+    def transform(self, image):
+        """The phases' activations (the NMF's W) of one image, on the processing grid.
+
+        Parameters
+        ----------
+        image : ndarray or path
+            A 2-D grey or 3-D colour array, or an image file.
+
+        Returns
+        -------
+        ndarray, float32, shape (n_phases_, y, x)
+            Row ``i`` belongs to ``components_[i]``; ``(y, x)`` is the
+            processing grid (``resize``), not necessarily the image's size.
+        """
+        model, settings = self._checked()
+        grey, pixel_size, name = self._grey(image, settings)
+        return image_activations(grey, model, settings, pixel_size, name)[model.phases]
+
+    def predict(self, image):
+        """Phase labels of one image at its own (cropped) size, equal to ``bigseg run``'s ``labels/`` PNG.
+
+        Parameters
+        ----------
+        image : ndarray or path
+            A 2-D grey or 3-D colour array, or an image file.
+
+        Returns
+        -------
+        ndarray, uint8, shape (rows, columns)
+            Labels in ``range(n_phases_)``.
+        """
+        model, settings = self._checked()
+        grey, pixel_size, name = self._grey(image, settings)
+        return segment_image(grey, model, settings, pixel_size, name)[1]
+
+    def predict_proba(self, image):
+        """Phase memberships of one image on the processing grid: W / sum(W) over the phase rows.
+
+        Returns
+        -------
+        ndarray, float32, shape (n_phases_, y, x)
+            Non-negative, summing to 1 over the first axis; a pixel with no
+            activation gets equal shares.
+        """
+        return memberships(self.transform(image))
+
+    # --- persistence ---
+    def save(self, path) -> None:
+        """Write the model folder (``model.json``, ``model.npz``, ``fingerprints.png``) that
+        ``bigseg segment`` and :meth:`load` read.
+
+        The segment settings (``spatial_weight``, ``spatial_sweeps``) and
+        ``crop_bottom`` are saved as they are now, so the loaded estimator
+        predicts what this one does.
+        """
+        model, settings = self._checked()
+        kept = dict(model.settings, **{k: settings[k] for k in _CALL_TIME_KEYS})
+        dataclasses.replace(model, settings=kept).save(path)
+
+    @classmethod
+    def load(cls, path) -> "PhaseSegmenter":
+        """A fitted estimator from a model folder (:meth:`save`, or ``<out>/model`` of ``bigseg run``).
+
+        Its parameters are the model's settings, every other one at its default.
+        Raises ``bigseg.model.ModelError`` naming the file and field of a
+        missing or damaged model.
+        """
+        model = Model.load(path)
+        return cls(**model.settings)._adopt(model)
+
+
+def _did_you_mean(key: str) -> str:
+    near = difflib.get_close_matches(str(key), config.OPTIONS, n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:          # an array given as a value compares element-wise
+        return False
