@@ -118,7 +118,10 @@ def compare(inputs, label_dir, out_dir, settings, runner, n_classes=None) -> dic
     times = {"bigseg": time.perf_counter() - t}
     ids = [i for i in store.image_ids(store.open_root(out_dir / "bigseg" / "store.zarr", mode="r"))
            if store.is_done(out_dir / "bigseg", "segment", i)]
-    times.update(run_baselines(out_dir / "bigseg" / "store.zarr", out_dir / "baselines", ids, settings))
+    # the baselines get as many clusters as bigseg fitted (the k it chose, where n_components is auto)
+    fitted = dict(settings, n_components=summary["model"].get("n_components_auto", {}).get("chosen",
+                                                                                         settings["n_components"]))
+    times.update(run_baselines(out_dir / "bigseg" / "store.zarr", out_dir / "baselines", ids, fitted))
     dirs = {"bigseg": out_dir / "bigseg" / "labels"}
     dirs.update({name: out_dir / "baselines" / name.replace(" ", "_") / "labels" for name in BASELINES})
     results = {}

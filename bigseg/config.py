@@ -351,10 +351,11 @@ OPTIONS: dict[str, Option] = {
                                 "8 of float16's 10 is a relative step of 2^-9, finer than an 8-bit grey level",
                                 "features"),
     # fit
-    "n_components": Option(5, _int(1, MAX_EXACT_K),
+    "n_components": Option(5, _auto_or(_int(1, MAX_EXACT_K)),
                            f"number of NMF components (phases), at most {MAX_EXACT_K} (the exact segmentation "
-                           f"solve enumerates all 2^k supports) and at most the number of features", "fit",
-                           role="fit"),
+                           f"solve enumerates all 2^k supports) and at most the number of features; auto = "
+                           f"the largest k, 2 to 8 and below the feature count, whose fits on resampled halves "
+                           f"of the pixel sample agree (select-k's stability)", "fit", role="fit"),
     "solver": Option("cd", _choice("cd", "minibatch"), "cd: full batch on a sample; minibatch: streamed", "fit",
                      role="fit"),
     "beta_loss": Option("frobenius", _choice("frobenius"), "NMF loss (segmentation solves least squares)", "fit",
@@ -464,7 +465,7 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     from .features import feature_names    # here, not at the top: features imports this module
 
     n_features = len(feature_names(out))
-    if out["n_components"] > n_features:
+    if out["n_components"] != "auto" and out["n_components"] > n_features:
         # NNDSVD and the exact solve both need at least as many features as components
         raise ConfigError(f"n_components: {out['n_components']} components but features {out['features']!r} "
                           f"compute only {n_features}; lower n_components or add features")

@@ -477,8 +477,9 @@ class PhaseSegmenter:
                           find_transitions=lambda H, lo, hi: regions.find_transitions(
                               transition_windows(sources, compute), H, lo, hi, settings))
         model.report["images"] = len(inputs)
-        if model.n_phases < settings["n_components"]:
-            warnings.warn(f"{len(model.transitions)} of the {settings['n_components']} components live on phase "
+        asked = model.settings["n_components"]     # the k fitted, also where the setting is auto
+        if model.n_phases < asked:
+            warnings.warn(f"{len(model.transitions)} of the {asked} components live on phase "
                           f"boundaries and the features allow no refit with more components: "
                           f"{model.n_phases} phases. Add features (features='extended') or lower n_components",
                           UserWarning, stacklevel=2)

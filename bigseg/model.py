@@ -664,6 +664,16 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     """
     t0 = time.perf_counter()
     X, lo, hi = scaled_sample(feature_arrays, settings, compute, batch_images)
+    auto = None
+    if settings["n_components"] == "auto":
+        from .selectk import auto_k     # select-k's scan builds on this module's fit
+
+        k, scan = auto_k(X, settings)
+        settings = dict(settings, n_components=k)
+        auto = {"chosen": k, "scan": scan}
+        if log:
+            log(f"n_components auto: k = {k} (stability " + ", ".join(f"{r['k']}: {r['stability']:.3f}"
+                                                                   for r in scan) + ")")
     if X.shape[0] < settings["n_components"]:
         raise ValueError(f"only {X.shape[0]} pixels sampled; fewer than n_components={settings['n_components']}")
     t1 = time.perf_counter()
@@ -686,6 +696,8 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
             report["refit"] = {"n_components": k2, "n_iter": refit["n_iter"], "converged": refit["converged"]}
         report["transitions"] = len(transitions)
         report["phases_asked"] = settings["n_components"]
+    if auto:
+        report["n_components_auto"] = auto
     report.update(reconstruction(X, H, settings))
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})

@@ -310,7 +310,9 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
             existing = None
         if existing is not None:
             existing.check_settings(settings)
-            if (all(_same(existing.settings.get(k), settings[k]) for k in FIT_KEYS)
+            asked = dict(existing.settings, n_components="auto") if "n_components_auto" in existing.report \
+                else existing.settings
+            if (all(_same(asked.get(k), settings[k]) for k in FIT_KEYS)
                     and existing.report.get("inputs") == seen):
                 log.info("reusing the fitted model in %s", model_dir)
                 return existing

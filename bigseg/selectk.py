@@ -51,6 +51,19 @@ def scan(X: np.ndarray, k_values, settings: dict, n_seeds: int = 3, subsample: f
     return {"results": rows, "recommended": recommend(rows, X.shape[1]), "stable_threshold": STABLE}
 
 
+#: the k that ``n_components: auto`` considers: from 2 to this, and below the feature count
+AUTO_K_MAX = 8
+#: resampled fits per k for ``n_components: auto``
+AUTO_SEEDS = 3
+
+
+def auto_k(X: np.ndarray, settings: dict) -> tuple[int, list[dict]]:
+    """The k ``n_components: auto`` stands for on the scaled pixel sample ``X``, and the scan behind it."""
+    k_values = range(2, max(2, min(AUTO_K_MAX, X.shape[1] - 1)) + 1)
+    result = scan(X, k_values, dict(settings, n_components=2), AUTO_SEEDS)
+    return result["recommended"], result["results"]
+
+
 def recommend(rows, n_features: int | None = None) -> int:
     """The largest k whose stability reaches the threshold; the most stable k if none does.
 

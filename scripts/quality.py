@@ -142,7 +142,9 @@ def baseline_labels(prepared, s, k, method):
 def run_set(name, settings, methods, quick):
     """Scores of each method on one set: ``(class names, {method: scores}, notes)``."""
     k, names, items = load_set(name, quick)
-    s = config.validate(dict(settings, n_components=k))
+    # the set's class count, unless the command line asked for another k (or auto)
+    s = {key: v for key, v in settings.items() if key != "n_components_asked"}
+    s = config.validate(dict(s, n_components=settings.get("n_components_asked", k)))
     t0 = time.perf_counter()
     prepared = prepare(items, s)
     results, notes = {}, {}
@@ -184,7 +186,9 @@ def main(argv=None):
     for kv in a.overrides:
         key, value = kv.split("=", 1)
         settings[key] = yaml.safe_load(value)
-    settings = config.validate(settings)
+    asked = {"n_components_asked": settings["n_components"]} if any(
+        kv.startswith("n_components=") for kv in a.overrides) else {}
+    settings = dict(config.validate(settings), **asked)
     sets = a.sets or available_sets()
     print(f"quick={a.quick} overrides={a.overrides}")
     print("| set | method | mean IoU | ARI | accuracy | per-class IoU |")

@@ -103,3 +103,19 @@ def test_without_room_for_a_refit_the_boundary_still_labels_nothing_and_the_run_
     assert model.Model.load(tmp_path / "m").phases == fitted.phases
     kinds = [w["kind"] for w in diagnose.failure_modes(np.full(fitted.n_phases, 0.2), {}, fitted.report)]
     assert "boundaries" in kinds
+
+
+def test_n_components_auto_picks_a_stable_k_and_a_rerun_reuses_the_fit(tmp_path):
+    images, _ = synth.write_family(tmp_path / "data", "pores", 2, seed=0, shape=(160, 192))
+    out = tmp_path / "out"
+    args = ["run", "--input", str(images), "--out", str(out), "--quiet", "--set", "resize=native",
+            "--set", "n_components=auto", "--set", "sample_size=6000"]
+    res = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    saved = json.loads((out / "model" / "model.json").read_text())
+    chosen = saved["report"]["n_components_auto"]["chosen"]
+    assert 2 <= chosen <= 5 and saved["settings"]["n_components"] == chosen
+    assert [r["k"] for r in saved["report"]["n_components_auto"]["scan"]] == [2, 3, 4, 5]
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert "0 segmented by this run" in again.output
+    assert config.validate({"n_components": "auto"})["n_components"] == "auto"
