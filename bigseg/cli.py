@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -39,13 +40,66 @@ class ConfigFile(click.Path):
 
 CONFIG = ConfigFile()
 
+#: what every command that takes CONFIG says of it (click gives arguments no help of their own)
+CONFIG_HELP = """
+    CONFIG is a YAML settings file, or the name of one shipped with bigseg
+    (default, metaldam); without it, the defaults ('bigseg config' prints
+    them). --set overrides single keys of it."""
+
+
+def _config_argument(f):
+    """The optional CONFIG argument, explained at the end of the command's help."""
+    f.__doc__ = (f.__doc__ or "").rstrip() + "\n" + CONFIG_HELP
+    return click.argument("config", required=False, type=CONFIG)(f)
+
+
+def _examples(*lines: str) -> str:
+    """An epilog of example command lines, kept as written (click's \\b: no rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+class _AboveBars(logging.StreamHandler):
+    """Writes each log line above any progress bar on the same stream, not through it."""
+
+    def emit(self, record):
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
 
 def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """``bigseg:`` lines on stderr; ``--quiet`` leaves only errors. Python warnings go the same way."""
+    handler = _AboveBars(sys.stderr)
     handler.setFormatter(logging.Formatter("bigseg: %(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:     # undone when the command ends, so a caller in the same process keeps its own
+        ctx.with_resource(_warnings_to_log())
+
+
+@contextlib.contextmanager
+def _warnings_to_log():
+    """Python warnings (scikit-learn's ConvergenceWarning, ...) as one ``bigseg:`` warning line each, once.
+
+    Through the logger, so ``--quiet`` silences them; Python's own output would
+    be two lines (file, line and source) and come again from every call site.
+    """
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split()) or category.__name__
+        if (category, text) not in seen:
+            seen.add((category, text))
+            log.warning("%s (%s)", text, category.__name__)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 def _settings(config, sets, n_components=None, base=None):
@@ -97,16 +151,33 @@ def _locked(out_dir):
 
 
 def _cluster_options(f):
-    f = click.option("--scheduler", metavar="ADDRESS", help="address of a running dask scheduler (tcp://HOST:PORT)")(f)
-    f = click.option("--workers", type=click.IntRange(1), help="start a local Dask cluster of N worker processes")(f)
-    f = click.option("--quiet", is_flag=True, help="no progress output")(f)
+    f = click.option("--scheduler", metavar="ADDRESS",
+                     help="address of a running dask scheduler (tcp://HOST:PORT); overrides the cluster setting")(f)
+    f = click.option("--workers", type=click.IntRange(1), metavar="N",
+                     help="start a local Dask cluster of N worker processes (default: threads in this process)")(f)
+    f = click.option("--quiet", is_flag=True,
+                     help="print only the results and errors: no progress bars, no info or warning lines")(f)
     return f
+
+
+#: --set's help: one text for every command that takes it
+SET_HELP = "override one setting, e.g. --set max_iter=800 (repeatable; values are YAML; 'bigseg config' lists keys)"
+
+
+def _set_option(f):
+    return click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(f)
 
 
 def _config_options(f):
-    f = click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="override one setting (repeatable)")(f)
-    f = click.option("-k", "--n-components", type=click.IntRange(1), help="number of phases (components)")(f)
+    f = _set_option(f)
+    f = click.option("-k", "--n-components", type=click.IntRange(1), metavar="K",
+                     help="number of phases (NMF components); the n_components setting")(f)
     return f
+
+
+def _input_option(f):
+    return click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
+                        help="image file, folder or quoted glob such as 'scans/*.tif' (repeatable)")(f)
 
 
 def _finish(summary: dict) -> None:
@@ -120,17 +191,21 @@ def _finish(summary: dict) -> None:
         sys.exit(EXIT_SKIPPED)
 
 
-@click.group()
+@click.group(epilog=_examples("bigseg demo demo-out", "bigseg run --input 'scans/*.tif' --out results -k 4",
+                               "bigseg COMMAND --help"))
 @click.version_option(__version__, prog_name="bigseg")
 def main():
     """Unsupervised phase segmentation of SEM micrographs with NMF, out of core."""
 
 
-@main.command()
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH",
-              help="image file, folder or glob (repeatable)")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="output folder")
+@main.command(epilog=_examples(
+    "bigseg run --input 'scans/*.tif' --out results -k 4",
+    "bigseg run metaldam --input scans/ --out results --workers 4",
+    "bigseg run my.yaml --input a.tif --input b.png --out results --set resize=native"))
+@_config_argument
+@_input_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder: labels, tables, model and store (a later run into it resumes)")
 @_config_options
 @_cluster_options
 def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
@@ -144,15 +219,24 @@ def run(config, inputs, out_dir, n_components, sets, workers, scheduler, quiet):
     _finish(summary)
 
 
-@main.command()
+@main.command(epilog=_examples(
+    "bigseg segment results/model --input 'new/*.tif' --out results-new",
+    "bigseg segment results/model --input new/ --out results-new --set spatial_weight=0 --workers 4"))
 @click.argument("model_dir", metavar="MODEL", type=click.Path(exists=True, file_okay=False))
 @click.argument("config", required=False, type=CONFIG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_input_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder for the new images' labels, tables and store")
+@_set_option
 @_cluster_options
 def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet):
-    """Segment new images with a saved MODEL (no refit)."""
+    """Segment new images with a saved MODEL (no refit).
+
+    MODEL is the model folder of an earlier run (OUT/model), and its settings
+    hold. CONFIG, a YAML settings file or the name of one shipped with bigseg
+    (default, metaldam), and --set replace only the keys they name; the
+    feature settings must stay the model's.
+    """
     from .model import Model, ModelError
     from .pipeline import run as run_pipeline
 
@@ -173,11 +257,13 @@ def segment(model_dir, config, inputs, out_dir, sets, workers, scheduler, quiet)
     _finish(summary)
 
 
-@main.command()
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@main.command(epilog=_examples("bigseg ingest --input scans/ --out results",
+                               "bigseg features --out results && bigseg fit --out results -k 4"))
+@_config_argument
+@_input_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder; the images go into OUT/store.zarr")
+@_set_option
 @_cluster_options
 def ingest(config, inputs, out_dir, sets, workers, scheduler, quiet):
     """Read, grey and crop images into OUT/store.zarr."""
@@ -201,10 +287,15 @@ def _stored_ids(out_dir):
     return ids
 
 
-@main.command()
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+#: --out of the commands that work on what 'bigseg ingest' stored
+STORED_OUT_HELP = "output folder of an earlier 'bigseg ingest' (or run)"
+
+
+@main.command(epilog=_examples("bigseg features --out results", "bigseg features my.yaml --out results --workers 4"))
+@_config_argument
+@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help=STORED_OUT_HELP)
+@_set_option
 @_cluster_options
 def features(config, out_dir, sets, workers, scheduler, quiet):
     """Compute and store the features of every ingested image in OUT."""
@@ -217,9 +308,10 @@ def features(config, out_dir, sets, workers, scheduler, quiet):
     _finish({"n_images": len(ids), "skipped": skipped})
 
 
-@main.command()
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@main.command(epilog=_examples("bigseg fit --out results -k 4", "bigseg fit --out results -k 4 --set max_iter=800"))
+@_config_argument
+@click.option("--out", "out_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help=STORED_OUT_HELP + "; the model goes into OUT/model")
 @_config_options
 @_cluster_options
 def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
@@ -230,17 +322,27 @@ def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
     settings = _settings(config, sets, n_components)
     with _locked(out_dir), _runner(workers, scheduler, quiet, settings) as r:
         model = _guarded(lambda: fit_stage(out_dir, _stored_ids(out_dir), settings, r))
+    # the fit's own warning, here where max_iter can be raised (the map warnings need a segmentation)
+    from .diagnose import failure_modes
+
+    for warning in failure_modes([], {}, model.report):
+        if warning["kind"] == "not_converged":
+            log.warning("%s; %s", warning["message"], warning["suggestion"])
     click.echo(json.dumps(model.report, indent=2, default=str))
 
 
-@main.command()
+@main.command(epilog=_examples("bigseg evaluate results/labels --labels masks/",
+                               "bigseg evaluate results/labels --labels masks/ --n-classes 5 --json scores.json"))
 @click.argument("pred_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--labels", "label_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="folder of class-index masks with the same file stems")
 @click.option("--n-classes", type=click.IntRange(1), help="number of classes (default: from the masks)")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="also write the scores here")
 def evaluate(pred_dir, label_dir, n_classes, json_out):
-    """Score label maps in PRED_DIR against masks (Hungarian match over the collection)."""
+    """Score label maps in PRED_DIR against masks (Hungarian match over the collection).
+
+    PRED_DIR is a folder of label PNGs, such as OUT/labels of a run.
+    """
     from .evaluate import evaluate_dirs, format_report
     from .io import atomic_write_text
 
@@ -250,12 +352,14 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
         atomic_write_text(json_out, json.dumps(res, indent=2))
 
 
-@main.command()
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
+@main.command(epilog=_examples("bigseg compare --input images/ --labels masks/ --out comparison -k 5",
+                               "bigseg compare metaldam --input images/ --labels masks/ --out comparison"))
+@_config_argument
+@_input_option
 @click.option("--labels", "label_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="folder of class-index masks with the same file stems")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder: bigseg's run, each baseline's labels, comparison.md and comparison.json")
 @click.option("--n-classes", type=click.IntRange(1), help="number of classes (default: from the masks)")
 @_config_options
 @_cluster_options
@@ -271,14 +375,16 @@ def compare(config, inputs, label_dir, out_dir, n_classes, n_components, sets, w
     click.echo(f"(also in {Path(out_dir) / 'comparison.md'} and comparison.json)")
 
 
-@main.command("select-k")
-@click.argument("config", required=False, type=CONFIG)
-@click.option("--input", "inputs", multiple=True, required=True, metavar="PATH")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--k-min", default=2, show_default=True, type=click.IntRange(1))
+@main.command("select-k", epilog=_examples("bigseg select-k --input scans/ --out k-scan",
+                                           "bigseg select-k --input scans/ --out k-scan --k-min 3 --k-max 6 --seeds 5"))
+@_config_argument
+@_input_option
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="output folder: select_k.json, select_k.png and the ingested store (a run into it reuses it)")
+@click.option("--k-min", default=2, show_default=True, type=click.IntRange(1), help="smallest k to try")
 @click.option("--k-max", type=click.IntRange(1, 10), help="largest k [default: 8, or the feature count if smaller]")
 @click.option("--seeds", default=3, show_default=True, type=click.IntRange(2), help="resampled fits per k")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@_set_option
 @_cluster_options
 def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, scheduler, quiet):
     """Reconstruction error and stability for a range of k; a plot and a recommended k."""
@@ -305,13 +411,18 @@ def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, schedu
                f"plot in {Path(out_dir) / 'select_k.png'}")
 
 
-@main.command()
+@main.command(epilog=_examples("bigseg demo demo-out", "bigseg demo demo-out --n-images 4 --seed 1 --quiet"))
 @click.argument("out_dir", type=click.Path(file_okay=False))
-@click.option("--n-images", default=8, show_default=True, type=click.IntRange(2))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--n-images", default=8, show_default=True, type=click.IntRange(2),
+              help="number of synthetic micrographs to make")
+@click.option("--seed", default=0, show_default=True, help="random seed of the synthetic micrographs")
 @_cluster_options
 def demo(out_dir, n_images, seed, workers, scheduler, quiet):
-    """Generate synthetic SEM micrographs with masks, run everything, print the evaluation."""
+    """Generate synthetic SEM micrographs with masks, run everything, print the evaluation.
+
+    OUT_DIR gets the images and masks (OUT_DIR/demo_data) and the run
+    (OUT_DIR/run).
+    """
     from .demo import CLASS_NAMES, make_dataset
     from .evaluate import evaluate_dirs, format_report
     from .pipeline import run as run_pipeline
@@ -326,6 +437,54 @@ def demo(out_dir, n_images, seed, workers, scheduler, quiet):
     click.echo(f"demo: {summary['n_images']} synthetic micrographs in {img_dir}; outputs in {out / 'run'}")
     click.echo(format_report(res))
     _finish(summary)
+
+
+@main.command("config", epilog=_examples("bigseg config > my.yaml", "bigseg config my.yaml",
+                                         "bigseg config metaldam --set n_components=4"))
+@_config_argument
+@_config_options
+def config_command(config, n_components, sets):
+    """Print the settings: the defaults, or those of CONFIG and the options, checked.
+
+    Without arguments, the default settings with a comment on each key (a
+    starting point for a file of your own). With CONFIG, -k or --set, every
+    setting after them, as YAML; a bad key or value fails with one line
+    naming it.
+    """
+    from .config import default_yaml
+
+    if not (config or n_components or sets):
+        click.echo(default_yaml(), nl=False)
+        return
+    # checking is this command's work: a bad setting is its answer (one line), not a usage mistake
+    if config:
+        try:
+            load(config)
+        except ConfigError as exc:     # the file alone first, so its errors say which file
+            msg = str(exc)
+            raise click.ClickException(msg if msg.startswith(f"{config}:") else f"{config}: {msg}") from None
+    try:
+        settings = load(config, {"n_components": n_components} if n_components else {}, sets)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(_settings_yaml(settings, config), nl=False)
+
+
+def _settings_yaml(settings: dict, config) -> str:
+    """``settings`` as YAML in the order of the defaults, each changed key with its default as a comment."""
+    import yaml
+
+    from .config import defaults
+
+    def flow(value):
+        return yaml.safe_dump(value, default_flow_style=True, width=1 << 30).splitlines()[0]
+
+    base = defaults()
+    lines = [f"# bigseg settings ({'from ' + config if config else 'defaults'} and the options), checked", ""]
+    for key, value in settings.items():
+        changed = key in base and flow(value) != flow(base[key])
+        lines.append(f"{key}: {flow(value)}" + (f"  # default: {flow(base[key])}" if changed else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _guarded(fn):

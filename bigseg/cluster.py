@@ -20,34 +20,87 @@ class ClusterError(RuntimeError):
     """The workers cannot be had (no sbatch, scheduler unreachable); the message says what to do."""
 
 
+def progress_bar(label: str, total: int, unit: str = "image", delay: float = 0.0):
+    """A tqdm bar on stderr, ``label: 40%|████  | 6/15 [00:12<00:18, 0.5image/s]``; stdout stays for results."""
+    import sys
+
+    from tqdm import tqdm
+
+    # a log file (SLURM, nohup) gets a line every half minute, not ten a second
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=label, unit=unit, file=sys.stderr, delay=delay, dynamic_ncols=interactive,
+                mininterval=0.1 if interactive else 30.0)
+
+
 class Runner:
     """Evaluates lists of dask objects on the chosen scheduler, with optional progress."""
 
     def __init__(self, client=None, quiet: bool = False):
         self.client = client
         self.quiet = quiet
+        self._stage_bar = None      # the bar of the stage compute_batches is running, if any
 
     def compute(self, objs, label: str = ""):
-        import dask
+        """The computed ``objs``, in order; a labelled call shows a progress bar on stderr unless ``quiet``.
 
+        Inside :meth:`compute_batches` the stage's one bar counts each finished object instead.
+        """
         objs = list(objs)
         if not objs:
             return []
+        bar = own = None
+        if self._stage_bar is not None:
+            bar = self._stage_bar
+        elif label and not self.quiet:
+            # a second or less of work needs no bar (as dask's ProgressBar(minimum=1.0) had it)
+            bar = own = progress_bar(label, len(objs), unit="part", delay=1.0)
+        try:
+            return self._evaluate(objs, bar.update if bar is not None else None)
+        finally:
+            if own is not None:
+                own.close()
+
+    def _evaluate(self, objs, on_done):
+        """Compute ``objs``; ``on_done()`` once per object as it finishes (at the end where not traceable)."""
+        import dask
+
         if self.client is not None:
             futures = self.client.compute(objs)
-            if not self.quiet and label:
-                from distributed import progress
+            if on_done is not None:
+                from distributed import as_completed
 
-                log.info("%s", label)
-                progress(futures)
+                for future in as_completed(futures):
+                    if future.status == "error":
+                        break       # gather raises it now, not after the rest of the batch
+                    on_done()
             return self.client.gather(futures)
-        if not self.quiet and label:
-            from dask.diagnostics import ProgressBar
+        if on_done is None:
+            return list(dask.compute(*objs, scheduler="threads"))
+        from dask.callbacks import Callback
+        from dask.core import flatten
 
-            log.info("%s", label)
-            with ProgressBar(minimum=1.0):
-                return list(dask.compute(*objs, scheduler="threads"))
-        return list(dask.compute(*objs, scheduler="threads"))
+        owner, left = {}, []
+        for i, obj in enumerate(objs):
+            keys = set(flatten(obj.__dask_keys__())) if dask.is_dask_collection(obj) else set()
+            owner.update(dict.fromkeys(keys, i))
+            left.append(len(keys))
+
+        class Finished(Callback):
+            # the threaded scheduler calls this from its own loop, one finished task at a time
+            def _posttask(self, key, result, dsk, state, worker_id):
+                i = owner.pop(key, None)
+                if i is not None:
+                    left[i] -= 1
+                    if left[i] == 0:
+                        on_done()
+
+        with Finished():
+            results = list(dask.compute(*objs, scheduler="threads"))
+        # an array's output keys are renamed by graph optimisation: such objects count when all are done
+        for n in left:
+            if n:
+                on_done()
+        return results
 
     @property
     def batch_images(self) -> int:
@@ -94,28 +147,58 @@ class Runner:
         of its items is built again and computed alone (``build`` returns None for
         those that finished before the failure), and ``on_error(item, exc)`` is
         told of each one that still fails; without it the exception propagates.
+
+        With a ``label`` and not ``quiet``, one bar on stderr counts the items
+        of the whole stage (all batches) as they finish, with an ETA.
         """
         items = list(items)
         results = []
         n = self.batch_images
-        for start in range(0, len(items), n):
-            built = [(item, build(item)) for item in items[start:start + n]]
-            todo = [(item, obj) for item, obj in built if obj is not None]
-            part = f"{label} ({start + 1}-{min(start + n, len(items))} of {len(items)})" if len(items) > n else label
-            try:
-                results += self.compute([obj for _, obj in todo], part if todo else "")
-            except Exception:
-                if on_error is None:
-                    raise
-                for item, _ in todo:
-                    again = build(item)
-                    if again is None:
-                        continue
-                    try:
-                        results += self.compute([again])
-                    except Exception as exc:
-                        on_error(item, exc)
+        failed = 0
+        with self.progress(label, len(items)) as bar:
+            count = bar.update if bar is not None else (lambda k=1: None)
+            for start in range(0, len(items), n):
+                built = [(item, build(item)) for item in items[start:start + n]]
+                todo = [(item, obj) for item, obj in built if obj is not None]
+                count(len(built) - len(todo))     # done before (a resumed run) or left to the caller
+                before = bar.n if bar is not None else 0
+                try:
+                    results += self.compute([obj for _, obj in todo], label if todo else "")
+                except Exception:
+                    if on_error is None:
+                        raise
+                    if bar is not None:
+                        bar.n = before            # some of the batch finished: counted again item by item
+                    for item, _ in todo:
+                        again = build(item)
+                        if again is None:
+                            count()
+                            continue
+                        try:
+                            results += self.compute([again])
+                        except Exception as exc:
+                            on_error(item, exc)
+                            failed += 1
+                            count()
+                            if bar is not None:
+                                bar.set_postfix_str(f"{failed} failed", refresh=False)
         return results
+
+    @contextlib.contextmanager
+    def progress(self, label: str, total: int, unit: str = "image"):
+        """One bar for a stage or a long step: each :meth:`compute` inside counts its finished objects on it.
+
+        Yields the tqdm bar, or None when ``quiet``, unlabelled or empty. A large
+        image's bands, say: ``with runner.progress(f"segment {id}", n_bands, "band"):``.
+        """
+        bar = progress_bar(label, total, unit) if label and total and not self.quiet else None
+        outer, self._stage_bar = self._stage_bar, bar
+        try:
+            yield bar
+        finally:
+            self._stage_bar = outer
+            if bar is not None:
+                bar.close()
 
     @property
     def description(self) -> str:
