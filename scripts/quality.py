@@ -108,7 +108,8 @@ def bigseg_labels(prepared, s):
                                      s["spatial_sweeps"]).transpose(2, 0, 1)
         moved.append(np.isin(acts.argmax(axis=0), fitted.transitions).mean())
         preds.append(segment.labels_at(acts[fitted.phases], shape))
-    notes = {"boundary components": len(fitted.transitions), "between shares": fitted.report.get("between_shares"),
+    notes = {"k": fitted.settings["n_components"], "boundary components": len(fitted.transitions),
+             "between shares": fitted.report.get("between_shares"),
              "boundary pixels": f"{np.mean(moved):.2%}"}
     return preds, notes
 
