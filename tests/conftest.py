@@ -61,6 +61,14 @@ def env_for_subprocess():
     return env
 
 
+@pytest.fixture(autouse=True)
+def _bigseg_log_reaches_caplog(monkeypatch):
+    # the CLI's logging set-up (run by other tests in this process) stops the bigseg logger propagating
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("bigseg"), "propagate", True)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

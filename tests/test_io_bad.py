@@ -15,12 +15,6 @@ from PIL import Image
 from bigseg import io
 
 
-@pytest.fixture(autouse=True)
-def _bigseg_log_reaches_caplog(monkeypatch):
-    # the CLI's logging set-up (run by other tests in this process) stops the bigseg logger propagating
-    monkeypatch.setattr(logging.getLogger("bigseg"), "propagate", True)
-
-
 def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
 
