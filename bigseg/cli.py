@@ -331,6 +331,27 @@ def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
     click.echo(json.dumps(model.report, indent=2, default=str))
 
 
+@main.command(epilog=_examples("bigseg rename results 0=matrix 1=austenite 2=pores",
+                               "bigseg rename results 3='martensite islands'"))
+@click.argument("out_dir", metavar="OUT", type=click.Path(exists=True, file_okay=False))
+@click.argument("assignments", metavar="INDEX=NAME", nargs=-1, required=True)
+def rename(out_dir, assignments):
+    """Name the phases of the run in OUT; every output that shows names follows.
+
+    OUT is the output folder of a run (it holds OUT/model). Each INDEX=NAME
+    names one phase by its label (0 is the darkest phase; summary.json and
+    the legends list them all); phases not named keep their names.
+    The model, summary.json, the phase_fractions.csv header, the fingerprint
+    charts and the legends of overlay/ and activations/ are rewritten; no
+    label changes, nothing is recomputed.
+    """
+    from .rename import rename as rename_phases
+
+    names = _guarded(lambda: rename_phases(out_dir, assignments))
+    for i, name in enumerate(names):
+        click.echo(f"{i}: {name}")
+
+
 @main.command(epilog=_examples("bigseg evaluate results/labels --labels masks/",
                                "bigseg evaluate results/labels --labels masks/ --n-classes 5 --json scores.json"))
 @click.argument("pred_dir", type=click.Path(exists=True, file_okay=False))

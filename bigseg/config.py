@@ -94,6 +94,19 @@ def _texts(key, v):
     return list(v)
 
 
+def _phase_names(key, v):
+    """Names of the phases in label order: one-line strings, no two alike (the count is checked against
+    the model once the fit has found its phases)."""
+    from .phases import check_names
+
+    if not isinstance(v, (list, tuple)) or not v:
+        raise ConfigError(f"{key}: expected a list of names, one per phase in label order, got {v!r}")
+    try:
+        return check_names(v, len(v), key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _memory(key, v):
     import re
 
@@ -391,6 +404,11 @@ OPTIONS: dict[str, Option] = {
                              "segment", role="segment"),
     "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment",
                              role="segment"),
+    # no role: names label the outputs and never change a label, so a model neither carries nor checks them
+    "phase_names": Option(None, _optional(_phase_names),
+                          "names of the phases in label order (darkest first), e.g. [matrix, austenite, pores], "
+                          "for the CSV header, legends and summary; null = descriptive names from the fit "
+                          "('bigseg rename' changes them afterwards)", "segment"),
     # --- where it runs ---
     "cluster": Option(None, _cluster,
                       "null = this machine; or a SLURM cluster built with dask-jobqueue: {type: slurm, queue, "
@@ -460,6 +478,10 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     if out["feature_keep_bits"] > max_bits:
         raise ConfigError(f"feature_keep_bits: {out['feature_dtype']} has {max_bits} significand bits, "
                           f"got {out['feature_keep_bits']}")
+    if (out["phase_names"] is not None and out["n_components"] != "auto"
+            and len(out["phase_names"]) > out["n_components"]):
+        raise ConfigError(f"phase_names: {len(out['phase_names'])} names for n_components={out['n_components']}; "
+                          f"give one name per phase")
     if out["variance_size"] % 2 == 0:
         raise ConfigError(f"variance_size: must be odd, got {out['variance_size']}")
     from .features import feature_names    # here, not at the top: features imports this module

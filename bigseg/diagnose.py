@@ -45,7 +45,10 @@ def component_names(H: np.ndarray, names) -> list[str]:
     """Descriptive names such as ``"bright, smooth"`` from each H row over the named features.
 
     Words are relative to the other components of the same fit: "bright" is the
-    brightest third of the components, not an absolute grey level.
+    brightest third of the components, not an absolute grey level. From the
+    fingerprints alone, which can mislead (a 96 % Laplacian row reads "dark,
+    smooth" whatever its pixels are): runs name phases with
+    :func:`bigseg.phases.describe`, which checks the words against the pixels.
     """
     H = np.asarray(H, dtype=np.float64)
     b, t = _scores(H, names)

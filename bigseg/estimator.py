@@ -477,6 +477,10 @@ class PhaseSegmenter:
                           find_transitions=lambda H, lo, hi: regions.find_transitions(
                               transition_windows(sources, compute), H, lo, hi, settings))
         model.report["images"] = len(inputs)
+        if settings["phase_names"] is not None:    # names only: the fit is the same without them
+            from .rename import set_names
+
+            set_names(model, settings["phase_names"])
         asked = model.settings["n_components"]     # the k fitted, also where the setting is auto
         if model.n_phases < asked:
             warnings.warn(f"{len(model.transitions)} of the {asked} components live on phase "

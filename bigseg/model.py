@@ -40,7 +40,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
 MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
-                "transitions")
+                "transitions", "phase_names")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
@@ -169,9 +169,18 @@ class Model:
     report: dict = field(default_factory=dict)
     #: rows of H that live on phase boundaries: they explain edge pixels in the solve, never label a pixel
     transitions: list = field(default_factory=list)
+    #: what people call each phase (label ``i`` is ``phase_names[i]``); it names the outputs and never
+    #: changes the segmentation, so it is no part of ``pipeline.model_digest``. None: from the fingerprints
+    phase_names: list | None = None
     #: the fingerprint bar charts as PNG, drawn once when the model is fitted and kept
     #: with it, so segmenting with a saved model needs no plotting
     figure: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.phase_names is None:
+            from .phases import fingerprint_names
+
+            self.phase_names = fingerprint_names(self.phase_H, self.feature_names)
 
     @property
     def n_components(self) -> int:
@@ -194,10 +203,9 @@ class Model:
     def fingerprint_png(self) -> bytes:
         """The phases' fingerprints (H rows over the named features) as a PNG bar chart."""
         if self.figure is None:
-            from .diagnose import component_names, fingerprint_figure
+            from .diagnose import fingerprint_figure
 
-            self.figure = fingerprint_figure(self.phase_H, self.feature_names,
-                                             component_names(self.phase_H, self.feature_names))
+            self.figure = fingerprint_figure(self.phase_H, self.feature_names, self.phase_names)
         return self.figure
 
     def check_settings(self, settings: dict) -> None:
@@ -227,7 +235,7 @@ class Model:
             meta = {"format": MODEL_FORMAT, "bigseg_version": __version__, "n_components": self.n_components,
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
                     "fingerprints": fingerprints(self.H, self.feature_names),
-                    "transitions": [int(j) for j in self.transitions]}
+                    "transitions": [int(j) for j in self.transitions], "phase_names": list(self.phase_names)}
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
             (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
@@ -271,11 +279,14 @@ class Model:
             raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
                              f"has {H.shape[0]} rows")
         _check_fingerprints(meta_path, meta.get("fingerprints"), names, H.shape[0])
+        # absent in models saved before names were kept: Model computes them from the fingerprints
+        phase_names = _check_phase_names(meta_path, meta["phase_names"], H.shape[0] - len(transitions)) \
+            if "phase_names" in meta else None
         figure = _read_regular(png_path, MAX_PNG_BYTES)      # absent in models saved before it was kept
         if figure is not None and not figure.startswith(PNG_SIGNATURE):
             raise ModelError(f"{png_path}: not a PNG image")
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
-                   transitions=transitions, figure=figure)
+                   transitions=transitions, phase_names=phase_names, figure=figure)
 
 
 # --- reading a model: every check names the file and the field -----------------------
@@ -495,6 +506,16 @@ def _check_fingerprints(path: Path, prints, names: list, k: int) -> None:
                          f"a number per feature name")
 
 
+def _check_phase_names(path: Path, value, n_phases: int) -> list[str]:
+    """The phases' names: one non-empty, one-line string per phase, no two alike."""
+    from .phases import check_names
+
+    try:
+        return check_names(value, n_phases, "field 'phase_names'")
+    except ValueError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -514,9 +535,14 @@ def normalise_rows(H: np.ndarray) -> np.ndarray:
     return H / np.where(norms > 0, norms, 1.0)
 
 
-def reconstruction(X: np.ndarray, H: np.ndarray, settings: dict) -> dict:
-    """Frobenius error of the best W >= 0 for fixed H on the pixels X (already scaled)."""
-    W = nnls.solve(X, H, *regularisation(settings, H.shape[1])).astype(np.float64)
+def reconstruction(X: np.ndarray, H: np.ndarray, settings: dict, W: np.ndarray | None = None) -> dict:
+    """Frobenius error of the best W >= 0 for fixed H on the pixels X (already scaled).
+
+    ``W``, when given, is that best W (``nnls.solve``), already computed.
+    """
+    if W is None:
+        W = nnls.solve(X, H, *regularisation(settings, H.shape[1]))
+    W = np.asarray(W, dtype=np.float64)
     err = float(np.linalg.norm(X - W @ H))
     return {"reconstruction_error": err, "relative_error": err / max(float(np.linalg.norm(X)), 1e-12),
             "eval_pixels": int(X.shape[0])}
@@ -698,13 +724,34 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
         report["phases_asked"] = settings["n_components"]
     if auto:
         report["n_components_auto"] = auto
-    report.update(reconstruction(X, H, settings))
+    W = nnls.solve(X, H, *regularisation(settings, H.shape[1]))
+    report.update(reconstruction(X, H, settings, W))
+    H, transitions, phase_names = _in_stable_order(X, W, H, transitions, feature_names, report)
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     # a model carries what defines the segmentation and nothing of where or how this run went
     keep = {k: settings[k] for k in MODEL_KEYS}
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report,
-                 transitions=transitions)
+                 transitions=transitions, phase_names=phase_names)
+
+
+def _in_stable_order(X, W, H, transitions, feature_names, report):
+    """H with its phases darkest first and its boundary rows last, the new boundary indices and the
+    phases' names (``phases.order``, ``phases.describe``).
+
+    The fit's own order depends on the seed and the image order; this one only on
+    what the phases are, so labels and CSV columns compare between runs. The
+    pixel profiles the names come from go into ``report["phases"]``.
+    """
+    from .phases import describe, order
+
+    rows, profiles, shares = order(X, W, H, transitions, feature_names)
+    H = H[rows]
+    n_phases = len(rows) - len(transitions)
+    report["phases"] = [{"sample_share": round(float(s), 6),
+                         "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, p)}}
+                        for s, p in zip(shares, profiles)]
+    return H, list(range(n_phases, len(rows))), describe(profiles, H[:n_phases], feature_names)
 
 
 def _finish_H(X, H, settings, report):

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, clahe, diagnose, estimator, features, io, preprocess, regions, store
-from .config import FIT_KEYS, SEGMENT_KEYS, check_same, model_bound, resolved_store_features
+from . import __version__, clahe, diagnose, estimator, features, io, preprocess, regions, rename, store
+from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound, resolved_store_features
 from .lock import output_lock
+from .report import write_report
 from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
+from .phases import csv_names
 from .segment import activations_graph, export_image, export_large
 from .viz import PALETTE
 
@@ -125,6 +127,7 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
     for r in skipped:
         log.warning("skipped %s", r["error"])
     ok = [i for i in ids if store.is_done(out_dir, "ingest", i)]
+    store.write_index(store.open_root(store_path), out_dir)   # the store opens whole after ingest alone too
     return ok, skipped
 
 
@@ -269,7 +272,7 @@ def feature_source(out_dir, image_id, settings):
 # --- fit -------------------------------------------------------------------------------
 
 #: the per-image exports of the segment stage, forgotten whole when the folder's model changes
-EXPORT_DIRS = ("labels", "color", "activations")
+EXPORT_DIRS = ("labels", "color", "activations", "overlay")
 
 
 def inputs_digest(out_dir, ids) -> str:
@@ -367,6 +370,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
     # a record made with other spatial settings is stale: those labels are redone
     made_by = {"settings": {k: settings[k] for k in SEGMENT_KEYS}, "model": model_digest(model)}
     large, skipped = [], []
+    names = getattr(model, "phase_names", None)     # the OME labels' and memberships' phase names
 
     def build(image_id):
         if segment_current(out_dir, image_id, made_by):
@@ -382,13 +386,16 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
         memb_arr = store.create_activations(root, image_id, acts.shape[1:], n_phases, chunk, "memberships",
-                                            "float16")
-        lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512))
-        stored = da.store([acts, memberships(acts[model.phases])], [act_arr, memb_arr], lock=False, compute=False)
+                                            "float16", names=names, colors=PALETTE)
+        lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512), names=names)
+        # store_args adds each target's coarser pyramid levels to the same graph
+        stored = da.store(**store.store_args([acts, memberships(acts[model.phases])], [act_arr, memb_arr]),
+                          lock=False, compute=False)
         # exports read the stored activations back: handing the lazy array to a second
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
-                                                             lab_arr, model.phases)
+                                                             lab_arr, model.phases, list(model.phase_names),
+                                                             root[f"images/{image_id}/0"])
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
     done_now = runner.compute_batches(ids, build, "segment",
@@ -399,6 +406,10 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
             done_now.append(image_id)
         except Exception as exc:   # one montage failing costs only itself
             skipped.append(_failure("segment", image_id, exc))
+    # the store root lists every image (an OME-Zarr collection); earlier images' labels take today's names
+    store.write_index(root, out_dir)
+    if names:
+        store.rename_phases(root, names)
     return done_now, skipped
 
 
@@ -444,8 +455,10 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     margin = features.segment_halo(settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
-    memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16")
-    lab_arr = store.create_labels(root, image_id, (h, w), n_phases, PALETTE, chunk)
+    names = getattr(model, "phase_names", None)
+    memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16",
+                                        names=names, colors=PALETTE)
+    lab_arr = store.create_labels(root, image_id, (h, w), n_phases, PALETTE, chunk, names=names)
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
@@ -456,11 +469,13 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
         rows = slice(r0, r1)
         phase_acts = acts[model.phases]
-        stored = da.store([acts, memberships(phase_acts), phase_acts.argmax(axis=0).astype(np.uint8)],
-                          [act_arr, memb_arr, lab_arr], lock=False, compute=False,
-                          regions=[(slice(None), rows), (slice(None), rows), (rows,)])
+        labels = phase_acts.argmax(axis=0).astype(np.uint8)
+        stored = da.store(**store.store_args([acts, memberships(phase_acts), labels], [act_arr, memb_arr, lab_arr],
+                                             [(slice(None), rows), (slice(None), rows), (rows,)]),
+                          lock=False, compute=False)
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
-    result = export_large(lab_arr, act_arr, str(out_dir), image_id, model.phases)
+    result = export_large(lab_arr, act_arr, str(out_dir), image_id, model.phases, names=list(model.phase_names),
+                          grey=source)
     _finish(result, str(out_dir), image_id, made_by)
 
 
@@ -476,8 +491,9 @@ def memberships(acts):
     return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
-def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr, phases):
-    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr, phases)
+def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr, phases, names=None, grey=None):
+    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr, phases,
+                  names, grey)
 
 
 def _finish(result, out_dir, image_id, made_by):
@@ -489,14 +505,16 @@ def _finish(result, out_dir, image_id, made_by):
 def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None = None) -> dict:
     """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
 
-    Adds the components (name, fingerprint, share of all pixels) and the
-    failure-mode warnings to ``summary``, and returns it.
+    The CSV's columns are the phases' names (``phases.csv_names``), in label
+    order. Adds the components (name, CSV column, fingerprint, share of all
+    pixels) and the failure-mode warnings to ``summary``, and returns it.
     """
     out_dir = Path(out_dir)
     k = model.n_phases
+    columns = csv_names(model.phase_names)
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image"] + [f"phase_{i}" for i in range(k)])
+    w.writerow(["image"] + columns)
     totals, speckle, transition_shares = np.zeros(k), {}, []
     made_by = made_by or {"model": model_digest(model)}
     for image_id in ids:
@@ -509,8 +527,8 @@ def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None
             transition_shares.append(rec.get("transition_share"))
     io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
     shares = totals / max(totals.sum(), 1)
-    names = diagnose.component_names(model.phase_H, model.feature_names)
-    summary["components"] = [{"index": i, "name": names[i], "share": round(float(shares[i]), 6),
+    names = list(model.phase_names)
+    summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
                               "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
                                                                                      model.feature_names))]
     moved = [r for r in transition_shares if r is not None]
@@ -569,10 +587,12 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     timings["features"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    shown = rename.stored_names(out_dir / "model")     # what the folder's pictures were drawn with
     if model is None:
         model = fit_stage(out_dir, ids, settings, runner)
     else:
         adopt_model(out_dir, model)
+    _name_phases(out_dir, model, settings)
     timings["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -588,11 +608,31 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()}, "scheduler": runner.description,
         "versions": versions(),
     }
-    for warning in write_tables(out_dir, ids, model, summary)["warnings"]:
+    if shown is not None and shown != model.phase_names:
+        # images segmented before, under other names: their legends follow (nothing is recomputed)
+        rename.relabel_pictures(out_dir, model.phase_names)
+    write_tables(out_dir, ids, model, summary)
+    write_report(out_dir)
+    for warning in summary["warnings"]:
         if fitted_elsewhere and warning["kind"] == "not_converged":
             continue        # still in summary.json; said where the fit is made (run, fit)
         log.warning("%s; %s", warning["message"], warning["suggestion"])
     return summary
+
+
+def _name_phases(out_dir, model: Model, settings) -> None:
+    """The ``phase_names`` setting (when given) names the model's phases; ``model/`` keeps the names shown.
+
+    Raises ``ConfigError`` when the count is not the model's phase count,
+    which is known only once the fit has found its boundaries.
+    """
+    if settings["phase_names"] is not None:
+        try:
+            rename.set_names(model, settings["phase_names"])
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (the model has {model.n_phases}: {', '.join(model.phase_names)})") from None
+    if rename.stored_names(Path(out_dir) / "model") != model.phase_names:
+        rename.write_model_names(Path(out_dir) / "model", model)
 
 
 def prepare_features(out_dir, ids, settings, runner) -> tuple[list[str], list[dict]]:

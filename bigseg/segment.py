@@ -92,9 +92,30 @@ def _panel_view(acts_kyx: np.ndarray) -> np.ndarray:
     return acts_kyx[:, ::step, ::step]
 
 
+def _names(names, k: int) -> list[str]:
+    return list(names) if names is not None else [f"phase {i}" for i in range(k)]
+
+
+def write_overlay(out_dir, image_id: str, grey, labels, names) -> None:
+    """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend.
+
+    ``grey`` and ``labels`` are arrays or zarr arrays at the image's own size;
+    an image over ``viz.OVERLAY_MAX_SIDE`` on a side is read through a strided
+    (nearest) view, so a montage's overlay is bounded whatever its size.
+    """
+    step = viz.overlay_step(labels.shape)
+    view = (slice(None, None, step), slice(None, None, step))
+    picture = viz.overlay_picture(viz.to_uint8(np.asarray(grey[view])), np.asarray(labels[view]))
+    io.atomic_write_bytes(Path(out_dir) / "overlay" / f"{image_id}.png", viz.overlay_png(picture, names))
+
+
 def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
-                 phases=None) -> dict:
-    """Write labels/, color/, activations/ PNGs (and the OME label array) of one image.
+                 phases=None, names=None, grey=None) -> dict:
+    """Write labels/, color/, activations/, overlay/ PNGs (and the OME label array) of one image.
+
+    ``names`` are the phases' names for the panel titles and the legend
+    (default ``phase i``); the overlay needs ``grey``, the stored image at
+    ``native_shape`` (array or zarr array), and is skipped without it.
 
     ``phases`` are the components that label pixels (default: all); the others
     live on boundaries, so each pixel they would win goes to the phase with the
@@ -114,18 +135,24 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
         labels_zarr[...] = labels
     io.write_png(out_dir / "labels" / f"{image_id}.png", labels)
     io.write_palette_png(out_dir / "color" / f"{image_id}.png", labels % len(viz.PALETTE), viz.PALETTE)
-    io.write_palette_png(out_dir / "activations" / f"{image_id}.png", viz.activation_panels(_panel_view(acts_kyx)),
-                         viz.PANEL_PALETTE)
+    names = _names(names, k)
+    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
+                          viz.titled_panels_png(_panel_view(acts_kyx), names))
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels, names)
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
             "pixels": int(labels.size), "speckle": speckle_rate(labels), "transition_share": round(moved, 6)}
 
 
-def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256) -> dict:
+def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
+                 grey=None) -> dict:
     """Exports of an image too large to hold, read back from the store a band or a tile at a time.
 
     ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
-    panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side).
+    panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side), and
+    so does the overlay (at most ``viz.OVERLAY_MAX_SIDE``; needs ``grey``, the
+    stored image as a zarr array).
     Returns the same fractions, pixel count and speckle rate as :func:`export_image`.
     """
     out_dir = Path(out_dir)
@@ -151,9 +178,11 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: i
     io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
     io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
     step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
-    io.write_palette_png(out_dir / "activations" / f"{image_id}.png",
-                         viz.activation_panels(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)]),
-                         viz.PANEL_PALETTE)
+    names = _names(names, k)
+    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
+                          viz.titled_panels_png(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)], names))
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels_zarr, names)
     total = h * w
     return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
             "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

@@ -1,13 +1,24 @@
-"""Colour label maps (RGB) and viridis activation panels (palette indices)."""
+"""The pictures: colour label maps, overlays with a legend, titled viridis activation panels.
+
+Legends, titles and colour bars are drawn with PIL's ImageDraw, not matplotlib:
+one picture per image, on workers, must cost milliseconds. Each picture
+carries its layout and names in a PNG text chunk (``bigseg``), so ``bigseg
+rename`` redraws only its legend or title band, never the picture.
+"""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-#: distinct colours for up to 12 phases (ColorBrewer "Paired"-like, then tab10-like)
+#: phase colours, label order. Okabe & Ito's colour-blind-safe set (its black left out: it vanishes on a dark
+#: phase of a micrograph), then Paul Tol's muted colours. Not tab10 and not the saturated primaries (pure
+#: red, green, blue, yellow, cyan, magenta) that hand-drawn masks and annotation tools use, so a bigseg map
+#: is never mistaken for a mask; no grey, which would vanish on an SEM image. MAX_EXACT_K (10) fits.
 PALETTE = np.array([
-    [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75],
-    [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207], [255, 255, 153], [0, 0, 0],
+    [0, 114, 178], [230, 159, 0], [0, 158, 115], [204, 121, 167], [86, 180, 233], [213, 94, 0],
+    [240, 228, 66], [136, 34, 85], [68, 170, 153], [153, 153, 51], [51, 34, 136], [221, 204, 119],
 ], dtype=np.uint8)
 
 # matplotlib's viridis (CC0) at 11 evenly spaced stops; linear interpolation between
@@ -71,10 +82,246 @@ def activation_panels(acts: np.ndarray, gap: int = 4) -> np.ndarray:
     """
     acts = np.asarray(acts, dtype=np.float32)
     k, h, w = acts.shape
-    top = float(np.percentile(acts, 99.5)) if acts.size else 0.0
+    top = panel_scale(acts)
     scaled = np.clip(acts / top, 0, 1) if top > 0 else np.zeros_like(acts)
     idx = (scaled * 254).round().astype(np.uint8)
     out = np.full((h, k * w + (k - 1) * gap), 255, np.uint8)
     for i in range(k):
         out[:, i * (w + gap): i * (w + gap) + w] = idx[i]
     return out
+
+
+# --- drawn pictures: overlays with a legend, titled panels with a colour bar ------------------------
+
+#: longest side of an overlay: larger images get a strided (nearest) view
+OVERLAY_MAX_SIDE = 2048
+#: how much of the phase colour tints the micrograph: enough to read the phase, little enough to see the grain
+OVERLAY_ALPHA = 0.35
+#: the PNG text key holding a drawn picture's layout and names
+META_KEY = "bigseg"
+#: panel palette index of titles and colour-bar labels: viridis' darkest level; the palette's 256 entries
+#: are all taken, and a dark purple on white reads as well as black
+TEXT_INDEX = 0
+WHITE_INDEX = 255
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int):
+    """DejaVu Sans where the system has it: metallurgists name phases with Greek letters (gamma prime, alpha),
+    which Pillow's built-in font draws as boxes. Else the built-in font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except (OSError, ImportError):
+        pass
+    try:
+        return ImageFont.load_default(size)
+    except (TypeError, OSError, ImportError):   # Pillow without FreeType: its fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_text(font, text: str, width: float) -> str:
+    """``text``, cut with "..." to at most ``width`` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..." if text else ""
+
+
+def to_uint8(grey: np.ndarray) -> np.ndarray:
+    """A grey image as 8-bit for display: 8-bit as stored, anything else stretched over its 0.5-99.5 percentiles
+    (a 16-bit SEM image often fills a small part of its range)."""
+    grey = np.asarray(grey)
+    if grey.dtype == np.uint8:
+        return grey
+    g = grey.astype(np.float32)
+    finite = g[np.isfinite(g)]
+    lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0))
+    scaled = (g - lo) / (hi - lo) if hi > lo else np.zeros_like(g)
+    return (np.clip(np.nan_to_num(scaled), 0, 1) * 255).round().astype(np.uint8)
+
+
+def overlay_step(shape) -> int:
+    """The stride that brings an image of ``shape`` to at most ``OVERLAY_MAX_SIDE`` on a side."""
+    return max(1, int(np.ceil(max(shape[:2]) / OVERLAY_MAX_SIDE)))
+
+
+def overlay_picture(grey8: np.ndarray, labels: np.ndarray, palette: np.ndarray = PALETTE,
+                    alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The micrograph tinted with each pixel's phase colour, phase boundaries drawn in full colour; RGB uint8.
+
+    A boundary pixel is one whose label differs from its right or lower
+    neighbour; it takes its own phase's colour, so each region is outlined in
+    its colour and the grey detail inside stays visible.
+    """
+    labels = np.asarray(labels)
+    colour = np.asarray(palette, np.uint16)[labels % len(palette)]
+    a = int(round(alpha * 256))
+    grey = np.asarray(grey8, np.uint16)[..., None]
+    out = ((grey * (256 - a) + colour * a) >> 8).astype(np.uint8)
+    edge = np.zeros(labels.shape, bool)
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    out[edge] = colour[edge]
+    return out
+
+
+def legend_layout(names, width: int) -> dict:
+    """Where :func:`legend_band` draws each entry (a colour swatch, then ``"i: name"``) in a band ``width`` wide.
+
+    Entries flow left to right and wrap; one too long for the band has its
+    text cut. Returns ``height``, ``font_size`` and ``entries``: per phase the
+    swatch box ``(x0, y0, x1, y1)`` (inclusive), the text's top-left corner and the text.
+    """
+    size = int(np.clip(round(width / 45), 11, 28))
+    font = _font(size)
+    pad, gap = max(4, size // 2), max(3, size // 3)
+    row_h = size + pad
+    x, y, entries = pad, pad, []
+    for i, name in enumerate(names):
+        text = f"{i}: {name}"
+        room = width - 2 * pad - size - gap
+        text = _fit_text(font, text, max(room, 0))
+        w = size + gap + int(np.ceil(font.getlength(text)))
+        if x > pad and x + w > width - pad:
+            x, y = pad, y + row_h
+        entries.append({"swatch": (x, y, x + size - 1, y + size - 1), "text_xy": (x + size + gap, y),
+                        "text": text})
+        x += w + 2 * gap + size // 2
+    return {"height": y + row_h, "font_size": size, "entries": entries}
+
+
+def legend_band(names, width: int, palette: np.ndarray = PALETTE) -> np.ndarray:
+    """The legend of ``names`` as an RGB band ``width`` wide (white, black text)."""
+    from PIL import Image, ImageDraw
+
+    layout = legend_layout(names, width)
+    band = Image.new("RGB", (width, layout["height"]), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    font = _font(layout["font_size"])
+    for i, e in enumerate(layout["entries"]):
+        draw.rectangle(e["swatch"], fill=tuple(int(c) for c in palette[i % len(palette)]))
+        draw.text(e["text_xy"], e["text"], fill=(0, 0, 0), font=font)
+    return np.asarray(band)
+
+
+def _png(img, meta: dict) -> bytes:
+    import io as _io
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_itxt(META_KEY, json.dumps(meta, sort_keys=True))
+    buf = _io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1, pnginfo=info)
+    return buf.getvalue()
+
+
+def read_meta(path) -> dict | None:
+    """The layout and names a drawn picture carries (None for any other PNG)."""
+    import json
+
+    from PIL import Image
+
+    with Image.open(path) as img:
+        raw = img.text.get(META_KEY) if hasattr(img, "text") else None
+    try:
+        meta = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def overlay_png(picture: np.ndarray, names, palette: np.ndarray = PALETTE) -> bytes:
+    """An RGB overlay (:func:`overlay_picture`) above its legend, as PNG bytes that remember the layout."""
+    from PIL import Image
+
+    picture = np.asarray(picture, np.uint8)
+    band = legend_band(names, picture.shape[1], palette)
+    img = Image.fromarray(np.concatenate([picture, band], axis=0))
+    return _png(img, {"kind": "overlay", "picture_height": int(picture.shape[0]), "names": list(names)})
+
+
+def relegend_overlay(path, names, palette: np.ndarray = PALETTE) -> bytes:
+    """An overlay PNG written by :func:`overlay_png` with its legend drawn again for ``names``."""
+    from PIL import Image
+
+    meta = read_meta(path) or {}
+    with Image.open(path) as img:
+        picture = np.asarray(img.convert("RGB"))[:int(meta.get("picture_height", 0))]
+    if meta.get("kind") != "overlay" or picture.shape[0] == 0:
+        raise ValueError(f"{path}: not an overlay written by bigseg")
+    return overlay_png(picture, names, palette)
+
+
+def panel_scale(acts: np.ndarray) -> float:
+    """The activation at the top of the panels' shared scale: the 99.5th percentile over every component."""
+    acts = np.asarray(acts)
+    return float(np.percentile(acts, 99.5)) if acts.size else 0.0
+
+
+def _panel_bands(panel_width: int) -> tuple[int, int, int]:
+    """Font size, title band height and colour-bar band height for panels ``panel_width`` wide."""
+    size = int(np.clip(round(panel_width / 14), 10, 28))
+    pad = max(3, size // 3)
+    return size, size + 2 * pad, 2 * size + 3 * pad
+
+
+def _draw_titles(img, names, panel_width: int, gap: int) -> None:
+    from PIL import ImageDraw
+
+    size, title_h, _ = _panel_bands(panel_width)
+    font = _font(size)
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((0, 0, img.width - 1, title_h - 1), fill=WHITE_INDEX)
+    for i, name in enumerate(names):
+        text = _fit_text(font, f"{i}: {name}", panel_width - 2)
+        x0 = i * (panel_width + gap) + (panel_width - font.getlength(text)) / 2
+        draw.text((max(x0, i * (panel_width + gap)), (title_h - size) // 2), text, fill=TEXT_INDEX, font=font)
+
+
+def titled_panels_png(acts: np.ndarray, names, gap: int = 4) -> bytes:
+    """Activations ``(k, y, x)`` as a palette PNG: a title per panel (``"i: name"``), the panels side by side
+    on one shared scale (:func:`activation_panels`), and a viridis colour bar from 0 to that scale's top."""
+    from PIL import Image, ImageDraw
+
+    acts = np.asarray(acts, dtype=np.float32)
+    k, h, w = acts.shape
+    body = activation_panels(acts, gap)
+    size, title_h, bar_h = _panel_bands(w)
+    width = body.shape[1]
+    canvas = np.full((title_h + h + bar_h, width), WHITE_INDEX, np.uint8)
+    canvas[title_h:title_h + h] = body
+    pad = max(3, size // 3)
+    x0, x1 = pad, max(pad + 1, width - pad)
+    bar = np.linspace(0, 254, x1 - x0).round().astype(np.uint8)
+    canvas[title_h + h + pad:title_h + h + pad + size, x0:x1] = bar
+    img = Image.frombytes("P", (width, canvas.shape[0]), np.ascontiguousarray(canvas).tobytes())
+    img.putpalette(PANEL_PALETTE.ravel().tolist())
+    _draw_titles(img, names, w, gap)
+    font = _font(size)
+    draw = ImageDraw.Draw(img)
+    y = title_h + h + 2 * pad + size
+    top = f"{panel_scale(acts):.3g}"
+    draw.text((x0, y), "0", fill=TEXT_INDEX, font=font)
+    draw.text((x1 - font.getlength(top), y), top, fill=TEXT_INDEX, font=font)
+    caption = _fit_text(font, "activation (W), one scale", max(0, x1 - x0 - font.getlength(top) - 3 * size))
+    draw.text(((width - font.getlength(caption)) / 2, y), caption, fill=TEXT_INDEX, font=font)
+    return _png(img, {"kind": "activations", "panel_width": int(w), "gap": int(gap), "title_height": int(title_h),
+                      "names": list(names)})
+
+
+def retitle_panels(path, names) -> bytes:
+    """An activation PNG written by :func:`titled_panels_png` with its titles drawn again for ``names``."""
+    from PIL import Image
+
+    meta = read_meta(path) or {}
+    if meta.get("kind") != "activations":
+        raise ValueError(f"{path}: not activation panels written by bigseg")
+    with Image.open(path) as img:
+        img = img.copy()
+    _draw_titles(img, names, int(meta["panel_width"]), int(meta["gap"]))
+    return _png(img, dict(meta, names=list(names)))

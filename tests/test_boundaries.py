@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from bigseg import config, features, model, preprocess, regions, segment, synth
 from bigseg.cli import main
+from bigseg.phases import csv_names
 
 
 def _features(images, s):
@@ -72,9 +73,10 @@ def test_a_run_reports_the_boundary_pixels_and_writes_k_phases(tmp_path):
     assert summary["boundaries"]["components"] == 1 and summary["boundaries"]["pixel_share"] > 0.01
     assert len(summary["components"]) == 3
     header = (out / "phase_fractions.csv").read_text().splitlines()[0].split(",")
-    assert header == ["image", "phase_0", "phase_1", "phase_2"]
     saved = json.loads((out / "model" / "model.json").read_text())
+    assert header == ["image"] + csv_names(saved["phase_names"]) and len(header) == 4   # boundaries get no column
     assert len(saved["transitions"]) == 1 and saved["n_components"] == 4
+    assert saved["transitions"] == [3]          # boundary rows come after the phases
 
 
 def test_a_damaged_boundary_list_is_refused(tmp_path, islands):
@@ -98,7 +100,9 @@ def test_without_room_for_a_refit_the_boundary_still_labels_nothing_and_the_run_
     fitted = model.fit(arrays, features.feature_names(s), s,
                        lambda objs: list(dask.compute(*objs, scheduler="sync")),
                        find_transitions=lambda H, lo, hi: ([0], [1.0] + [0.0] * (len(H) - 1)))
-    assert fitted.transitions == [0] and fitted.n_phases == s["n_components"] - 1 and "refit" not in fitted.report
+    # the boundary row moves behind the phases (phases.order)
+    assert fitted.transitions == [s["n_components"] - 1] and fitted.n_phases == s["n_components"] - 1
+    assert "refit" not in fitted.report
     fitted.save(tmp_path / "m")
     assert model.Model.load(tmp_path / "m").phases == fitted.phases
     kinds = [w["kind"] for w in diagnose.failure_modes(np.full(fitted.n_phases, 0.2), {}, fitted.report)]

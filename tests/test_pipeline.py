@@ -36,7 +36,7 @@ def finished_run(synth_dir, tmp_path_factory):
 def test_run_writes_the_documented_layout(finished_run, synth_dir):
     out = finished_run
     stems = sorted(p.stem for p in (synth_dir / "images").iterdir())
-    for sub in ["labels", "color", "activations"]:
+    for sub in ["labels", "color", "activations", "overlay"]:
         assert sorted(p.stem for p in (out / sub).glob("*.png")) == stems, sub
     for stem in stems:
         src = next((synth_dir / "images").glob(stem + ".*"))
@@ -46,9 +46,11 @@ def test_run_writes_the_documented_layout(finished_run, synth_dir):
         colour = np.asarray(Image.open(out / "color" / f"{stem}.png").convert("RGB"))
         np.testing.assert_array_equal(colour, colorize(lab))
     rows = list(csv.DictReader(open(out / "phase_fractions.csv")))
-    assert [r["image"] for r in rows] == stems
-    assert all(abs(sum(float(r[f"phase_{i}"]) for i in range(4)) - 1) < 1e-4 for r in rows)
     summary = json.loads((out / "summary.json").read_text())
+    columns = [c["column"] for c in summary["components"]]      # the phases' names, in label order
+    assert list(rows[0]) == ["image"] + columns and len(set(columns)) == 4
+    assert [r["image"] for r in rows] == stems
+    assert all(abs(sum(float(r[c]) for c in columns) - 1) < 1e-4 for r in rows)
     assert summary["n_images"] == len(stems) and summary["skipped"] == []
     assert 0 < summary["model"]["relative_error"] < 1 and "versions" in summary
     assert set(summary["timings_seconds"]) == {"ingest", "features", "fit", "segment"}
@@ -70,15 +72,16 @@ def test_store_is_ome_zarr_v3_with_named_dims(finished_run):
     assert root["images/synth00/0"].metadata.zarr_format == 3
     labels = root["images/synth00/labels/phases/0"]
     assert labels.shape == root["images/synth00/0"].shape
-    assert np.array_equal(labels[:], np.asarray(Image.open(finished_run / "labels" / "synth00.png")))
+    # the OME label image stores phase i as i + 1 (0 = unassigned); the PNG keeps 0..k-1
+    assert np.array_equal(labels[:], np.asarray(Image.open(finished_run / "labels" / "synth00.png")) + 1)
     ds = xr.open_zarr(str(finished_run / "store.zarr"), group="features/synth00", consolidated=False)
     assert ds["features"].dims == ("y", "x", "feature") and str(ds["image"].values) == "synth00"
     assert "blur_s8" in list(ds["feature"].values)
-    assert root["activations/synth00"].metadata.dimension_names == ("component", "y", "x")
-    soft = root["memberships/synth00"][:].astype(np.float32)
-    assert soft.shape == root["activations/synth00"].shape and soft.dtype == np.float32
+    assert root["activations/synth00/0"].metadata.dimension_names == ("component", "y", "x")
+    soft = root["memberships/synth00/0"][:].astype(np.float32)
+    assert soft.shape == root["activations/synth00/0"].shape and soft.dtype == np.float32
     np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=5e-3)
-    act = root["activations/synth00"][:]
+    act = root["activations/synth00/0"][:]
     # float16 shares only reorder near-ties
     assert np.mean(soft.argmax(0) == act.argmax(0)) > 0.999
 
@@ -108,7 +111,7 @@ def test_chunks_sized_by_memory_give_the_same_labels(finished_run, synth_dir, tm
                 "--out", str(out), "--quiet", "--set", "chunk_size=auto", "--set", "chunk_memory=1MiB"])
     assert res.exit_code == 0, res.output
     assert json.loads((out / "summary.json").read_text())["settings"]["chunk_memory"] == 2**20
-    assert zarr.open_array(str(out / "store.zarr" / "activations" / "synth01"), mode="r").chunks[1:] == (128, 128)
+    assert zarr.open_array(str(out / "store.zarr" / "activations" / "synth01" / "0"), mode="r").chunks[1:] == (128, 128)
     a = np.asarray(Image.open(out / "labels" / "synth01.png"))
     b = np.asarray(Image.open(finished_run / "labels" / "synth01.png"))
     assert np.mean(a == b) > 0.999
@@ -205,8 +208,8 @@ def test_physical_resize_uses_pixel_sizes_from_sidecar_and_tiff(synth_dir, tmp_p
     assert root["images/coarse"].attrs["bigseg"]["pixel_size_source"] == "pixel_size_csv"
     assert root["images/fine"].attrs["bigseg"]["pixel_size"] == pytest.approx(0.02)
     h, w = root["images/coarse/0"].shape
-    assert root["activations/coarse"].shape[1:] == (h, w)                    # 0.04 -> 0.04: native
-    assert root["activations/fine"].shape[1:] == (round(h / 2), round(w / 2))  # 0.02 -> 0.04: half
+    assert root["activations/coarse/0"].shape[1:] == (h, w)                    # 0.04 -> 0.04: native
+    assert root["activations/fine/0"].shape[1:] == (round(h / 2), round(w / 2))  # 0.02 -> 0.04: half
     assert np.asarray(Image.open(out / "labels" / "fine.png")).shape == (h, w)
 
 
