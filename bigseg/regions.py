@@ -99,16 +99,19 @@ def transition_components(labels: np.ndarray, k: int, radius: int = 2, share: fl
         The transition labels, at most ``k - 2`` (two regions must remain for a
         transition to lie between), the most transitional first.
     """
-    maps = list(counts_from) if counts_from is not None else [labels]
-    hits = np.zeros(k)
-    counts = np.zeros(k)
+    s, counts = pooled_between_share(list(counts_from) if counts_from is not None else [labels], k, radius)
+    order = [int(j) for j in np.argsort(-s, kind="stable") if s[j] > share and counts[j] > 0]
+    return order[: max(0, k - 2)]
+
+
+def pooled_between_share(maps, k: int, radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`between_share` over several label maps, weighted by pixels; and each label's pixel count."""
+    hits, counts = np.zeros(k), np.zeros(k)
     for m in maps:
         n = np.bincount(np.asarray(m).ravel(), minlength=k)[:k]
         hits += between_share(m, k, radius) * n
         counts += n
-    s = np.where(counts > 0, hits / np.maximum(counts, 1), 0.0)
-    order = [int(j) for j in np.argsort(-s, kind="stable") if s[j] > share and counts[j] > 0]
-    return order[: max(0, k - 2)]
+    return np.where(counts > 0, hits / np.maximum(counts, 1), 0.0), counts
 
 
 def absorb(labels: np.ndarray, drop, acts: np.ndarray | None = None) -> tuple[np.ndarray, int]:
@@ -185,8 +188,6 @@ def find_transitions(feature_maps, H, lo, hi, settings) -> tuple[list[int], list
     k = H.shape[0]
     maps = label_maps(feature_maps, H, lo, hi, settings)
     radius = window_radius([settings["gradient_sigma"], settings["laplacian_sigma"]])
-    counts = sum(np.bincount(m.ravel(), minlength=k)[:k] for m in maps)
-    hits = sum(between_share(m, k, radius) * np.bincount(m.ravel(), minlength=k)[:k] for m in maps)
-    shares = np.where(counts > 0, hits / np.maximum(counts, 1), 0.0)
+    shares, _ = pooled_between_share(maps, k, radius)
     drop = transition_components(None, k, radius, settings["transition_share"], counts_from=maps)
     return drop, [round(float(v), 4) for v in shares]
