@@ -368,9 +368,9 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     k, n_phases = model.n_components, model.n_phases
     # a record made with other spatial settings is stale: those labels are redone
-    made_by = {"settings": {k: settings[k] for k in SEGMENT_KEYS}, "model": model_digest(model)}
+    made_by = {"settings": {key: settings[key] for key in SEGMENT_KEYS}, "model": model_digest(model)}
     large, skipped = [], []
-    names = getattr(model, "phase_names", None)     # the OME labels' and memberships' phase names
+    names = model.phase_names     # the OME labels' and memberships' phase names
 
     def build(image_id):
         if segment_current(out_dir, image_id, made_by):
@@ -394,7 +394,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         # exports read the stored activations back: handing the lazy array to a second
         # consumer made dask compute every tile twice
         fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
-                                                             lab_arr, model.phases, list(model.phase_names),
+                                                             lab_arr, model.phases, list(names),
                                                              root[f"images/{image_id}/0"])
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
@@ -408,8 +408,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
             skipped.append(_failure("segment", image_id, exc))
     # the store root lists every image (an OME-Zarr collection); earlier images' labels take today's names
     store.write_index(root, out_dir)
-    if names:
-        store.rename_phases(root, names)
+    store.rename_phases(root, names)
     return done_now, skipped
 
 
@@ -455,7 +454,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     margin = features.segment_halo(settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
-    names = getattr(model, "phase_names", None)
+    names = model.phase_names
     memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16",
                                         names=names, colors=PALETTE)
     lab_arr = store.create_labels(root, image_id, (h, w), n_phases, PALETTE, chunk, names=names)
