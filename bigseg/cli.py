@@ -367,7 +367,7 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
     from .evaluate import evaluate_dirs, format_report
     from .io import atomic_write_text
 
-    res = evaluate_dirs(pred_dir, label_dir, n_classes)
+    res = _guarded(lambda: evaluate_dirs(pred_dir, label_dir, n_classes))
     click.echo(format_report(res))
     if json_out:
         atomic_write_text(json_out, json.dumps(res, indent=2))
@@ -483,7 +483,7 @@ def config_command(config, n_components, sets):
             load(config)
         except ConfigError as exc:     # the file alone first, so its errors say which file
             msg = str(exc)
-            raise click.ClickException(msg if msg.startswith(f"{config}:") else f"{config}: {msg}") from None
+            raise click.ClickException(msg if str(config) in msg else f"{config}: {msg}") from None
     try:
         settings = load(config, {"n_components": n_components} if n_components else {}, sets)
     except ConfigError as exc:

@@ -526,6 +526,14 @@ def resolved_store_features(settings: dict) -> bool:
     return settings["solver"] == "minibatch" if v == "auto" else bool(v)
 
 
+def _one_line(exc) -> str:
+    """A YAML error as one line: the problem and where (PyYAML's own text spans several, with a caret)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return " ".join(f"{problem}{where}".split())
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with the value read as YAML (so numbers, lists and null work)."""
     if "=" not in text:
@@ -537,7 +545,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot read value {raw!r}: {exc}") from None
+        raise ConfigError(f"{key}: cannot read value {raw!r}: {_one_line(exc)}") from None
     return key, value
 
 
@@ -554,7 +562,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config {path} is not valid YAML: {_one_line(exc)}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config {path} must be a mapping of key: value")
         for key in raw:

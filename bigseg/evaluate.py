@@ -92,12 +92,30 @@ def pair_files(pred_dir, label_dir) -> tuple[list[tuple[str, Path, Path]], list[
     return pairs, sorted(set(masks) - set(preds))
 
 
+#: more distinct values than this in one mask means it is an image, not a class-index mask
+MAX_CLASSES = 64
+
+
+def _mask(path) -> np.ndarray:
+    try:
+        return read_label_mask(path)
+    except Exception as exc:   # one line naming the file, whatever the reader raised
+        raise ValueError(f"{path}: unreadable mask ({type(exc).__name__}: {exc})") from None
+
+
 def evaluate_dirs(pred_dir, label_dir, n_classes: int | None = None, class_names=None) -> dict:
     """Pooled scores of every label PNG in ``pred_dir`` that has a mask of the same stem."""
     pairs, missing = pair_files(pred_dir, label_dir)
     if not pairs:
         raise FileNotFoundError(f"no prediction in {pred_dir} has a mask of the same name in {label_dir}")
-    loaded = [(read_label_mask(m), read_label_mask(p)) for _, p, m in pairs]
+    loaded = [(_mask(m), _mask(p)) for _, p, m in pairs]
+    for (_, _, m), (truth, _) in zip(pairs, loaded):
+        if n_classes is not None and truth.max() >= n_classes:
+            raise ValueError(f"{m}: holds class {int(truth.max())}, but --n-classes is {n_classes}")
+        distinct = np.unique(truth).size
+        if n_classes is None and distinct > MAX_CLASSES:
+            raise ValueError(f"{m}: holds {distinct} distinct values, not class indices (a mask stores 0, 1, "
+                             f"... per class); check --labels, or give --n-classes")
     n_cls = n_classes or int(max(t.max() for t, _ in loaded)) + 1
     n_clu = int(max(p.max() for _, p in loaded)) + 1
     cm = np.zeros((n_cls, n_clu), np.int64)

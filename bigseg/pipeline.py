@@ -56,6 +56,9 @@ def ingest_one(path: str, image_id: str, store_path: str, out_dir: str, record: 
     """
     crop_bottom = record["crop_setting"]
     try:
+        if image_id == "zarr.json" or image_id.startswith("__") or image_id in (".", ".."):
+            raise io.ImageReadError(f"{path}: its name {image_id!r} is reserved by Zarr and cannot name an image "
+                                    f"in the store; rename the file")
         if io.is_chunked_input(path):
             with io.ChunkedImage(path, max_pixels=max_pixels) as img:
                 crop = io.detect_data_bar_banded(img) if crop_bottom == "auto" else int(crop_bottom)
@@ -584,6 +587,10 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     ids, more = prepare_features(out_dir, ids, settings, runner)
     skipped += more
     timings["features"] = time.perf_counter() - t
+
+    if model is None and not ids:
+        reasons = "; ".join(s["error"] for s in skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+        raise ValueError(f"no image to fit on: every input was skipped ({reasons})")
 
     t = time.perf_counter()
     shown = rename.stored_names(out_dir / "model")     # what the folder's pictures were drawn with

@@ -51,3 +51,16 @@ def test_when_every_input_is_skipped_the_error_says_why(tmp_path, synth_dir):
     res = CliRunner().invoke(main, ["run", "--input", str(synth_dir / "images"), "--out", str(tmp_path / "o"),
                                     "--set", "resize=physical", "--set", "target_pixel_size=0.1", "--quiet"])
     assert res.exit_code == 1 and "every input was skipped (" in res.output and "pixel size is unknown" in res.output
+
+
+def test_a_file_whose_name_zarr_reserves_is_skipped_by_name(tmp_path, synth_dir):
+    import shutil
+
+    images = tmp_path / "in"
+    images.mkdir()
+    for p in sorted((synth_dir / "images").glob("*.png"))[:2]:
+        shutil.copy(p, images / p.name)
+    shutil.copy(p, images / "zarr.json.png")
+    res = CliRunner().invoke(main, ["run", "--input", str(images), "--out", str(tmp_path / "o"), "-k", "2",
+                                    "--quiet", "--set", "resize=native", "--set", "sample_size=3000"])
+    assert res.exit_code == 3 and "'zarr.json' is reserved by Zarr" in res.output and "Traceback" not in res.output
