@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config, features, io, preprocess, regions
+from .cluster import threaded_get
 from .model import Model, fit as fit_model, regularisation
 from .segment import activations_graph, labels_at, spatial_block
 
@@ -201,7 +202,7 @@ def image_activations(grey: np.ndarray, model: Model, settings: dict, pixel_size
     else:
         feats = _as_stored(lazy_features(grey, settings, pixel_size, name), settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
-                                 sweeps).compute(scheduler="threads")
+                                 sweeps).compute(scheduler=threaded_get)
     return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
 
 
