@@ -1,4 +1,4 @@
-"""Read a fit back to the user: component names from fingerprints, and the method's failure modes.
+"""Read a fit back to the user: the fingerprint chart and the method's failure modes (phase names: :mod:`bigseg.phases`).
 
 Failure modes checked (each with a suggested fix):
 
@@ -15,54 +15,6 @@ import numpy as np
 DOMINANT_SHARE = 0.90
 UNUSED_SHARE = 0.002
 SPECKLE_RATE = 0.25
-
-
-def _scores(H: np.ndarray, names) -> tuple[np.ndarray, np.ndarray]:
-    """Brightness (intensity and blurs) and texture (gradient, local variance) per component.
-
-    The Laplacian is left out of both: after scaling, a flat region sits in the
-    middle of its range, so its weight says "curved" (dark or bright spots), not
-    "rough".
-    """
-    names = list(names)
-    bright = [i for i, n in enumerate(names) if n == "intensity" or n.startswith("blur")]
-    texture = [i for i, n in enumerate(names) if n.startswith(("gradient", "variance", "local_std", "structure"))]
-    b = H[:, bright].mean(axis=1) if bright else np.zeros(len(H))
-    t = H[:, texture].mean(axis=1) if texture else np.zeros(len(H))
-    return b, t
-
-
-def _grade(values: np.ndarray, words) -> list[str]:
-    """Low / middle / high word for each value, relative to the spread across components."""
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1e-9:
-        return [words[1]] * len(values)
-    pos = (values - lo) / (hi - lo)
-    return [words[0] if p < 1 / 3 else words[2] if p > 2 / 3 else words[1] for p in pos]
-
-
-def component_names(H: np.ndarray, names) -> list[str]:
-    """Descriptive names such as ``"bright, smooth"`` from each H row over the named features.
-
-    Words are relative to the other components of the same fit: "bright" is the
-    brightest third of the components, not an absolute grey level. From the
-    fingerprints alone, which can mislead (a 96 % Laplacian row reads "dark,
-    smooth" whatever its pixels are): runs name phases with
-    :func:`bigseg.phases.describe`, which checks the words against the pixels.
-    """
-    H = np.asarray(H, dtype=np.float64)
-    b, t = _scores(H, names)
-    if len(H) == 1:
-        return ["all pixels"]
-    out = [f"{bw}, {tw}" for bw, tw in zip(_grade(b, ("dark", "mid-grey", "bright")),
-                                             _grade(t, ("smooth", "lightly textured", "textured")))]
-    counts = {n: out.count(n) for n in out}
-    seen: dict[str, int] = {}
-    for i, n in enumerate(out):   # two components may earn one name: number them
-        if counts[n] > 1:
-            seen[n] = seen.get(n, 0) + 1
-            out[i] = f"{n} ({seen[n]})"
-    return out
 
 
 def speckle_rate(labels: np.ndarray) -> float:

@@ -85,12 +85,8 @@ def read_grey(path, settings: dict, table: dict | None = None) -> tuple[np.ndarr
         img = io.read_image(path, max_pixels=settings["max_image_pixels"])
         grey, crop = io.crop_rows(img.data, crop_setting, img.source)
         file_pixel_size = img.pixel_size
-    # the order of pipeline._provenance: the sidecar table, the file's own metadata, the setting
-    pixel_size = None
-    for value in ((table or {}).get(path.stem), file_pixel_size, settings["pixel_size"]):
-        if value:
-            pixel_size = float(value)
-            break
+    pixel_size, _ = io.choose_pixel_size((table or {}).get(path.stem), file_pixel_size, None,
+                                         settings["pixel_size"])
     return np.ascontiguousarray(grey), pixel_size, int(crop)
 
 

@@ -679,6 +679,15 @@ def crop_rows(grey: np.ndarray, crop_bottom, source: str = "") -> tuple[np.ndarr
     return (grey[: grey.shape[0] - n] if n else grey), n
 
 
+def choose_pixel_size(sidecar, from_file, file_source, setting) -> tuple[float | None, str | None]:
+    """Micrometres per pixel and where it came from: the ``pixel_size_csv`` table first, then the file's own
+    metadata (``file_source`` names it), then the ``pixel_size`` setting; ``(None, None)`` when none says."""
+    for value, source in ((sidecar, "pixel_size_csv"), (from_file, file_source or "file"), (setting, "pixel_size")):
+        if value:
+            return float(value), source
+    return None, None
+
+
 def read_pixel_sizes(path) -> dict[str, float]:
     """A sidecar table ``image,pixel_size_um`` (image = file stem) as {stem: micrometres per pixel}."""
     import csv

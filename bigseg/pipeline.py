@@ -83,12 +83,8 @@ def _provenance(path, image_id, img, crop, crop_setting, shape, dtype, record) -
     """What the store records about one ingested image; the pixel size comes from the sidecar table first,
     then the file's own metadata, then the ``pixel_size`` setting."""
     sidecar_pixel_size, pixel_size_default = record["pixel_inputs"]
-    px, px_source = None, None
-    for value, source in ((sidecar_pixel_size, "pixel_size_csv"), (img.pixel_size, img.pixel_size_source or "file"),
-                          (pixel_size_default, "pixel_size")):
-        if value:
-            px, px_source = float(value), source
-            break
+    px, px_source = io.choose_pixel_size(sidecar_pixel_size, img.pixel_size, img.pixel_size_source,
+                                         pixel_size_default)
     return {"id": image_id, "source": str(Path(path).resolve()), "original_shape": list(img.original_shape),
             "original_dtype": img.original_dtype, "stored_dtype": str(np.dtype(dtype)), "crop_bottom": int(crop),
             "crop_setting": crop_setting, "shape": [int(s) for s in shape], "pixel_size": px,
@@ -148,10 +144,8 @@ def checked_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
 
     Raises ``ImageTooSmallError``, or ``ValueError`` when resize is 'physical' and the pixel size is unknown.
     """
-    shape = processing_shape(root, image_id, settings)
-    features.check_size(store.image_info(root, image_id)["shape"], settings, image_id)
-    features.check_size(shape, settings, image_id)
-    return shape
+    info = store.image_info(root, image_id)
+    return estimator.processing_shape(info["shape"], settings, info.get("pixel_size"), image_id)
 
 
 def _skip(skipped: list, image_id: str, exc: Exception) -> None:
@@ -409,9 +403,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
             done_now.append(image_id)
         except Exception as exc:   # one montage failing costs only itself
             skipped.append(_failure("segment", image_id, exc))
-    # the store root lists every image (an OME-Zarr collection); earlier images' labels take today's names
-    store.write_index(root, out_dir)
-    store.rename_phases(root, names)
+    store.write_index(root, out_dir)      # the store root lists every image (an OME-Zarr collection)
     return done_now, skipped
 
 
@@ -616,7 +608,7 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     }
     if shown is not None and shown != model.phase_names:
         # images segmented before, under other names: their legends follow (nothing is recomputed)
-        rename.relabel_pictures(out_dir, model.phase_names)
+        rename.relabel_outputs(out_dir, model.phase_names)
     write_tables(out_dir, ids, model, summary)
     write_report(out_dir)
     for warning in summary["warnings"]:

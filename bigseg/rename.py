@@ -45,12 +45,8 @@ def rename(out_dir, assignments) -> list[str]:
         model = Model.load(out_dir / "model")
         names = parse_assignments(assignments, model.phase_names)
         set_names(model, names)
-        relabel_pictures(out_dir, names)
+        relabel_outputs(out_dir, names)
         relabel_tables(out_dir, model)
-        if (out_dir / "store.zarr").exists():     # the OME label images' properties and the memberships' channels
-            from . import store
-
-            store.rename_phases(store.open_root(out_dir / "store.zarr"), names)
         write_model_names(out_dir / "model", model)
         if (out_dir / "report.html").exists():
             from .report import write_report
@@ -109,6 +105,15 @@ def relabel_tables(out_dir, model) -> None:
         io.atomic_write_text(table, buf.getvalue() + rest)
     if (out_dir / "fingerprints.png").exists():
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
+
+
+def relabel_outputs(out_dir, names) -> None:
+    """Every stored picture and the store's label and membership metadata show ``names``; no value changes."""
+    relabel_pictures(out_dir, names)
+    if (Path(out_dir) / "store.zarr").exists():     # the OME label images' properties, the memberships' channels
+        from . import store
+
+        store.rename_phases(store.open_root(Path(out_dir) / "store.zarr"), names)
 
 
 def relabel_pictures(out_dir, names) -> int:

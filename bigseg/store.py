@@ -592,7 +592,6 @@ def file_identity(path) -> dict | None:
     as ingesting it.
     """
     import hashlib
-    import os
 
     path = Path(path)
     digest = hashlib.sha256()

@@ -132,7 +132,7 @@ def test_one_image_failing_at_export_is_skipped_and_the_batch_completes(tmp_path
     (out / "labels" / f"{blocked}.png").mkdir(parents=True)     # an output path that is a folder
     res = _run("run", "--input", str(images), "--out", str(out), "-k", "3", *ARGS)
     assert res.exit_code == EXIT_SKIPPED
-    assert f"skipped [segment]" in res.output and blocked in res.output and "Traceback" not in res.output
+    assert "skipped [segment]" in res.output and blocked in res.output and "Traceback" not in res.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_images"] == 2 and [s["id"] for s in summary["skipped"]] == [blocked]
     header, rows = _csv_rows(out)

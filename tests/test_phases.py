@@ -13,7 +13,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from bigseg import config, diagnose, features, model, phases, preprocess, regions, segment, synth, viz
+from bigseg import config, features, model, phases, preprocess, regions, segment, synth, viz
 from bigseg.cli import main
 
 NAMES = ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s2", "blur_s8"]
@@ -76,7 +76,7 @@ def test_a_laplacian_component_on_mid_grey_pixels_is_not_called_dark_smooth():
     profiles = np.array([[0.15, 0.10, 0.45, 0.05, 0.15, 0.15],
                          [0.50, 0.55, 0.80, 0.45, 0.50, 0.50],
                          [0.85, 0.10, 0.50, 0.05, 0.85, 0.85]])
-    assert diagnose.component_names(H, NAMES)[1].startswith("dark, smooth")    # the fingerprint alone misleads
+    assert phases.fingerprint_names(H, NAMES)[1].startswith("dark, smooth")    # the fingerprint alone misleads
     names = phases.describe(profiles, H, NAMES)
     assert names == ["dark, smooth", "mid, textured, high laplacian_s1", "bright, smooth"]
     # a dominant feature the pixels do not show is left out
