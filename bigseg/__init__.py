@@ -1,8 +1,9 @@
 """bigseg: unsupervised phase segmentation of SEM micrographs of metals with NMF.
 
 The public face is :class:`PhaseSegmenter` (fit, transform, predict, save/load,
-scikit-learn conventions) and :func:`load_settings` (a YAML settings file,
-checked). Both are imported on first use, so ``import bigseg`` stays light.
+scikit-learn conventions), :class:`Settings` (checked, read-only settings) and
+:func:`load_settings` (a YAML settings file as a :class:`Settings`). All are
+imported on first use, so ``import bigseg`` stays light.
 
 Stages, ground floor first: :mod:`bigseg.io` (read, crop), :mod:`bigseg.preprocess`,
 :mod:`bigseg.features`, :mod:`bigseg.model` (scaling + NMF), :mod:`bigseg.segment`,
@@ -12,10 +13,11 @@ Stages, ground floor first: :mod:`bigseg.io` (read, crop), :mod:`bigseg.preproce
 
 __version__ = "0.1.0"
 
-__all__ = ["PhaseSegmenter", "load_settings", "__version__"]
+__all__ = ["PhaseSegmenter", "Settings", "load_settings", "__version__"]
 
 # public name -> (submodule, attribute); importing numpy, scipy or dask only when one is asked for
-_LAZY = {"PhaseSegmenter": ("estimator", "PhaseSegmenter"), "load_settings": ("config", "load")}
+_LAZY = {"PhaseSegmenter": ("estimator", "PhaseSegmenter"), "Settings": ("config", "Settings"),
+         "load_settings": ("config", "load_settings")}
 
 
 def __getattr__(name):
@@ -30,4 +32,4 @@ def __getattr__(name):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_LAZY))

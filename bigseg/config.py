@@ -3,6 +3,10 @@
 Every hyperparameter of the method is a key here. Validation happens before any
 work starts and names the offending key together with what is allowed, so a
 typo in a config never costs a long run.
+
+:class:`Settings` holds checked settings as one read-only object (by attribute
+or by key); the per-stage key lists (``FIT_KEYS``, ``Settings.stage("fit")``, ...) are all
+derived from each option's ``role``.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -283,6 +288,9 @@ def _odd_sizes(key, v):
     return sizes
 
 
+#: the feature kinds a setting may list; each is implemented by an entry of ``features.FEATURES`` (which
+#: checks it has one per name, in this order); named here, as every other setting's choices are, because
+#: features imports this module and the schema must not import scipy's kernels
 FEATURE_NAMES = ("intensity", "gradient", "laplacian", "variance", "blur", "hessian", "structure", "local_std",
                  "closing", "opening")
 #: named feature sets: "method" is the method's six features
@@ -439,15 +447,19 @@ def _keys(role: str) -> tuple[str, ...]:
     return tuple(k for k, o in OPTIONS.items() if o.role == role)
 
 
+#: the keys of each role, in the schema's order (``Settings.stage``), and "model": every key a saved model carries
+_STAGES = {role: _keys(role) for role in ROLES}
+_STAGES["model"] = _STAGES["features"] + _STAGES["fit"] + _STAGES["segment"] + _STAGES["kept"]
+
 #: settings that change the numbers a model was fitted on; a model only applies
 #: to features computed with the same values.
-MODEL_BOUND_KEYS = _keys("features")
+MODEL_BOUND_KEYS = _STAGES["features"]
 #: settings of the fit: changing them refits
-FIT_KEYS = _keys("fit")
+FIT_KEYS = _STAGES["fit"]
 #: settings of the segment stage alone: changing them redoes the labels, not the fit
-SEGMENT_KEYS = _keys("segment")
+SEGMENT_KEYS = _STAGES["segment"]
 #: everything a saved model carries: what defines the segmentation, never where or how a run goes
-MODEL_KEYS = MODEL_BOUND_KEYS + FIT_KEYS + SEGMENT_KEYS + _keys("kept")
+MODEL_KEYS = _STAGES["model"]
 
 
 def defaults() -> dict[str, Any]:
@@ -601,6 +613,248 @@ def _norm(v):
     if isinstance(v, float) and v.is_integer():
         return int(v)
     return v
+
+
+def config_path(value: str | Path) -> Path:
+    """``value`` as a path, or the settings file shipped with bigseg it names (``default``, ``metaldam``).
+
+    A name counts only where no such file exists here and it has no folder
+    part, as for the CLI's CONFIG argument.
+    """
+    path = Path(value)
+    if not path.exists() and path.parent == Path("."):
+        from importlib.resources import files
+
+        shipped = files("bigseg.configs") / f"{path.stem}.yaml"
+        if shipped.is_file():
+            return Path(str(shipped))
+    return path
+
+
+class _Pairs(tuple):
+    """A dict frozen inside :class:`Settings`: its ``(key, value)`` pairs, told apart from a frozen list."""
+
+    __slots__ = ()
+
+
+def _freeze(v):
+    if isinstance(v, dict):
+        return _Pairs((k, _freeze(x)) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+def _thaw(v):
+    # validated values hold lists and dicts, never tuples, so a tuple always was a list
+    if isinstance(v, _Pairs):
+        return {k: _thaw(x) for k, x in v}
+    if isinstance(v, tuple):
+        return [_thaw(x) for x in v]
+    return v
+
+
+def _hashable(v):
+    # equality of Settings is that of plain dicts, where a dict's key order does not count
+    if isinstance(v, _Pairs):
+        return frozenset((k, _hashable(x)) for k, x in v)
+    if isinstance(v, tuple):
+        return tuple(_hashable(x) for x in v)
+    return v
+
+
+class Settings(Mapping):
+    """Validated, read-only settings: every key of :data:`OPTIONS`, by attribute or by key.
+
+    A :class:`~collections.abc.Mapping`, so code written for the plain dicts
+    :func:`validate` returns keeps working: ``s["n_components"]``,
+    ``PhaseSegmenter(**s)``, ``dict(s)``, and ``s == d`` against such a dict.
+    Values come out as fresh lists and dicts, so nothing read from a
+    Settings can change it.
+
+    Parameters
+    ----------
+    mapping : mapping, optional
+        Settings to start from; keys left out take their defaults.
+    **kw
+        More settings; they win over ``mapping``.
+
+    Raises
+    ------
+    ConfigError
+        A key is unknown or a value not allowed; the message is
+        :func:`validate`'s one line.
+
+    Examples
+    --------
+    >>> s = Settings(n_components=3, resize="native")
+    >>> s.n_components, s["resize"]
+    (3, 'native')
+    >>> s.replace(spatial_weight=0.0).spatial_weight
+    0.0
+    >>> Settings.stage("segment")
+    ('spatial_weight', 'spatial_sweeps')
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, mapping=None, /, **kw):
+        given = dict({} if mapping is None else mapping, **kw)
+        object.__setattr__(self, "_items", {k: _freeze(v) for k, v in validate(given).items()})
+
+    @classmethod
+    def _trusted(cls, validated: dict) -> Settings:
+        # for what validate has already checked (load) or a pickle of a Settings: checking again costs a
+        # feature-name computation and can only agree
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "_items", {k: _freeze(v) for k, v in validated.items()})
+        return obj
+
+    @classmethod
+    def from_dict(cls, d) -> Settings:
+        """Settings from a mapping of key: value, checked by :func:`validate`.
+
+        Parameters
+        ----------
+        d : mapping
+            Any subset of the keys of :data:`OPTIONS`; the rest take their defaults.
+
+        Returns
+        -------
+        Settings
+        """
+        return cls(d)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+             sets: tuple[str, ...] | list[str] = ()) -> Settings:
+        """Settings from a YAML file or the name of a shipped one, then ``overrides``, then ``key=value`` strings.
+
+        Parameters
+        ----------
+        path : str or Path, optional
+            A YAML settings file, or the name of one shipped with bigseg
+            (``default``, ``metaldam``; see :func:`config_path`). None: the defaults.
+        overrides : dict, optional
+            Settings that win over the file; None values are ignored.
+        sets : sequence of str
+            ``key=value`` strings (values read as YAML), applied last.
+
+        Returns
+        -------
+        Settings
+        """
+        return cls._trusted(load(None if path is None else config_path(path), overrides, sets))
+
+    @classmethod
+    def stage(cls, role: str) -> tuple[str, ...]:
+        """The keys of one role, in the schema's order, derived from each option's ``role``.
+
+        Parameters
+        ----------
+        role : {"features", "fit", "segment", "kept", "model"}
+            ``features``: the settings a model's numbers depend on
+            (:data:`MODEL_BOUND_KEYS`, preprocessing included); ``fit``
+            (:data:`FIT_KEYS`); ``segment`` (:data:`SEGMENT_KEYS`); ``kept``;
+            ``model``: everything a saved model carries (:data:`MODEL_KEYS`).
+            Roles, not ``Option.stage``, which only groups the YAML file.
+
+        Returns
+        -------
+        tuple of str
+            The very tuple of the module constant named above.
+        """
+        try:
+            return _STAGES[role]
+        except KeyError:
+            raise ValueError(f"unknown stage {role!r}; allowed: {', '.join(_STAGES)}") from None
+
+    def replace(self, **changes) -> Settings:
+        """A copy with ``changes`` applied, checked as a whole by :func:`validate`.
+
+        Parameters
+        ----------
+        **changes
+            New values of keys of :data:`OPTIONS`.
+
+        Returns
+        -------
+        Settings
+
+        Raises
+        ------
+        ConfigError
+            A key is unknown, a value not allowed, or the changed settings do
+            not fit together (e.g. more components than features).
+        """
+        return type(self)(self.to_dict(), **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict the rest of bigseg passes around, as :func:`validate` returns it (a fresh copy)."""
+        return {k: _thaw(v) for k, v in self._items.items()}
+
+    def __getitem__(self, key):
+        return _thaw(self._items[key])
+
+    def __iter__(self):
+        return iter(self._items)
+
+    def __len__(self):
+        return len(self._items)
+
+    def __getattr__(self, name):
+        # only reached where ordinary look-up fails; private and dunder names must not recurse into _items
+        if name.startswith("_"):
+            raise AttributeError(name)
+        items = object.__getattribute__(self, "_items")
+        if name not in items:
+            raise AttributeError(str(_unknown(name)))
+        return _thaw(items[name])
+
+    def __setattr__(self, name, value):
+        raise dataclasses.FrozenInstanceError(f"Settings are read-only; s.replace({name}=...) gives a changed copy")
+
+    def __delattr__(self, name):
+        raise dataclasses.FrozenInstanceError("Settings are read-only")
+
+    def __hash__(self):
+        return hash(frozenset((k, _hashable(v)) for k, v in self._items.items()))
+
+    def __reduce__(self):
+        return type(self)._trusted, (self.to_dict(),)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._items))
+
+    def __repr__(self):
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if _norm(v) != _norm(OPTIONS[k].default))
+        return f"{type(self).__name__}({changed})"
+
+
+# a key named like a method would be reachable only as s[key]
+if set(OPTIONS) & set(dir(Settings)):
+    raise ImportError(f"settings named like Settings methods: {sorted(set(OPTIONS) & set(dir(Settings)))}")
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+                  sets: tuple[str, ...] | list[str] = ()) -> Settings:
+    """Checked :class:`Settings` from a YAML file (or a shipped one's name); see :meth:`Settings.load`.
+
+    Parameters
+    ----------
+    path : str or Path, optional
+        A YAML settings file, or ``default`` / ``metaldam``. None: the defaults.
+    overrides : dict, optional
+        Settings that win over the file; None values are ignored.
+    sets : sequence of str
+        ``key=value`` strings, applied last.
+
+    Returns
+    -------
+    Settings
+        Read-only; indexes like the dict :func:`load` returns and compares equal to it.
+    """
+    return Settings.load(path, overrides, sets)
 
 
 if __name__ == "__main__":   # python -m bigseg.config > configs/default.yaml

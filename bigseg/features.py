@@ -6,6 +6,11 @@ of a block come from one halo exchange. ``scripts/bench_features.py`` measures
 the two side by side (1.6-1.7x in favour of the fused kernel on a 1024x1024 image,
 256-pixel chunks, 2 cores).
 
+Each kind of feature is one :class:`FeatureKind` in :data:`FEATURES` (the
+settings it reads, its channel names, its halo, its kernel); adding a kind is
+an entry there, its options in ``config.OPTIONS`` and its name in
+``config.FEATURE_NAMES``, and nothing else.
+
 Layout of the result: ``(y, x, feature)``, float32, so a block reshapes to the
 ``(pixels, features)`` matrix NMF wants without a copy.
 """
@@ -13,73 +18,58 @@ Layout of the result: ``(y, x, feature)``, float32, so a block reshapes to the
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from .config import feature_kinds
+from .config import FEATURE_NAMES, OPTIONS, feature_kinds
 
 
 class ImageTooSmallError(ValueError):
     """The image is smaller than the filter halo, so its features are undefined."""
 
 
-def feature_names(settings: dict) -> list[str]:
-    """Names of the feature channels, in order."""
-    names = []
-    for kind in feature_kinds(settings):
-        if kind == "blur":
-            names += [f"blur_s{s:g}" for s in settings["blur_sigmas"]]
-        elif kind == "hessian":
-            names += [f"hessian_{e}_s{s:g}" for s in settings["hessian_sigmas"] for e in ("max", "min")]
-        elif kind == "structure":
-            d, i = settings["structure_sigmas"]
-            names += [f"structure_{e}_s{d:g}_{i:g}" for e in ("max", "min")]
-        elif kind == "local_std":
-            names += [f"local_std_s{s:g}" for s in settings["local_std_sigmas"]]
-        elif kind in ("closing", "opening"):
-            names += [f"{kind}_w{s}" for s in settings[f"{kind}_sizes"]]
-        elif kind == "gradient":
-            names.append(f"gradient_s{settings['gradient_sigma']:g}")
-        elif kind == "laplacian":
-            names.append(f"laplacian_s{settings['laplacian_sigma']:g}")
-        elif kind == "variance":
-            names.append(f"variance_w{settings['variance_size']}")
-        else:
-            names.append(kind)
-    return names
+@dataclass(frozen=True)
+class FeatureKind:
+    """One kind of feature: the settings it reads, its channels, its halo and its kernel.
+
+    Every function of a kind receives ``p``, a dict of exactly the settings in
+    ``params``, so a kind that reads a setting it does not declare fails at
+    once instead of silently escaping the model-bound check.
+
+    Attributes
+    ----------
+    name : str
+        The kind as the ``features`` setting lists it.
+    params : tuple of str
+        The settings it reads.
+    channels : callable
+        ``channels(p) -> list of str``: names of its channels, in the order ``kernel`` yields them.
+    radius : callable
+        ``radius(p) -> int``: rows/columns of neighbours one output pixel depends on.
+    kernel : callable
+        ``kernel(img, p) -> list of ndarray``: its channels of one float32 block, each of the block's shape.
+    says : {"brightness", "texture", None}
+        What a phase scoring high on it is (:mod:`bigseg.phases` names phases from it); None for neither.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    channels: Callable[[dict], list[str]]
+    radius: Callable[[dict], int]
+    kernel: Callable[[np.ndarray, dict], list[np.ndarray]]
+    says: str | None = None
+
+    def args(self, settings) -> dict:
+        """The settings this kind reads, out of a whole settings mapping."""
+        return {k: settings[k] for k in self.params}
 
 
 def _radius(sigma: float, truncate: float) -> int:
     # scipy.ndimage's own kernel radius for a Gaussian (and its derivatives)
     return int(truncate * float(sigma) + 0.5)
-
-
-def halo(settings: dict) -> int:
-    """Rows/columns of neighbours one output pixel depends on."""
-    t = settings["truncate"]
-    r = [0]
-    kinds = feature_kinds(settings)
-    if "gradient" in kinds:
-        r.append(_radius(settings["gradient_sigma"], t))
-    if "laplacian" in kinds:
-        r.append(_radius(settings["laplacian_sigma"], t))
-    if "variance" in kinds:
-        r.append(settings["variance_size"] // 2)
-    if "blur" in kinds:
-        r += [_radius(s, t) for s in settings["blur_sigmas"]]
-    if "hessian" in kinds:
-        r += [_radius(s, t) for s in settings["hessian_sigmas"]]
-    if "structure" in kinds:
-        d, i = settings["structure_sigmas"]
-        r.append(_radius(d, t) + _radius(i, t))      # smoothing of a gradient product
-    if "local_std" in kinds:
-        r += [_radius(s, t) for s in settings["local_std_sigmas"]]
-    for kind in ("closing", "opening"):
-        if kind in kinds:
-            # a dilation then an erosion (or the reverse), each reaching half the window
-            r += [2 * (s // 2) for s in settings[f"{kind}_sizes"]]
-    return max(r)
 
 
 def _eig2(a, b, c):
@@ -89,6 +79,128 @@ def _eig2(a, b, c):
     return mean + root, mean - root
 
 
+def _gradient(img, p):
+    return [ndi.gaussian_gradient_magnitude(img, p["gradient_sigma"], mode="reflect", truncate=p["truncate"])]
+
+
+def _laplacian(img, p):
+    return [ndi.gaussian_laplace(img, p["laplacian_sigma"], mode="reflect", truncate=p["truncate"])]
+
+
+def _variance(img, p):
+    size = p["variance_size"]
+    mean = ndi.uniform_filter(img, size, mode="reflect")
+    mean_sq = ndi.uniform_filter(img * img, size, mode="reflect")
+    return [np.maximum(mean_sq - mean * mean, 0.0)]
+
+
+def _blur(img, p):
+    return [ndi.gaussian_filter(img, s, mode="reflect", truncate=p["truncate"]) for s in p["blur_sigmas"]]
+
+
+def _hessian(img, p):
+    out = []
+    for s in p["hessian_sigmas"]:
+        # scale-normalised (sigma^2) second derivatives, so scales compare
+        d = [s * s * ndi.gaussian_filter(img, s, order=o, mode="reflect", truncate=p["truncate"])
+             for o in ((2, 0), (1, 1), (0, 2))]
+        out += list(_eig2(*d))
+    return out
+
+
+def _structure(img, p):
+    d, i = p["structure_sigmas"]
+    t = p["truncate"]
+    gy = ndi.gaussian_filter(img, d, order=(1, 0), mode="reflect", truncate=t)
+    gx = ndi.gaussian_filter(img, d, order=(0, 1), mode="reflect", truncate=t)
+    smooth = [ndi.gaussian_filter(q, i, mode="reflect", truncate=t) for q in (gy * gy, gy * gx, gx * gx)]
+    return [np.maximum(e, 0.0) for e in _eig2(*smooth)]
+
+
+def _local_std(img, p):
+    out = []
+    for s in p["local_std_sigmas"]:
+        mean = ndi.gaussian_filter(img, s, mode="reflect", truncate=p["truncate"])
+        mean_sq = ndi.gaussian_filter(img * img, s, mode="reflect", truncate=p["truncate"])
+        out.append(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)))
+    return out
+
+
+def _granulometry(name: str, op) -> FeatureKind:
+    """Grey closings or openings at several window sides (``<name>_sizes``)."""
+    key = f"{name}_sizes"
+    return FeatureKind(
+        name, (key,),
+        channels=lambda p: [f"{name}_w{s}" for s in p[key]],
+        # a dilation then an erosion (or the reverse), each reaching half the window
+        radius=lambda p: max(2 * (s // 2) for s in p[key]),
+        kernel=lambda img, p: [op(img, size=(s, s), mode="reflect") for s in p[key]])
+
+
+def _max_radius(key):
+    return lambda p: max(_radius(s, p["truncate"]) for s in p[key])
+
+
+#: every feature kind, in the order of ``config.FEATURE_NAMES`` (the kinds the settings allow)
+FEATURES: dict[str, FeatureKind] = {k.name: k for k in (
+    FeatureKind("intensity", (), channels=lambda p: ["intensity"], radius=lambda p: 0, kernel=lambda img, p: [img],
+                says="brightness"),
+    FeatureKind("gradient", ("gradient_sigma", "truncate"),
+                channels=lambda p: [f"gradient_s{p['gradient_sigma']:g}"],
+                radius=lambda p: _radius(p["gradient_sigma"], p["truncate"]), kernel=_gradient, says="texture"),
+    # no "says": after scaling a flat region sits mid-range, so a high Laplacian is not "rough"
+    FeatureKind("laplacian", ("laplacian_sigma", "truncate"),
+                channels=lambda p: [f"laplacian_s{p['laplacian_sigma']:g}"],
+                radius=lambda p: _radius(p["laplacian_sigma"], p["truncate"]), kernel=_laplacian),
+    FeatureKind("variance", ("variance_size",), channels=lambda p: [f"variance_w{p['variance_size']}"],
+                radius=lambda p: p["variance_size"] // 2, kernel=_variance, says="texture"),
+    FeatureKind("blur", ("blur_sigmas", "truncate"), channels=lambda p: [f"blur_s{s:g}" for s in p["blur_sigmas"]],
+                radius=_max_radius("blur_sigmas"), kernel=_blur, says="brightness"),
+    FeatureKind("hessian", ("hessian_sigmas", "truncate"),
+                channels=lambda p: [f"hessian_{e}_s{s:g}" for s in p["hessian_sigmas"] for e in ("max", "min")],
+                radius=_max_radius("hessian_sigmas"), kernel=_hessian),
+    FeatureKind("structure", ("structure_sigmas", "truncate"),
+                channels=lambda p: [f"structure_{e}_s{p['structure_sigmas'][0]:g}_{p['structure_sigmas'][1]:g}"
+                                    for e in ("max", "min")],
+                # smoothing of a gradient product: the two reaches add
+                radius=lambda p: sum(_radius(s, p["truncate"]) for s in p["structure_sigmas"]),
+                kernel=_structure, says="texture"),
+    FeatureKind("local_std", ("local_std_sigmas", "truncate"),
+                channels=lambda p: [f"local_std_s{s:g}" for s in p["local_std_sigmas"]],
+                radius=_max_radius("local_std_sigmas"), kernel=_local_std, says="texture"),
+    _granulometry("closing", ndi.grey_closing),
+    _granulometry("opening", ndi.grey_opening),
+)}
+# config lists the kinds a user may write (as it lists every other setting's choices); each needs an entry here
+if tuple(FEATURES) != FEATURE_NAMES:
+    raise ImportError(f"bigseg.features.FEATURES {tuple(FEATURES)} does not match config.FEATURE_NAMES "
+                      f"{FEATURE_NAMES}")
+
+#: the settings ``feature_block`` reads, in the schema's order: the kinds' own and ``features`` itself
+FEATURE_PARAM_KEYS = tuple(k for k in OPTIONS
+                           if k == "features" or any(k in kind.params for kind in FEATURES.values()))
+
+
+def kinds(settings) -> list[FeatureKind]:
+    """The registry entries of the kinds ``settings["features"]`` stands for, in order."""
+    out = []
+    for name in feature_kinds(settings):
+        if name not in FEATURES:   # config validation makes this unreachable for user input
+            raise ValueError(f"unknown feature {name!r}")
+        out.append(FEATURES[name])
+    return out
+
+
+def feature_names(settings: dict) -> list[str]:
+    """Names of the feature channels, in order."""
+    return [n for kind in kinds(settings) for n in kind.channels(kind.args(settings))]
+
+
+def halo(settings: dict) -> int:
+    """Rows/columns of neighbours one output pixel depends on."""
+    return max([0] + [kind.radius(kind.args(settings)) for kind in kinds(settings)])
+
+
 def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
     """All features of one (haloed) 2-D block, stacked on a last axis.
 
@@ -96,51 +208,15 @@ def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
     is pure and ships to any worker.
     """
     img = np.asarray(block, dtype=np.float32)
-    t = params["truncate"]
     out = []
-    for kind in feature_kinds(params):
-        if kind == "intensity":
-            out.append(img)
-        elif kind == "gradient":
-            out.append(ndi.gaussian_gradient_magnitude(img, params["gradient_sigma"], mode="reflect", truncate=t))
-        elif kind == "laplacian":
-            out.append(ndi.gaussian_laplace(img, params["laplacian_sigma"], mode="reflect", truncate=t))
-        elif kind == "variance":
-            size = params["variance_size"]
-            mean = ndi.uniform_filter(img, size, mode="reflect")
-            mean_sq = ndi.uniform_filter(img * img, size, mode="reflect")
-            out.append(np.maximum(mean_sq - mean * mean, 0.0))
-        elif kind == "blur":
-            out += [ndi.gaussian_filter(img, s, mode="reflect", truncate=t) for s in params["blur_sigmas"]]
-        elif kind == "hessian":
-            for s in params["hessian_sigmas"]:
-                # scale-normalised (sigma^2) second derivatives, so scales compare
-                d = [s * s * ndi.gaussian_filter(img, s, order=o, mode="reflect", truncate=t)
-                     for o in ((2, 0), (1, 1), (0, 2))]
-                out += list(_eig2(*d))
-        elif kind == "structure":
-            d, i = params["structure_sigmas"]
-            gy = ndi.gaussian_filter(img, d, order=(1, 0), mode="reflect", truncate=t)
-            gx = ndi.gaussian_filter(img, d, order=(0, 1), mode="reflect", truncate=t)
-            smooth = [ndi.gaussian_filter(p, i, mode="reflect", truncate=t) for p in (gy * gy, gy * gx, gx * gx)]
-            out += [np.maximum(e, 0.0) for e in _eig2(*smooth)]
-        elif kind == "local_std":
-            for s in params["local_std_sigmas"]:
-                mean = ndi.gaussian_filter(img, s, mode="reflect", truncate=t)
-                mean_sq = ndi.gaussian_filter(img * img, s, mode="reflect", truncate=t)
-                out.append(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)))
-        elif kind in ("closing", "opening"):
-            op = ndi.grey_closing if kind == "closing" else ndi.grey_opening
-            out += [op(img, size=(s, s), mode="reflect") for s in params[f"{kind}_sizes"]]
-        else:  # config validation makes this unreachable for user input
-            raise ValueError(f"unknown feature {kind!r}")
+    for kind in kinds(params):
+        out += kind.kernel(img, kind.args(params))
     return np.stack(out, axis=-1).astype(np.float32, copy=False)
 
 
 def feature_params(settings: dict) -> dict:
-    keys = ("features", "gradient_sigma", "laplacian_sigma", "variance_size", "blur_sigmas", "hessian_sigmas",
-            "structure_sigmas", "local_std_sigmas", "closing_sizes", "opening_sizes", "truncate")
-    return {k: settings[k] for k in keys}
+    """The plain values ``feature_block`` reads (``FEATURE_PARAM_KEYS``) out of whole settings."""
+    return {k: settings[k] for k in FEATURE_PARAM_KEYS}
 
 
 #: ``chunk_size: auto``: the image's longer side rounded up to a step, at most the cap

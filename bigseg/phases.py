@@ -30,10 +30,19 @@ MAX_NAME_LENGTH = 100
 #: brightness words by the number of distinct intensity levels among the phases
 _LEVEL_WORDS = {1: ["mid"], 2: ["dark", "bright"], 3: ["dark", "mid", "bright"],
                 4: ["darkest", "dark", "bright", "brightest"], 5: ["darkest", "dark", "mid", "bright", "brightest"]}
-#: features whose weight says "rough"; the Laplacian is not one: after scaling a flat region sits mid-range
-TEXTURE_PREFIXES = ("gradient", "variance", "local_std", "structure")
-#: features that say "bright" (already in the brightness word, so never appended as the dominant feature)
-BRIGHTNESS_PREFIXES = ("intensity", "blur")
+
+
+def _kinds_saying(says: str) -> tuple[str, ...]:
+    """Names of the feature kinds whose weight says ``says`` ("texture": rough; "brightness": bright).
+
+    A channel's name starts with its kind's, so these are prefixes of channel
+    names. Brightness kinds are already in the brightness word, so never
+    appended as the dominant feature.
+    """
+    # here, not at the top: naming phases is the only use, and rename need not import scipy
+    from .features import FEATURES
+
+    return tuple(k.name for k in FEATURES.values() if k.says == says)
 
 
 def brightness_column(feature_names) -> int:
@@ -128,7 +137,8 @@ def _brightness_words(values: np.ndarray) -> list[str]:
 
 
 def _texture_words(profiles: np.ndarray, names: list) -> list[str | None]:
-    cols = [i for i, n in enumerate(names) if n.startswith(TEXTURE_PREFIXES)]
+    texture = _kinds_saying("texture")
+    cols = [i for i, n in enumerate(names) if n.startswith(texture)]
     if not cols:
         return [None] * len(profiles)
     t = profiles[:, cols].mean(axis=1)
@@ -146,7 +156,7 @@ def _confirmed_feature(i: int, profiles: np.ndarray, H: np.ndarray, names: list)
     """
     row = np.asarray(H[i], np.float64)
     f = int(np.argmax(row))
-    if row.sum() <= 0 or row[f] / row.sum() < DOMINANT_SHARE or names[f].startswith(BRIGHTNESS_PREFIXES):
+    if row.sum() <= 0 or row[f] / row.sum() < DOMINANT_SHARE or names[f].startswith(_kinds_saying("brightness")):
         return None
     others = np.delete(profiles[:, f], i)
     if others.size and profiles[i, f] < others.max() + SAME_LEVEL:

@@ -75,3 +75,98 @@ def test_model_key_groups_come_from_the_schema():
     # where and how a run goes is never part of a model
     for key in ("cluster", "chunk_size", "chunk_memory", "store_features", "max_image_pixels", "pixel_size_csv"):
         assert key not in config.MODEL_KEYS
+
+
+# --- Settings: the same schema, read-only ---------------------------------------------------------------------------
+
+def test_settings_are_frozen_and_hand_out_copies():
+    s = config.Settings(n_components=3)
+    with pytest.raises(AttributeError, match="read-only.*replace"):
+        s.n_components = 4
+    with pytest.raises(TypeError):
+        s["n_components"] = 4
+    with pytest.raises(AttributeError):
+        del s.n_components
+    s.blur_sigmas.append(99.0)
+    s["normalize_percentiles"][0] = 5.0
+    assert s.blur_sigmas == [2.0, 8.0] and s["normalize_percentiles"] == [0.0, 100.0]
+    assert s.n_components == s["n_components"] == 3
+
+
+def test_settings_replace_validates_the_whole():
+    s = config.Settings(n_components=3)
+    t = s.replace(spatial_weight=0, blur_sigmas=[1, 3])
+    assert (t.spatial_weight, t.blur_sigmas, t.n_components) == (0.0, [1.0, 3.0], 3)
+    assert s.spatial_weight == 2.0                      # the original is untouched
+    with pytest.raises(config.ConfigError, match="solver"):
+        s.replace(solver="adam")
+    with pytest.raises(config.ConfigError, match="n_components: 3 components but features"):
+        s.replace(features=["intensity", "gradient"])   # checked together, not key by key
+    with pytest.raises(config.ConfigError, match="did you mean 'n_components'"):
+        s.replace(n_component=4)
+
+
+def test_settings_stage_keys_are_the_module_constants():
+    assert config.Settings.stage("features") is config.MODEL_BOUND_KEYS
+    assert config.Settings.stage("fit") is config.FIT_KEYS
+    assert config.Settings.stage("segment") is config.SEGMENT_KEYS
+    assert config.Settings.stage("model") is config.MODEL_KEYS
+    for role in config.ROLES:
+        assert config.Settings.stage(role) == tuple(k for k, o in config.OPTIONS.items() if o.role == role)
+    assert config.Settings().stage("kept") == ("crop_bottom",)
+    with pytest.raises(ValueError, match="unknown stage 'fitting'"):
+        config.Settings.stage("fitting")
+
+
+def test_settings_round_trip_to_and_from_dict(tmp_path):
+    given = {"n_components": 3, "resize": "256x320", "blur_sigmas": [1, 3], "chunk_memory": "256MiB",
+             "cluster": {"type": "slurm", "cores": 4, "memory": "8GB", "job_extra_directives": ["--gres=gpu:0"]}}
+    plain = config.validate(given)
+    s = config.Settings.from_dict(given)
+    assert s.to_dict() == plain and type(s.to_dict()) is dict
+    assert s == plain and plain == s and dict(s) == plain
+    assert config.Settings(**plain) == s == config.Settings(plain)
+    assert config.Settings.from_dict(s.to_dict()) == s
+    assert s.resize == [256, 320] and s.chunk_memory == 256 * 2 ** 20 and s.cluster["jobs"] == 1
+    assert yaml.safe_load(yaml.safe_dump(s.to_dict())) == plain
+    assert config.Settings() == config.defaults() and config.Settings() != s
+    # a Settings is immutable, so it can key a cache; equal ones hash alike whatever a dict's key order
+    assert hash(s) == hash(config.Settings.from_dict(dict(given, cluster=dict(reversed(given["cluster"].items())))))
+    import copy
+    import pickle
+
+    assert pickle.loads(pickle.dumps(s)) == s and copy.deepcopy(s) == s
+    assert repr(config.Settings(n_components=3)) == "Settings(n_components=3)"
+
+
+@pytest.mark.parametrize("given", [{"solver": "adam"}, {"n_components": 0}, {"features": ["intensity", "colour"]},
+                                   {"n_component": 4}, {"variance_size": 4}, {"resize": "physical"},
+                                   {"solver": "minibatch", "init": "nndsvd"}])
+def test_settings_errors_are_those_of_validate(given):
+    with pytest.raises(config.ConfigError) as expected:
+        config.validate(given)
+    with pytest.raises(config.ConfigError) as got:
+        config.Settings(**given)
+    assert str(got.value) == str(expected.value) and "\n" not in str(got.value)
+    with pytest.raises(config.ConfigError) as got:
+        config.Settings.from_dict(given)
+    assert str(got.value) == str(expected.value)
+
+
+def test_unknown_attribute_names_the_nearest_setting():
+    with pytest.raises(AttributeError, match="did you mean 'n_components'"):
+        config.Settings().n_component
+
+
+def test_load_settings_gives_settings_and_knows_shipped_names(tmp_path):
+    import bigseg
+
+    assert bigseg.Settings is config.Settings and "Settings" in dir(bigseg)
+    (tmp_path / "s.yaml").write_text("resize: native\nspatial_weight: 1.0\n")
+    s = bigseg.load_settings(tmp_path / "s.yaml", sets=["n_components=3"])
+    assert isinstance(s, config.Settings) and s["resize"] == "native" and s.n_components == 3
+    assert s == config.load(tmp_path / "s.yaml", sets=["n_components=3"])
+    assert config.Settings.load("metaldam") == config.load(ROOT / "configs" / "metaldam.yaml")
+    assert config.Settings.load() == config.defaults()
+    with pytest.raises(config.ConfigError, match="cannot read config"):
+        config.Settings.load(tmp_path / "missing.yaml")

@@ -297,11 +297,11 @@ def test_import_bigseg_is_light_and_names_its_api():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=env_for_subprocess()).stdout.splitlines()
     assert out[0] == "[]"
-    assert out[1] == str(sorted(["PhaseSegmenter", "load_settings", "__version__"]))
+    assert out[1] == str(sorted(["PhaseSegmenter", "Settings", "load_settings", "__version__"]))
     assert out[2] == "True PhaseSegmenter True"
 
 
-def test_load_settings_is_config_load(tmp_path):
+def test_load_settings_gives_the_settings_config_load_reads(tmp_path):
     (tmp_path / "s.yaml").write_text("resize: native\nspatial_weight: 1.0\n")
     settings = bigseg.load_settings(tmp_path / "s.yaml")
     assert settings == config.load(tmp_path / "s.yaml")

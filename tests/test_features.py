@@ -142,3 +142,102 @@ def test_closing_and_opening_separate_regions_by_size():
 def test_granulometry_sizes_must_be_odd():
     with pytest.raises(config.ConfigError, match="closing_sizes.*odd.*8"):
         config.validate({"closing_sizes": [9, 8]})
+
+
+# --- the registry of feature kinds ------------------------------------------------------------------------------
+
+def test_registry_has_one_entry_per_kind_the_settings_allow():
+    assert tuple(features.FEATURES) == config.FEATURE_NAMES
+    for name, kind in features.FEATURES.items():
+        assert kind.name == name and kind.says in ("brightness", "texture", None)
+        # what a kind reads changes its numbers, so a model must be bound to it
+        assert all(p in config.MODEL_BOUND_KEYS for p in kind.params), name
+    assert features.FEATURE_PARAM_KEYS == ("features", "gradient_sigma", "laplacian_sigma", "variance_size",
+                                           "blur_sigmas", "hessian_sigmas", "structure_sigmas", "local_std_sigmas",
+                                           "closing_sizes", "opening_sizes", "truncate")
+    assert set(features.feature_params(config.defaults())) == set(features.FEATURE_PARAM_KEYS)
+    from bigseg.phases import _kinds_saying
+
+    assert set(_kinds_saying("texture")) == {"gradient", "variance", "local_std", "structure"}
+    assert set(_kinds_saying("brightness")) == {"intensity", "blur"}
+
+
+def _plain_scipy(img, s):
+    """The feature bank written out as plain scipy.ndimage calls: what every registry kernel must equal bit for bit."""
+    img = np.asarray(img, np.float32)
+    t = s["truncate"]
+
+    def eig2(a, b, c):
+        mean, root = 0.5 * (a + c), np.sqrt(0.25 * (a - c) ** 2 + b * b)
+        return [mean + root, mean - root]
+
+    out = []
+    for kind in config.feature_kinds(s):
+        if kind == "intensity":
+            out.append(img)
+        elif kind == "gradient":
+            out.append(ndi.gaussian_gradient_magnitude(img, s["gradient_sigma"], mode="reflect", truncate=t))
+        elif kind == "laplacian":
+            out.append(ndi.gaussian_laplace(img, s["laplacian_sigma"], mode="reflect", truncate=t))
+        elif kind == "variance":
+            w = s["variance_size"]
+            mean, mean_sq = ndi.uniform_filter(img, w, mode="reflect"), ndi.uniform_filter(img * img, w, mode="reflect")
+            out.append(np.maximum(mean_sq - mean * mean, 0.0))
+        elif kind == "blur":
+            out += [ndi.gaussian_filter(img, g, mode="reflect", truncate=t) for g in s["blur_sigmas"]]
+        elif kind == "hessian":
+            for g in s["hessian_sigmas"]:
+                out += eig2(*[g * g * ndi.gaussian_filter(img, g, order=o, mode="reflect", truncate=t)
+                              for o in ((2, 0), (1, 1), (0, 2))])
+        elif kind == "structure":
+            d, i = s["structure_sigmas"]
+            gy = ndi.gaussian_filter(img, d, order=(1, 0), mode="reflect", truncate=t)
+            gx = ndi.gaussian_filter(img, d, order=(0, 1), mode="reflect", truncate=t)
+            out += [np.maximum(e, 0.0) for e in eig2(*[ndi.gaussian_filter(q, i, mode="reflect", truncate=t)
+                                                       for q in (gy * gy, gy * gx, gx * gx)])]
+        elif kind == "local_std":
+            for g in s["local_std_sigmas"]:
+                mean = ndi.gaussian_filter(img, g, mode="reflect", truncate=t)
+                mean_sq = ndi.gaussian_filter(img * img, g, mode="reflect", truncate=t)
+                out.append(np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)))
+        else:
+            op = ndi.grey_closing if kind == "closing" else ndi.grey_opening
+            out += [op(img, size=(w, w), mode="reflect") for w in s[f"{kind}_sizes"]]
+    return np.stack(out, axis=-1).astype(np.float32, copy=False)
+
+
+#: settings whose numbers, names and halo were recorded before the registry replaced the string branches
+REGISTRY_CASES = {
+    "default": ({}, 32, ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s2", "blur_s8"]),
+    "extended": ({"features": "extended"}, 32,
+                 ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s2", "blur_s8", "hessian_max_s2",
+                  "hessian_min_s2", "structure_max_s1_4", "structure_min_s1_4", "local_std_s8"]),
+    "odd": ({"features": "extended", "gradient_sigma": 1.3, "laplacian_sigma": 0.7, "blur_sigmas": [0.6, 2.5, 5.3],
+             "variance_size": 5, "hessian_sigmas": [1.7, 3.1], "structure_sigmas": [0.9, 2.3],
+             "local_std_sigmas": [2.2, 4.7], "truncate": 3.3}, 17,
+            ["intensity", "gradient_s1.3", "laplacian_s0.7", "variance_w5", "blur_s0.6", "blur_s2.5", "blur_s5.3",
+             "hessian_max_s1.7", "hessian_min_s1.7", "hessian_max_s3.1", "hessian_min_s3.1",
+             "structure_max_s0.9_2.3", "structure_min_s0.9_2.3", "local_std_s2.2", "local_std_s4.7"]),
+    "every kind": ({"features": list(config.FEATURE_NAMES), "closing_sizes": [3, 7], "opening_sizes": [5, 9],
+                    "blur_sigmas": [1.1]}, 32,
+                   ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s1.1", "hessian_max_s2",
+                    "hessian_min_s2", "structure_max_s1_4", "structure_min_s1_4", "local_std_s8", "closing_w3",
+                    "closing_w7", "opening_w5", "opening_w9"]),
+    "granulometry": ({"features": ["opening", "intensity", "closing"], "n_components": 3, "closing_sizes": [11],
+                      "opening_sizes": [3]}, 10, ["opening_w3", "intensity", "closing_w11"]),
+}
+
+
+@pytest.mark.parametrize("case", REGISTRY_CASES)
+def test_registry_kernels_equal_plain_scipy_bit_for_bit(case):
+    given, depth, names = REGISTRY_CASES[case]
+    s = config.validate(given)
+    p = features.feature_params(s)
+    rng = np.random.default_rng(1234)
+    images = [rng.random((128, 150)).astype(np.float32), rng.random((67, 201)).astype(np.float32),
+              rng.random((71, 73))]                       # an odd shape, and float64 converted as before
+    for img in images:
+        got = features.feature_block(img, p)
+        assert got.dtype == np.float32 and got.shape == img.shape + (len(features.feature_names(s)),)
+        assert np.array_equal(got, _plain_scipy(img, s)), case
+    assert features.halo(s) == depth and features.feature_names(s) == names
