@@ -9,6 +9,8 @@ plus scan-line jitter), and a slight blur like the probe's:
   rim (the edge effect of secondary-electron images), fine bright precipitates
   between them. Classes: matrix, island, precipitate. The rim belongs to the
   island in the truth; it is not a class of its own.
+* ``textured``: the same islands, nearly as bright as the matrix and told apart
+  by their own fine texture, so a pixel-wise decision breaks them into speckle.
 * ``lamellar``: ferrite grains and lamellar (pearlite-like) colonies, with a thin
   bright film along the boundaries between ferrite grains (a grain-boundary
   network). Classes: ferrite, lamellar, network. The network is a real phase
@@ -39,6 +41,7 @@ SHAPE = (384, 512)
 
 FAMILIES = {
     "islands": ("matrix", "island", "precipitate"),
+    "textured": ("matrix", "island", "precipitate"),
     "lamellar": ("ferrite", "lamellar", "network"),
     "pores": ("matrix", "second", "defect"),
     "twoscale": ("matrix", "island", "carbide"),
@@ -91,8 +94,11 @@ def acquire(clean: np.ndarray, rng, shading: float = 0.25, noise: float = 0.04, 
     return np.clip(img, 0, 1)
 
 
-def islands(shape=SHAPE, seed: int = 0, scale: float = 1.0):
+def islands(shape=SHAPE, seed: int = 0, scale: float = 1.0, island_level: float = 0.33, texture: float = 0.0):
     """Islands with bright rims and fine precipitates between them in a matrix (superalloy-like).
+
+    ``island_level`` is the islands' mean brightness (the matrix is at 0.50) and
+    ``texture`` the amplitude of their own fine texture (a smooth field at 1.5 px).
 
     Returns ``(image in [0, 1], labels)`` with 0 matrix, 1 island, 2 precipitate.
     """
@@ -109,10 +115,20 @@ def islands(shape=SHAPE, seed: int = 0, scale: float = 1.0):
     prec = _discs(shape, zip(cy[keep], cx[keep]), rng.uniform(1.0, 2.0, keep.sum()) * scale) & free
     labels[prec] = 2
     fine = _smooth_field(shape, 1.0, rng)
-    clean = np.choose(labels, [0.50 + 0.03 * fine, np.full(shape, 0.33), np.full(shape, 0.80)])
+    inside = island_level + texture * _smooth_field(shape, 1.5, rng) if texture else np.full(shape, island_level)
+    clean = np.choose(labels, [0.50 + 0.03 * fine, inside, np.full(shape, 0.80)])
     rim = _inner_rim(island, max(1, int(round(2 * scale))))
     clean = np.where(rim, 0.85, clean)
     return acquire(clean, rng), labels
+
+
+def textured(shape=SHAPE, seed: int = 0):
+    """:func:`islands` whose islands differ from the matrix less by brightness (0.45 against 0.50) than
+    by their own fine texture: a phase told apart by texture at region scale, as in many superalloys.
+
+    Returns ``(image, labels)`` with 0 matrix, 1 island, 2 precipitate.
+    """
+    return islands(shape, seed, island_level=0.45, texture=0.08)
 
 
 def lamellar(shape=SHAPE, seed: int = 0, scale: float = 1.0):
@@ -210,7 +226,8 @@ def demo(shape=SHAPE, seed: int = 0):
     return demo_micrograph(shape, seed)
 
 
-GENERATORS = {"islands": islands, "lamellar": lamellar, "pores": pores, "twoscale": twoscale, "demo": demo}
+GENERATORS = {"islands": islands, "textured": textured, "lamellar": lamellar, "pores": pores, "twoscale": twoscale,
+              "demo": demo}
 
 
 def family(name: str, n_images: int = 4, seed: int = 0, shape=SHAPE) -> list[tuple[np.ndarray, np.ndarray]]:

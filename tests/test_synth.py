@@ -39,3 +39,14 @@ def test_twoscale_alternates_magnification():
 def test_write_family(tmp_path):
     imgs, labs = synth.write_family(tmp_path, "pores", 1, shape=(64, 64))
     assert len(list(imgs.glob("*.png"))) == 1 and len(list(labs.glob("*.png"))) == 1
+
+
+def test_textured_islands_differ_by_texture_more_than_by_brightness():
+    img, lab = synth.textured((192, 256), seed=2)
+    from scipy import ndimage as ndi
+    inner = ndi.binary_erosion(lab == 1, iterations=3)
+    matrix = ndi.binary_erosion(lab == 0, iterations=3)
+    # brightness apart by less than the noise and texture; local roughness apart by much more
+    assert abs(img[inner].mean() - img[matrix].mean()) < 0.08
+    rough = ndi.uniform_filter((img - ndi.gaussian_filter(img, 3)) ** 2, 5)
+    assert rough[inner].mean() > 1.8 * rough[matrix].mean()
