@@ -358,7 +358,6 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
     """Activations, labels and exports of every image not done yet; returns the ids segmented now and the
     images that failed (each reported and skipped; the others complete)."""
     import dask
-    import dask.array as da
 
     out_dir = Path(out_dir)
     root = store.open_root(out_dir / "store.zarr")
@@ -385,14 +384,13 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         memb_arr = store.create_activations(root, image_id, acts.shape[1:], n_phases, chunk, "memberships",
                                             "float16", names=names, colors=PALETTE)
         lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512), names=names)
-        # store_args adds each target's coarser pyramid levels to the same graph
-        stored = da.store(**store.store_args([acts, memberships(acts[model.phases])], [act_arr, memb_arr]),
-                          lock=False, compute=False)
-        # exports read the stored activations back: handing the lazy array to a second
-        # consumer made dask compute every tile twice
-        fractions = dask.delayed(_export_stored, pure=False)(stored, act_arr, native, str(out_dir), image_id,
-                                                             lab_arr, model.phases, list(names),
-                                                             root[f"images/{image_id}/0"])
+        # the tiles compute in parallel, then one task stores them and exports from memory (a second consumer
+        # of the lazy array computed every tile twice; reading the store back cost a read). The tiles go in as
+        # delayed objects: dask hands an array argument to a task through a renaming that imports distributed
+        tiles = acts.to_delayed().tolist()
+        fractions = dask.delayed(_store_and_export, pure=False)(tiles, act_arr, memb_arr, native, str(out_dir),
+                                                                image_id, lab_arr, model.phases, list(names),
+                                                                root[f"images/{image_id}/0"])
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
     done_now = runner.compute_batches(ids, build, "segment",
@@ -485,9 +483,23 @@ def memberships(acts):
     return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
-def _export_stored(_stored, act_arr, native, out_dir, image_id, lab_arr, phases, names=None, grey=None):
-    return _guard("segment", image_id, export_image, act_arr[...], native, out_dir, image_id, lab_arr, phases,
-                  names, grey)
+def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, phases, names=None, grey=None):
+    """Store one image's activations and memberships (``store_args``: every pyramid level), then export
+    from the same array in memory. ``tiles``: the activations' blocks, nested as their grid."""
+    acts = tiles[0][0][0] if len(tiles) == len(tiles[0]) == len(tiles[0][0]) == 1 else np.block(tiles)
+    return _guard("segment", image_id, _store_then_export, acts, act_arr, memb_arr, native, out_dir, image_id,
+                  lab_arr, phases, names, grey)
+
+
+def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, phases, names, grey):
+    import dask.array as da
+    from dask.local import get_sync
+
+    lazy = da.from_array(acts, chunks=act_arr.chunks, name=False)
+    # the scheduler as a function: named, dask imports distributed to look for a client
+    da.store(**store.store_args([lazy, memberships(lazy[phases])], [act_arr, memb_arr]), lock=False,
+             scheduler=get_sync)
+    return export_image(acts, native, out_dir, image_id, lab_arr, phases, names, grey)
 
 
 def _finish(result, out_dir, image_id, made_by):

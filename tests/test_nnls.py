@@ -69,3 +69,30 @@ def test_staged_search_on_large_blocks_equals_full_enumeration(rng):
     np.testing.assert_allclose(staged, full, atol=1e-6)
     assert np.mean(support == full_support) > 0.999
 
+
+
+def test_coupled_solve_is_the_solve_then_sweeps_loop(rng, solver_path):
+    """Compiled: the pixel-wise solve and the sweeps of the loop, bit for bit; numpy: None (the loop runs)."""
+    H = rng.random((4, 5))
+    rows, cols, mu, sweeps, l1, l2 = 13, 17, 3.0, 3, 0.01, 0.02
+    V = np.abs(H[rng.integers(0, 4, rows * cols)] + rng.normal(0, 0.2, (rows * cols, 5))).astype(np.float32)
+    got = nnls.coupled_solve(V, H, rows, l1, l2, mu, sweeps)
+    if solver_path == "numpy":
+        assert got is None
+        return
+    W, support = nnls.solve(V, H, l1, l2, return_support=True)
+    solvers = nnls.subset_solvers(H, l1, l2 + mu)
+    for _ in range(sweeps):
+        P = np.pad(W.reshape(rows, cols, 4), ((1, 1), (1, 1), (0, 0)), mode="edge")
+        mean = 0.25 * (P[:-2, 1:-1] + P[2:, 1:-1] + P[1:-1, :-2] + P[1:-1, 2:])
+        W, support = nnls.solve(V, H, l1, l2 + mu, solvers, offset=mu * mean.reshape(-1, 4).astype(np.float64),
+                                hint=support, return_support=True)
+    np.testing.assert_array_equal(got, W)
+
+
+def test_remembered_subset_solvers_are_the_computed_ones(rng):
+    H = rng.random((4, 6))
+    first = nnls._solvers_for(H, 0.0, 0.5)
+    np.testing.assert_array_equal(first, nnls.subset_solvers(H, 0.0, 0.5))
+    assert nnls._solvers_for(H.copy(), 0.0, 0.5) is first
+    assert nnls._solvers_for(H, 0.0, 0.6) is not first
