@@ -28,3 +28,48 @@ def test_feature_ceiling_learns_the_synthetic_phases(demo_data):
     # these features separates them far better than chance (0.25 accuracy for 4 even classes)
     assert res["plain"]["majority_accuracy"] > 0.7
     assert res["plain"]["mean_iou"] > 0.4
+
+
+def test_minimal_script_labels_equal_predict(demo_data, tmp_path):
+    """scripts/minimal_segment.py, the reference bench.py times predict against, gives predict's labels
+    bit for bit: from files (PNG, 16-bit TIFF, RGB JPEG; data bar found) and from arrays, resampled up
+    by non-integer factors, with the coupled sweeps."""
+    pytest.importorskip("numba")
+    import numpy as np
+    from PIL import Image
+
+    import bench
+    import minimal_segment
+
+    from bigseg import PhaseSegmenter
+
+    images, _ = demo_data
+    paths = io.find_images([images])
+    seg = PhaseSegmenter(n_components=3, resize=150, sample_size=6000, max_iter=200).fit(paths)
+    seg.save(tmp_path / "model")
+    assert minimal_segment.main([str(tmp_path / "model")] + [str(p) for p in paths]
+                                + ["--out", str(tmp_path / "labels")]) == 0
+    ref = minimal_segment.load_model(tmp_path / "model")
+    for p in paths:
+        ours = seg.predict(p)
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels" / f"{p.stem}.png")), ours)
+        decoded = io.read_image(p).data
+        np.testing.assert_array_equal(minimal_segment.segment(decoded, ref), seg.predict(decoded))
+    _, _, differ, total = bench.in_memory(paths[:2], tmp_path / "model")
+    assert differ == 0 and total > 0
+
+
+def test_minimal_script_refuses_what_it_does_not_compute(tmp_path):
+    import json
+
+    import minimal_segment
+
+    from bigseg import PhaseSegmenter, synth
+
+    images = [img for img, _ in synth.family("islands", 1, shape=(96, 128))]
+    PhaseSegmenter(n_components=2, resize="native", sample_size=3000, features="extended",
+                   max_iter=50).fit(images).save(tmp_path / "m")
+    with pytest.raises(SystemExit, match="computes only"):
+        minimal_segment.load_model(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["settings"]["features"] == "extended"
