@@ -765,28 +765,96 @@ def atomic_write_text(path, text: str) -> None:
 def write_palette_png(path, labels: np.ndarray, palette: np.ndarray) -> None:
     """Save a label map as a palette PNG atomically: it shows in colour, at a third of an RGB PNG's size and
     a tenth of its encoding time."""
-    import io as _io
-
-    from PIL import Image
-
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    img = Image.frombytes("P", (labels.shape[1], labels.shape[0]), labels.tobytes())
-    img.putpalette(np.asarray(palette, dtype=np.uint8)[:256].ravel().tolist())
-    buf = _io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, encode_png(np.asarray(labels).astype(np.uint8, copy=False), palette=palette))
 
 
 def write_png(path, array: np.ndarray) -> None:
-    """Save an 8-bit grey or RGB PNG atomically."""
+    """Save an 8-bit grey or RGB PNG atomically (any other array as Pillow's ``Image.fromarray`` makes it)."""
+    array = np.asarray(array)
+    if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        atomic_write_bytes(path, encode_png(array))
+        return
     import io as _io
 
     from PIL import Image
 
     buf = _io.BytesIO()
-    # level 1: label maps compress almost as well as at level 6, several times faster
-    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
+    Image.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=PNG_LEVEL)
     atomic_write_bytes(path, buf.getvalue())
+
+
+#: the deflate level of the PNGs bigseg writes. PNG is lossless at every level: the level trades file size
+#: against encoding time only, never a decoded pixel
+PNG_LEVEL = 1
+
+
+def png_data(array: np.ndarray) -> bytes:
+    """The compressed image data (``IDAT``) of an 8-bit ``(y, x)`` or ``(y, x, channels)`` array.
+
+    Every row gets PNG filter 0 (none) and the rows go through deflate at
+    ``PNG_LEVEL``, with libdeflate (imagecodecs) where it is there, else zlib.
+    Pillow's adaptive filters cost more time than its deflate; on MetalDAM's
+    overlays and label maps no filter and libdeflate's level 1 encode 5x faster
+    than Pillow at level 1, into smaller files. The decoded pixels are the
+    same whatever the filter, level or deflate implementation.
+    """
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise TypeError(f"PNG data is 8-bit here, got {array.dtype}")
+    h, row = array.shape[0], int(np.prod(array.shape[1:]))
+    rows = np.empty((h, 1 + row), np.uint8)
+    rows[:, 0] = 0
+    rows[:, 1:] = array.reshape(h, row)
+    try:
+        from imagecodecs import deflate_encode
+    except ImportError:        # an imagecodecs built without libdeflate
+        deflate_encode = None
+    if deflate_encode is not None:
+        try:
+            return bytes(deflate_encode(rows, level=PNG_LEVEL))
+        except Exception:      # imagecodecs' DeflateError, or a build whose codec is a stub
+            pass
+    import zlib
+
+    return zlib.compress(rows, PNG_LEVEL)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+def encode_png(array: np.ndarray, palette: np.ndarray | None = None, text: dict | None = None,
+               data: bytes | None = None) -> bytes:
+    """An 8-bit PNG of ``array``: grey ``(y, x)``, RGB ``(y, x, 3)``, or with ``palette`` (``(n, 3)``, at most
+    256 entries) an indexed ``(y, x)`` map.
+
+    ``text`` (``{key: str}``) goes into iTXt chunks as Pillow's
+    ``PngInfo.add_itxt`` writes them (``Image.open(...).text`` reads them).
+    ``data``: the compressed rows (:func:`png_data`) where the caller has
+    them already: a label map and its palette picture hold the same bytes.
+    """
+    import struct
+
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3) \
+            or (palette is not None and array.ndim != 2):
+        raise ValueError(f"encode_png takes uint8 (y, x) or (y, x, 3) arrays (a palette: (y, x)), "
+                         f"got {array.dtype} {array.shape}")
+    if 0 in array.shape:
+        raise ValueError(f"a PNG has at least one pixel, got shape {array.shape}")
+    h, w = array.shape[:2]
+    colour_type = 3 if palette is not None else (2 if array.ndim == 3 else 0)
+    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0))]
+    for key, value in (text or {}).items():
+        out.append(_png_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + str(value).encode("utf-8")))
+    if palette is not None:
+        out.append(_png_chunk(b"PLTE", np.asarray(palette, dtype=np.uint8)[:256].reshape(-1, 3).tobytes()))
+    out.append(_png_chunk(b"IDAT", png_data(array) if data is None else data))
+    out.append(_png_chunk(b"IEND", b""))
+    return b"".join(out)
 
 
 def write_tiled_tiff(path, tiles, shape, dtype, tile: int = 256) -> None:

@@ -60,7 +60,7 @@ def pixel_profiles(X: np.ndarray, W: np.ndarray, H: np.ndarray, phases) -> tuple
     """Mean scaled features of the pixels each phase wins, and the share of pixels it wins.
 
     A pixel goes to the phase with the largest activation among ``phases``
-    (boundary rows label no pixel, as in ``segment.export_image``). A phase
+    (boundary rows label no pixel, as in ``export.export_image``). A phase
     that wins no pixel of ``X`` is described by its activation-weighted mean,
     and failing that by its H row, so it still gets a place and a name.
     """

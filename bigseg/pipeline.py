@@ -2,14 +2,14 @@
 
 Each stage builds one dask graph for all images that still need it and
 computes it once at its end. Per-image completion records (written last, after
-every output of that image) decide what a re-run skips.
+every output of that image) decide what a re-run skips. What each image and the
+folder show (PNGs, tables) is written by :mod:`bigseg.export`, the page by
+:mod:`bigseg.report`; the per-tile kernels are :mod:`bigseg.segment`'s.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io as _io
 import json
 import logging
 import platform
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, clahe, diagnose, estimator, features, io, preprocess, regions, rename, store
+from . import __version__, clahe, estimator, features, io, preprocess, regions, rename, store
 from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound, resolved_store_features
+from .export import EXPORT_DIRS, export_image, export_large, write_tables
 from .lock import output_lock
 from .report import write_report
-from .model import Model, ModelError, fingerprints, fit, regularisation, scaled_sample
-from .phases import csv_names
-from .segment import activations_graph, export_image, export_large
+from .model import Model, ModelError, fit, regularisation, scaled_sample
+from .segment import activations_graph, memberships_graph
 from .viz import PALETTE
 
 log = logging.getLogger("bigseg")
@@ -269,7 +269,6 @@ def feature_source(out_dir, image_id, settings):
 # --- fit -------------------------------------------------------------------------------
 
 #: the per-image exports of the segment stage, forgotten whole when the folder's model changes
-EXPORT_DIRS = ("labels", "color", "activations", "overlay")
 
 
 def inputs_digest(out_dir, ids) -> str:
@@ -462,25 +461,13 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         rows = slice(r0, r1)
         phase_acts = acts[model.phases]
         labels = phase_acts.argmax(axis=0).astype(np.uint8)
-        stored = da.store(**store.store_args([acts, memberships(phase_acts), labels], [act_arr, memb_arr, lab_arr],
+        stored = da.store(**store.store_args([acts, memberships_graph(phase_acts), labels], [act_arr, memb_arr, lab_arr],
                                              [(slice(None), rows), (slice(None), rows), (rows,)]),
                           lock=False, compute=False)
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
     result = export_large(lab_arr, act_arr, str(out_dir), image_id, model.phases, names=list(model.phase_names),
                           grey=source)
     _finish(result, str(out_dir), image_id, made_by)
-
-
-def memberships(acts):
-    """Soft labels of lazy ``(component, y, x)`` activations: each pixel's W divided by its sum.
-
-    H rows have unit norm, so these shares compare like with like; a pixel with
-    no activation at all gets equal shares.
-    """
-    import dask.array as da
-
-    total = acts.sum(axis=0, keepdims=True)
-    return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
 def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, phases, names=None, grey=None):
@@ -497,7 +484,7 @@ def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_a
 
     lazy = da.from_array(acts, chunks=act_arr.chunks, name=False)
     # the scheduler as a function: named, dask imports distributed to look for a client
-    da.store(**store.store_args([lazy, memberships(lazy[phases])], [act_arr, memb_arr]), lock=False,
+    da.store(**store.store_args([lazy, memberships_graph(lazy[phases])], [act_arr, memb_arr]), lock=False,
              scheduler=get_sync)
     return export_image(acts, native, out_dir, image_id, lab_arr, phases, names, grey)
 
@@ -508,43 +495,10 @@ def _finish(result, out_dir, image_id, made_by):
 
 # --- reports ---------------------------------------------------------------------------
 
-def write_tables(out_dir, ids, model: Model, summary: dict, made_by: dict | None = None) -> dict:
-    """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
-
-    The CSV's columns are the phases' names (``phases.csv_names``), in label
-    order. Adds the components (name, CSV column, fingerprint, share of all
-    pixels) and the failure-mode warnings to ``summary``, and returns it.
-    """
-    out_dir = Path(out_dir)
-    k = model.n_phases
-    columns = csv_names(model.phase_names)
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image"] + columns)
-    totals, speckle, transition_shares = np.zeros(k), {}, []
-    made_by = made_by or {"model": model_digest(model)}
-    for image_id in ids:
-        if segment_current(out_dir, image_id, made_by):
-            rec = store.read_record(out_dir, "segment", image_id)
-            fr = rec["fractions"]
-            w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
-            totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
-            speckle[image_id] = rec["speckle"]
-            transition_shares.append(rec.get("transition_share"))
-    io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
-    shares = totals / max(totals.sum(), 1)
-    names = list(model.phase_names)
-    summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
-                              "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
-                                                                                     model.feature_names))]
-    moved = [r for r in transition_shares if r is not None]
-    summary["boundaries"] = {"components": len(model.transitions),
-                             "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
-                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0}
-    summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
-    io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
-    io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return summary
+def current_records(out_dir, ids, made_by: dict) -> list[tuple[str, dict]]:
+    """``(image id, segment record)`` of each of ``ids`` whose labels ``made_by`` made (:func:`segment_current`)."""
+    return [(image_id, store.read_record(out_dir, "segment", image_id)) for image_id in ids
+            if segment_current(out_dir, image_id, made_by)]
 
 
 def versions() -> dict:
@@ -621,7 +575,7 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     if shown is not None and shown != model.phase_names:
         # images segmented before, under other names: their legends follow (nothing is recomputed)
         rename.relabel_outputs(out_dir, model.phase_names)
-    write_tables(out_dir, ids, model, summary)
+    write_tables(out_dir, current_records(out_dir, ids, {"model": model_digest(model)}), model, summary)
     write_report(out_dir)
     for warning in summary["warnings"]:
         if fitted_elsewhere and warning["kind"] == "not_converged":

@@ -1,21 +1,18 @@
-"""Segment with H fixed: per-tile W solve (exact NNLS), argmax, outputs of one image.
+"""Segment with H fixed: the per-tile kernels. The W solve (exact NNLS) with spatial coupling, the
+memberships, and the labels at the image's own size (activations resampled, then argmax).
 
-The solve is a ``map_blocks`` over the feature chunks (no halo: each pixel is
-independent once its features exist), so tiles run in parallel anywhere.
+The solve maps over the feature chunks grown by a halo of one pixel per
+sweep (``features.map_haloed``), so tiles run in parallel anywhere and agree
+exactly with the whole image. What is written of one image (PNGs, tables) is :mod:`bigseg.export`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from . import io, nnls, viz
-from .diagnose import speckle_rate
+from . import nnls
 from .features import map_haloed
 from .model import apply_scaling
-
-PANEL_MAX_SIDE = 1024
 
 
 def neighbour_mean(W: np.ndarray) -> np.ndarray:
@@ -71,6 +68,18 @@ def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0, weight
     return map_haloed(spatial_block, feats, depth, H.shape[0], name="bigseg-activations",
                       H=np.asarray(H), lo=np.asarray(lo), hi=np.asarray(hi), l1=float(l1), l2=float(l2),
                       weight=float(weight), sweeps=depth)
+
+
+def memberships_graph(acts):
+    """Soft labels of lazy ``(component, y, x)`` activations, float16: each pixel's W divided by its sum.
+
+    H rows have unit norm, so these shares compare like with like; a pixel with
+    no activation at all gets equal shares (``estimator.memberships`` in memory, float32).
+    """
+    import dask.array as da
+
+    total = acts.sum(axis=0, keepdims=True)
+    return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
 
 
 def _linear_weights(n_in: int, n_out: int):
@@ -141,104 +150,3 @@ def _labels_kernel(acts, ylo, yhi, vy, wy, xlo, xhi, vx, wx, out):  # pragma: no
                         if v != v:
                             break
             out[y, x] = arg
-
-
-def _panel_view(acts_kyx: np.ndarray) -> np.ndarray:
-    step = max(1, int(np.ceil(max(acts_kyx.shape[1:]) / PANEL_MAX_SIDE)))
-    return acts_kyx[:, ::step, ::step]
-
-
-def _names(names, k: int) -> list[str]:
-    return list(names) if names is not None else [f"phase {i}" for i in range(k)]
-
-
-def write_overlay(out_dir, image_id: str, grey, labels, names) -> None:
-    """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend.
-
-    ``grey`` and ``labels`` are arrays or zarr arrays at the image's own size;
-    an image over ``viz.OVERLAY_MAX_SIDE`` on a side is read through a strided
-    (nearest) view, so a montage's overlay is bounded whatever its size.
-    """
-    step = viz.overlay_step(labels.shape)
-    view = (slice(None, None, step), slice(None, None, step))
-    picture = viz.overlay_picture(viz.to_uint8(np.asarray(grey[view])), np.asarray(labels[view]))
-    io.atomic_write_bytes(Path(out_dir) / "overlay" / f"{image_id}.png", viz.overlay_png(picture, names))
-
-
-def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
-                 phases=None, names=None, grey=None) -> dict:
-    """Write labels/, color/, activations/, overlay/ PNGs (and the OME label array) of one image.
-
-    ``names`` are the phases' names for the panel titles and the legend
-    (default ``phase i``); the overlay needs ``grey``, the stored image at
-    ``native_shape`` (array or zarr array), and is skipped without it.
-
-    ``phases`` are the components that label pixels (default: all); the others
-    live on boundaries, so each pixel they would win goes to the phase with the
-    largest activation there. Returns the phase fractions, pixel count, speckle
-    rate and the share of pixels a boundary component would have won. Pure
-    apart from the files it writes, so it runs on any worker; every file is
-    written atomically.
-    """
-    out_dir = Path(out_dir)
-    phases = list(range(acts_kyx.shape[0])) if phases is None else list(phases)
-    boundary = np.setdiff1d(np.arange(acts_kyx.shape[0]), phases)
-    moved = float(np.isin(acts_kyx.argmax(axis=0), boundary).mean()) if boundary.size else 0.0
-    acts_kyx = acts_kyx[phases]
-    k = acts_kyx.shape[0]
-    labels = labels_at(acts_kyx, native_shape)
-    if labels_zarr is not None:
-        labels_zarr[...] = labels
-    io.write_png(out_dir / "labels" / f"{image_id}.png", labels)
-    io.write_palette_png(out_dir / "color" / f"{image_id}.png", labels % len(viz.PALETTE), viz.PALETTE)
-    names = _names(names, k)
-    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
-                          viz.titled_panels_png(_panel_view(acts_kyx), names))
-    if grey is not None:
-        write_overlay(out_dir, image_id, grey, labels, names)
-    counts = np.bincount(labels.ravel(), minlength=k)[:k]
-    return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
-            "pixels": int(labels.size), "speckle": speckle_rate(labels), "transition_share": round(moved, 6)}
-
-
-def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
-                 grey=None) -> dict:
-    """Exports of an image too large to hold, read back from the store a band or a tile at a time.
-
-    ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
-    panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side), and
-    so does the overlay (at most ``viz.OVERLAY_MAX_SIDE``; needs ``grey``, the
-    stored image as a zarr array).
-    Returns the same fractions, pixel count and speckle rate as :func:`export_image`.
-    """
-    out_dir = Path(out_dir)
-    h, w = labels_zarr.shape
-    k = len(phases)
-    counts = np.zeros(k, np.int64)
-    changes = 0
-    band = labels_zarr.chunks[0]
-    for r0 in range(0, h, band):
-        top = max(r0 - 1, 0)          # the row above joins the band, so pairs across the seam count once
-        lab = np.asarray(labels_zarr[top:r0 + band])
-        own = lab[r0 - top:]
-        counts += np.bincount(own.ravel(), minlength=k)[:k]
-        changes += int((own[:, 1:] != own[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
-    pairs = h * (w - 1) + (h - 1) * w
-
-    def tiles(colour: bool):
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                t = np.asarray(labels_zarr[y:y + tile, x:x + tile])
-                yield viz.colorize(t) if colour else t
-
-    io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
-    io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
-    step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
-    names = _names(names, k)
-    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
-                          viz.titled_panels_png(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)], names))
-    if grey is not None:
-        write_overlay(out_dir, image_id, grey, labels_zarr, names)
-    total = h * w
-    return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
-            "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bigseg import config, features, model, preprocess, regions, segment, synth
+from bigseg import config, export, features, model, preprocess, regions, segment, synth
 from bigseg.cli import main
 from bigseg.phases import csv_names
 
@@ -42,7 +42,7 @@ def test_rim_component_is_refitted_away_and_labels_only_phases(islands, tmp_path
     l1, l2 = model.regularisation(s, fitted.H.shape[1])
     acts = segment.spatial_block(feats[0], fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2,
                                  s["spatial_weight"], s["spatial_sweeps"]).transpose(2, 0, 1)
-    result = segment.export_image(acts, acts.shape[1:], tmp_path, "i0", phases=fitted.phases)
+    result = export.export_image(acts, acts.shape[1:], tmp_path, "i0", phases=fitted.phases)
     assert set(result["fractions"]) == {"phase_0", "phase_1", "phase_2"}
     assert abs(sum(result["fractions"].values()) - 1) < 1e-9
     assert 0.01 < result["transition_share"] < 0.5        # the rims' pixels went to the regions around them

@@ -13,7 +13,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from bigseg import config, features, model, phases, preprocess, regions, segment, synth, viz
+from bigseg import config, export, features, model, phases, preprocess, regions, synth, viz
 from bigseg.cli import main
 
 NAMES = ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s2", "blur_s8"]
@@ -263,7 +263,7 @@ def test_a_montage_gets_a_downsampled_overlay(tmp_path):
     acts[...] = np.stack([1 - labels[...], labels[...]]).astype(np.float32)
     grey = root.create_array("grey", shape=(h, w), chunks=(512, 512), dtype="uint16")
     grey[...] = np.linspace(0, 60000, h * w).reshape(h, w).astype(np.uint16)
-    segment.export_large(labels, acts, tmp_path, "big", [0, 1], names=["left", "right"], grey=grey)
+    export.export_large(labels, acts, tmp_path, "big", [0, 1], names=["left", "right"], grey=grey)
     path = tmp_path / "overlay" / "big.png"
     meta = viz.read_meta(path)
     assert meta["picture_height"] == 1050 and _rgb(path).shape[1] == 150          # stride 2: at most 2048

@@ -1,0 +1,192 @@
+"""What a run shows: each image's label, colour, activation and overlay pictures, and the folder's tables.
+
+Per image (:func:`export_image`, or :func:`export_large` for a montage read
+back from the store): ``labels/`` (the label map, 8-bit grey PNG), ``color/``
+(the same map as a palette PNG), ``activations/`` (titled viridis panels, one
+per phase) and ``overlay/`` (the micrograph tinted and outlined by phase, with
+a legend). Per folder (:func:`write_tables`): ``phase_fractions.csv``,
+``fingerprints.png`` and ``summary.json``. The page that shows them all is
+:mod:`bigseg.report`; renaming phases afterwards is :mod:`bigseg.rename`.
+
+Everything here is pure apart from the files it writes (each atomically), so
+it runs on any worker. Which images need exporting, and their completion
+records, are the runner's (:mod:`bigseg.pipeline`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import diagnose, io, viz
+from .model import fingerprints
+from .phases import csv_names
+from .segment import labels_at
+
+#: the per-image picture folders; a new model clears them (with the records) before it segments
+EXPORT_DIRS = ("labels", "color", "activations", "overlay")
+#: longest side of the activation panels: larger images get a strided view
+PANEL_MAX_SIDE = 1024
+
+
+def _panel_view(acts_kyx: np.ndarray) -> np.ndarray:
+    step = max(1, int(np.ceil(max(acts_kyx.shape[1:]) / PANEL_MAX_SIDE)))
+    return acts_kyx[:, ::step, ::step]
+
+
+def _names(names, k: int) -> list[str]:
+    return list(names) if names is not None else [f"phase {i}" for i in range(k)]
+
+
+def write_overlay(out_dir, image_id: str, grey, labels, names) -> None:
+    """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend.
+
+    ``grey`` and ``labels`` are arrays or zarr arrays at the image's own size;
+    an image over ``viz.OVERLAY_MAX_SIDE`` on a side is read through a strided
+    (nearest) view, so a montage's overlay is bounded whatever its size.
+    """
+    step = viz.overlay_step(labels.shape)
+    view = (slice(None, None, step), slice(None, None, step))
+    picture = viz.overlay_picture(viz.to_uint8(np.asarray(grey[view])), np.asarray(labels[view]))
+    io.atomic_write_bytes(Path(out_dir) / "overlay" / f"{image_id}.png", viz.overlay_png(picture, names))
+
+
+def write_label_pngs(out_dir, image_id: str, labels: np.ndarray) -> None:
+    """``labels/<id>.png`` (8-bit grey: the label itself) and ``color/<id>.png`` (palette ``viz.PALETTE``).
+
+    Up to ``len(viz.PALETTE)`` phases the colour picture's indices are the
+    labels, so both files hold the same compressed rows: compressed once.
+    """
+    labels = np.asarray(labels, dtype=np.uint8)
+    n = len(viz.PALETTE)
+    data = io.png_data(labels)
+    io.atomic_write_bytes(Path(out_dir) / "labels" / f"{image_id}.png", io.encode_png(labels, data=data))
+    if labels.size and int(labels.max()) >= n:
+        colour, data = labels % n, None
+    else:
+        colour = labels
+    io.atomic_write_bytes(Path(out_dir) / "color" / f"{image_id}.png",
+                          io.encode_png(colour, palette=viz.PALETTE, data=data))
+
+
+def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
+                 phases=None, names=None, grey=None) -> dict:
+    """Write labels/, color/, activations/, overlay/ PNGs (and the OME label array) of one image.
+
+    ``names`` are the phases' names for the panel titles and the legend
+    (default ``phase i``); the overlay needs ``grey``, the stored image at
+    ``native_shape`` (array or zarr array), and is skipped without it.
+
+    ``phases`` are the components that label pixels (default: all); the others
+    live on boundaries, so each pixel they would win goes to the phase with the
+    largest activation there. Returns the phase fractions, pixel count, speckle
+    rate and the share of pixels a boundary component would have won. Pure
+    apart from the files it writes, so it runs on any worker; every file is
+    written atomically.
+    """
+    out_dir = Path(out_dir)
+    phases = list(range(acts_kyx.shape[0])) if phases is None else list(phases)
+    boundary = np.setdiff1d(np.arange(acts_kyx.shape[0]), phases)
+    moved = float(np.isin(acts_kyx.argmax(axis=0), boundary).mean()) if boundary.size else 0.0
+    acts_kyx = acts_kyx[phases]
+    k = acts_kyx.shape[0]
+    labels = labels_at(acts_kyx, native_shape)
+    if labels_zarr is not None:
+        labels_zarr[...] = labels
+    write_label_pngs(out_dir, image_id, labels)
+    names = _names(names, k)
+    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
+                          viz.titled_panels_png(_panel_view(acts_kyx), names))
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels, names)
+    counts = np.bincount(labels.ravel(), minlength=k)[:k]
+    return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
+            "pixels": int(labels.size), "speckle": diagnose.speckle_rate(labels),
+            "transition_share": round(moved, 6)}
+
+
+def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
+                 grey=None) -> dict:
+    """Exports of an image too large to hold, read back from the store a band or a tile at a time.
+
+    ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
+    panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side), and
+    so does the overlay (at most ``viz.OVERLAY_MAX_SIDE``; needs ``grey``, the
+    stored image as a zarr array).
+    Returns the same fractions, pixel count and speckle rate as :func:`export_image`.
+    """
+    out_dir = Path(out_dir)
+    h, w = labels_zarr.shape
+    k = len(phases)
+    counts = np.zeros(k, np.int64)
+    changes = 0
+    band = labels_zarr.chunks[0]
+    for r0 in range(0, h, band):
+        top = max(r0 - 1, 0)          # the row above joins the band, so pairs across the seam count once
+        lab = np.asarray(labels_zarr[top:r0 + band])
+        own = lab[r0 - top:]
+        counts += np.bincount(own.ravel(), minlength=k)[:k]
+        changes += int((own[:, 1:] != own[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
+    pairs = h * (w - 1) + (h - 1) * w
+
+    def tiles(colour: bool):
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                t = np.asarray(labels_zarr[y:y + tile, x:x + tile])
+                yield viz.colorize(t) if colour else t
+
+    io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
+    io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
+    step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
+    names = _names(names, k)
+    io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
+                          viz.titled_panels_png(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)], names))
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels_zarr, names)
+    total = h * w
+    return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
+            "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}
+
+
+# --- the folder's tables ---------------------------------------------------------------
+
+def write_tables(out_dir, records, model, summary: dict) -> dict:
+    """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
+
+    ``records`` are ``(image id, segment record)`` pairs, in row order, of the
+    images the tables list (the runner picks those this model segmented). The
+    CSV's columns are the phases' names (``phases.csv_names``), in label
+    order. Adds the components (name, CSV column, fingerprint, share of all
+    pixels) and the failure-mode warnings to ``summary``, and returns it.
+    """
+    out_dir = Path(out_dir)
+    k = model.n_phases
+    columns = csv_names(model.phase_names)
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image"] + columns)
+    totals, speckle, transition_shares = np.zeros(k), {}, []
+    for image_id, rec in records:
+        fr = rec["fractions"]
+        w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
+        totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
+        speckle[image_id] = rec["speckle"]
+        transition_shares.append(rec.get("transition_share"))
+    io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
+    shares = totals / max(totals.sum(), 1)
+    names = list(model.phase_names)
+    summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
+                              "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
+                                                                                     model.feature_names))]
+    moved = [r for r in transition_shares if r is not None]
+    summary["boundaries"] = {"components": len(model.transitions),
+                             "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
+                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0}
+    summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
+    io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
+    io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return summary
