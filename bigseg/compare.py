@@ -11,7 +11,10 @@ Baselines, each on the same ingested, cropped and preprocessed images:
 
 Baselines work image by image in memory (as a hand-written script would):
 features are computed once for the sample and once more for prediction, so
-memory holds one image's features at a time.
+memory holds one image's features at a time. Each image's preprocessing and
+features come from the per-image path of the Python API
+(:func:`bigseg.estimator.image_features`), so the baselines see the numbers
+``bigseg`` computes, not a copy of its recipe.
 """
 
 from __future__ import annotations
@@ -22,20 +25,39 @@ from pathlib import Path
 
 import numpy as np
 
-from . import features, io, preprocess, store
+from . import estimator, io, store
 from .evaluate import evaluate_dirs
 from .segment import labels_at
 
 BASELINES = ("plain NMF", "k-means", "multi-Otsu")
 
 
-def _image_features(root, image_id, settings, plain):
-    """Native shape, preprocessed image and the six features of one stored image, in memory."""
-    from .pipeline import processing_shape
+def _image_features(root, image_id, plain):
+    """One stored image's native shape, preprocessed image and six features, in memory.
 
+    Parameters
+    ----------
+    root : zarr.Group
+        The run's ``store.zarr``, open for reading.
+    image_id : str
+        The stored image.
+    plain : dict
+        The run's settings with the method's six features (:func:`_plain_settings`).
+
+    Returns
+    -------
+    shape : tuple of int
+        The stored (cropped, native) image's shape: where labels are written.
+    pre : ndarray, float32, shape (y, x)
+        The preprocessed image on the processing grid (multi-Otsu's input).
+    feats : ndarray, float32, shape (y, x, 6)
+        The features, unrounded (``estimator.image_features``).
+    """
     grey = store.lazy_image(root, image_id).compute()
-    pre = preprocess.preprocess_image(grey, settings, processing_shape(root, image_id, settings))
-    return grey.shape, pre, features.feature_block(pre, features.feature_params(plain))
+    # the stored pixel size decides the grid when resize is 'physical', as it did for bigseg's own run
+    pixel_size = store.image_info(root, image_id).get("pixel_size")
+    pre, feats = estimator.image_features(grey, plain, pixel_size, image_id)
+    return grey.shape, pre, feats
 
 
 def _plain_settings(settings):
@@ -65,7 +87,7 @@ def run_baselines(store_path, out_dir, ids, settings) -> dict:
     t0 = time.perf_counter()
     sample = []
     for image_id in ids:
-        _, _, f = _image_features(root, image_id, settings, plain)
+        _, _, f = _image_features(root, image_id, plain)
         pix = f.reshape(-1, f.shape[-1])
         sample.append(pix[rng.choice(pix.shape[0], min(per_image, pix.shape[0]), replace=False)])
     sample = np.concatenate(sample)
@@ -84,7 +106,7 @@ def run_baselines(store_path, out_dir, ids, settings) -> dict:
 
     for image_id in ids:
         t = time.perf_counter()
-        shape, pre, f = _image_features(root, image_id, settings, plain)
+        shape, pre, f = _image_features(root, image_id, plain)
         X = np.clip((f.reshape(-1, f.shape[-1]) - lo) / span, 0, None)
         common = time.perf_counter() - t
         for name, predict in (("plain NMF", lambda: nmf.transform(X).argmax(axis=1)),

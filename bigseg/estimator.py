@@ -31,7 +31,8 @@ from .segment import activations_graph, labels_at, spatial_block
 log = logging.getLogger("bigseg")
 
 __all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activations", "memberships",
-           "read_grey", "grey_array", "processing_shape", "lazy_features", "transition_windows"]
+           "read_grey", "grey_array", "processing_shape", "lazy_features", "image_features",
+           "transition_windows"]
 
 #: what a model keeps of the settings that :meth:`PhaseSegmenter.predict` reads from the estimator at call
 #: time (the segment stage's coupling and how files are cropped); :meth:`PhaseSegmenter.save` writes their
@@ -155,6 +156,40 @@ def lazy_features(grey, settings: dict, pixel_size: float | None = None, name: s
     return features.compute_features(pre, settings, name)
 
 
+def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = None,
+                   name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+    """The preprocessed image and its ``(y, x, f)`` features, computed in memory as one block.
+
+    The in-memory twin of :func:`lazy_features`: the same numbers (the chunked
+    features have exact halos), without a dask graph, for an image whose
+    features fit in memory. :func:`image_activations` takes this path for an
+    image of one chunk; ``bigseg compare``'s baselines and
+    ``scripts/feature_ceiling.py`` take it for every image.
+
+    Parameters
+    ----------
+    grey : ndarray, 2-D
+        The image as stored: grey and cropped (:func:`read_grey`, :func:`grey_array`).
+    settings : dict
+        Validated settings: the preprocessing, feature and size settings.
+    pixel_size : float, optional
+        Micrometres per pixel; needed only when ``resize`` is 'physical'.
+    name : str
+        What error messages call the image.
+
+    Returns
+    -------
+    pre : ndarray, float32, shape (y, x)
+        The image resized to the processing grid (:func:`processing_shape`),
+        normalised and equalised, in [0, 1].
+    feats : ndarray, float32, shape (y, x, n_features)
+        The features of ``settings["features"]`` (``features.feature_names``),
+        as float32, not rounded to the store's precision.
+    """
+    pre = preprocess.preprocess_image(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))
+    return pre, features.feature_block(pre, features.feature_params(settings))
+
+
 def _as_stored(feats, settings: dict):
     """The features as a run reads them back: rounded to the store's precision when it stores them.
 
@@ -191,8 +226,7 @@ def image_activations(grey: np.ndarray, model: Model, settings: dict, pixel_size
     weight, sweeps = float(settings["spatial_weight"]), int(settings["spatial_sweeps"])
     if features.chunk_side(shape, settings) >= max(shape):
         # one chunk: the fused feature kernel and the solve see exactly the block a dask task would
-        pre = preprocess.preprocess_image(grey, settings, shape)
-        feats = _as_stored(features.feature_block(pre, features.feature_params(settings)), settings)
+        feats = _as_stored(image_features(grey, settings, pixel_size, name)[1], settings)
         acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
                              sweeps if weight > 0 else 0)
     else:
@@ -225,7 +259,7 @@ def segment_image(grey: np.ndarray, model: Model, settings: dict, pixel_size: fl
         Every component's activation on the processing grid (:func:`image_activations`).
     labels : ndarray, uint8, shape grey.shape
         Phase labels at the image's own size: the phase rows of ``acts``
-        resampled bilinearly, then argmax (``segment.export_image``). Label
+        resampled bilinearly, then argmax (``export.export_image``). Label
         ``i`` is component ``model.phases[i]``; boundary components label no pixel.
     """
     acts = image_activations(grey, model, settings, pixel_size, name)
@@ -236,7 +270,7 @@ def memberships(acts: np.ndarray) -> np.ndarray:
     """Soft labels of ``(component, y, x)`` activations: each pixel's W divided by its sum, float32.
 
     H rows have unit norm, so these shares compare like with like; a pixel with
-    no activation at all gets equal shares (``pipeline.memberships``, there in float16).
+    no activation at all gets equal shares (``segment.memberships_graph``, there lazy and float16).
     """
     acts = np.asarray(acts, dtype=np.float32)
     total = acts.sum(axis=0, keepdims=True)

@@ -3,8 +3,10 @@
 For each feature set, a gradient-boosted classifier (scikit-learn
 ``HistGradientBoostingClassifier``) is trained on the human masks of half the
 images and predicts the other half (two folds: even and odd images in name
-order), through the same ingest, preprocessing, feature kernel and native-grid
-upsampling as ``bigseg run``. It sees the true classes, so its scores bound
+order). Each image goes through the Python API's per-image path, as in
+``bigseg run``: ``estimator.read_grey`` (ingest: grey, data bar cropped, pixel
+size), ``estimator.image_features`` (preprocessing and feature kernel), and
+``segment.labels_at`` (the native-grid upsampling). It sees the true classes, so its scores bound
 from above what an unsupervised method working pixel by pixel on the same
 features can reach: if the classifier cannot tell two phases apart, NMF cannot
 either. Two rows per set: plain (maximises accuracy) and class-balanced
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigseg import config, evaluate, features, io, preprocess
+from bigseg import config, estimator, evaluate, features, io
 from bigseg.segment import labels_at
 
 
@@ -40,11 +42,27 @@ def _feature_settings(settings, spec):
     return config.validate(dict(settings, features=list(dict.fromkeys(kinds))))
 
 
-def _features(path, settings):
-    grey = io.read_image(path).data
-    grey, _ = io.crop_rows(grey, settings["crop_bottom"], str(path))
-    pre = preprocess.preprocess_image(grey, settings)
-    return grey.shape, features.feature_block(pre, features.feature_params(settings))
+def _features(path, settings, table=None):
+    """One image file's cropped shape and its ``(y, x, f)`` features, as ``bigseg run`` computes them.
+
+    Parameters
+    ----------
+    path : Path
+        An image file.
+    settings : dict
+        Validated settings (:func:`_feature_settings`).
+    table : dict, optional
+        ``{file stem: micrometres per pixel}`` (``io.read_pixel_sizes``).
+
+    Returns
+    -------
+    shape : tuple of int
+        The image's shape after cropping: the grid predictions are scored on.
+    feats : ndarray, float32, shape (y, x, n_features)
+        The features on the processing grid, unrounded.
+    """
+    grey, pixel_size, _ = estimator.read_grey(path, settings, table)
+    return grey.shape, estimator.image_features(grey, settings, pixel_size, str(path))[1]
 
 
 def _predict_native(clf, f, k, shape):
@@ -59,12 +77,13 @@ def ceiling(pairs, settings, n_classes, per_image, seed):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     rng = np.random.default_rng(seed)
+    table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
     folds = [pairs[0::2], pairs[1::2]]
     samples = []
     for fold in folds:
         X, y = [], []
         for image, label in fold:
-            _, f = _features(image, settings)
+            _, f = _features(image, settings, table)
             truth = evaluate.resize_nearest(io.read_label_mask(label), f.shape[:2]).ravel()
             pick = rng.choice(truth.size, min(per_image, truth.size), replace=False)
             X.append(f.reshape(-1, f.shape[-1])[pick])
@@ -77,7 +96,7 @@ def ceiling(pairs, settings, n_classes, per_image, seed):
     cm = {w: np.zeros((n_classes, n_classes), np.int64) for w in weightings}
     for f_index, fold in enumerate(folds):
         for image, label in fold:
-            shape, f = _features(image, settings)
+            shape, f = _features(image, settings, table)
             truth = io.read_label_mask(label)
             for w in weightings:
                 model = models[w][1 - f_index]              # each fold is predicted by the other's model

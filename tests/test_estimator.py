@@ -142,6 +142,21 @@ def test_chunked_computation_equals_one_block(fitted):
     assert np.array_equal(tiled.predict(images[0]), seg.predict(images[0]))
 
 
+def test_in_memory_features_equal_the_lazy_ones():
+    """image_features, which compare's baselines and feature_ceiling.py read, is lazy_features in one block:
+    a resized grid, a native one cut into chunks with halos, and the extended bank."""
+    from bigseg.estimator import image_features, lazy_features
+
+    grey = (_islands(1)[0] * 255).round().astype(np.uint8)
+    for over in ({"resize": [100, 140], "chunk_size": 64}, {"resize": "native", "chunk_size": 64},
+                 {"resize": "native", "chunk_size": 96, "features": "extended"}):
+        s = config.validate(over)
+        pre, feats = image_features(grey, s)
+        lazy = lazy_features(grey, s)
+        assert lazy.npartitions > 1 and pre.shape == feats.shape[:2] == lazy.shape[:2]
+        np.testing.assert_array_equal(feats, lazy.compute())
+
+
 def test_a_tiled_tiff_is_read_as_the_array(fitted, tmp_path):
     import tifffile
 
