@@ -407,6 +407,13 @@ OPTIONS: dict[str, Option] = {
                                "edge pixels, and never labels a pixel; 1 = off. Rims scored 0.88-0.996 on every set "
                                "we have, real phases (thin films and small pores included) at most 0.67",
                                "fit", role="fit"),
+    "assignment": Option("auto", _choice("auto", "components", "centres"),
+                         "how pixels become phases. components: the phase component with the largest activation "
+                         "(parts-based: a phase is one H row); centres: the nearest of n_components centres in "
+                         "the space of all activations (k-means over W: phases that share their parts but differ "
+                         "in how much of each); auto: on a few images of the fit, the one whose maps are more "
+                         "coherent regions (a phase is a region), never centres of which one lives on boundaries",
+                         "fit", role="fit"),
     # segment
     "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)",
                              "segment", role="segment"),

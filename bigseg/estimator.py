@@ -258,12 +258,13 @@ def segment_image(grey: np.ndarray, model: Model, settings: dict, pixel_size: fl
     acts : ndarray, float32, shape (n_components, y, x)
         Every component's activation on the processing grid (:func:`image_activations`).
     labels : ndarray, uint8, shape grey.shape
-        Phase labels at the image's own size: the phase rows of ``acts``
-        resampled bilinearly, then argmax (``export.export_image``). Label
-        ``i`` is component ``model.phases[i]``; boundary components label no pixel.
+        Phase labels at the image's own size: the phases' scores
+        (``Model.phase_scores``: the phase rows of ``acts``, or the affine
+        nearest-centre scores) resampled bilinearly, then argmax
+        (``export.export_image``); boundary components label no pixel.
     """
     acts = image_activations(grey, model, settings, pixel_size, name)
-    return acts, labels_at(acts[model.phases], grey.shape[:2])
+    return acts, labels_at(model.phase_scores(acts), grey.shape[:2])
 
 
 def memberships(acts: np.ndarray) -> np.ndarray:
@@ -505,8 +506,7 @@ class PhaseSegmenter:
         sources = _FeatureSources(inputs)
         model = fit_model(sources, features.feature_names(settings), settings, compute, log=log.info,
                           batch_images=runner.batch_images,
-                          find_transitions=lambda H, lo, hi: regions.find_transitions(
-                              transition_windows(sources, compute), H, lo, hi, settings))
+                          **regions.fit_hooks(lambda: transition_windows(sources, compute), settings))
         model.report["images"] = len(inputs)
         if settings["phase_names"] is not None:    # names only: the fit is the same without them
             from .rename import set_names
@@ -556,9 +556,12 @@ class PhaseSegmenter:
 
         Returns
         -------
-        ndarray, float32, shape (n_phases_, y, x)
-            Row ``i`` belongs to ``components_[i]``; ``(y, x)`` is the
-            processing grid (``resize``), not necessarily the image's size.
+        ndarray, float32, shape (components, y, x)
+            One row per non-boundary component of H; with phases as H rows
+            (``model_.centres`` is None) row ``i`` is phase ``i`` and belongs to
+            ``components_[i]``; with phases as centres, the phases come from all
+            of W (:meth:`predict_proba`). ``(y, x)`` is the processing grid
+            (``resize``), not necessarily the image's size.
         """
         model, settings = self._checked()
         grey, pixel_size, name = self._grey(image, settings)
@@ -582,15 +585,21 @@ class PhaseSegmenter:
         return segment_image(grey, model, settings, pixel_size, name)[1]
 
     def predict_proba(self, image):
-        """Phase memberships of one image on the processing grid: W / sum(W) over the phase rows.
+        """Phase memberships of one image on the processing grid (``Model.phase_memberships``).
+
+        With phases as H rows: W / sum(W) over the phase rows (equal shares
+        where W is all zero). With phases as centres in activation space: the
+        posterior of a Gaussian mixture about the centres.
 
         Returns
         -------
         ndarray, float32, shape (n_phases_, y, x)
-            Non-negative, summing to 1 over the first axis; a pixel with no
-            activation gets equal shares.
+            Non-negative, summing to 1 over the first axis; its arg max is the
+            label on the processing grid.
         """
-        return memberships(self.transform(image))
+        model, settings = self._checked()
+        grey, pixel_size, name = self._grey(image, settings)
+        return model.phase_memberships(image_activations(grey, model, settings, pixel_size, name))
 
     # --- persistence ---
     def save(self, path) -> None:

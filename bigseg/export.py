@@ -74,7 +74,7 @@ def write_label_pngs(out_dir, image_id: str, labels: np.ndarray) -> None:
 
 
 def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
-                 phases=None, names=None, grey=None) -> dict:
+                 phases=None, names=None, grey=None, scores=None, panels=None) -> dict:
     """Write labels/, color/, activations/, overlay/ PNGs (and the OME label array) of one image.
 
     ``names`` are the phases' names for the panel titles and the legend
@@ -83,7 +83,10 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
 
     ``phases`` are the components that label pixels (default: all); the others
     live on boundaries, so each pixel they would win goes to the phase with the
-    largest activation there. Returns the phase fractions, pixel count, speckle
+    largest activation there. ``scores`` ``(n_phases, y, x)`` on the same grid, when
+    given, decide the labels instead (``Model.phase_scores``: phases as centres in
+    activation space), and ``panels`` are what the activation panels show then
+    (the phases' memberships). Returns the phase fractions, pixel count, speckle
     rate and the share of pixels a boundary component would have won. Pure
     apart from the files it writes, so it runs on any worker; every file is
     written atomically.
@@ -92,9 +95,9 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     phases = list(range(acts_kyx.shape[0])) if phases is None else list(phases)
     boundary = np.setdiff1d(np.arange(acts_kyx.shape[0]), phases)
     moved = float(np.isin(acts_kyx.argmax(axis=0), boundary).mean()) if boundary.size else 0.0
-    acts_kyx = acts_kyx[phases]
+    acts_kyx = acts_kyx[phases] if panels is None else panels
     k = acts_kyx.shape[0]
-    labels = labels_at(acts_kyx, native_shape)
+    labels = labels_at(acts_kyx if scores is None else scores, native_shape)
     if labels_zarr is not None:
         labels_zarr[...] = labels
     write_label_pngs(out_dir, image_id, labels)

@@ -38,9 +38,11 @@ MAX_PNG_BYTES = 16 * 2 ** 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: the arrays of model.npz, each one float vector or matrix
 MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
+#: arrays a model may hold besides: the phase centres of a model whose phases are not H rows
+OPTIONAL_ARRAYS = ("centres",)
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
 MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
-                "transitions", "phase_names")
+                "transitions", "phase_names", "spread")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
@@ -175,6 +177,13 @@ class Model:
     #: the fingerprint bar charts as PNG, drawn once when the model is fitted and kept
     #: with it, so segmenting with a saved model needs no plotting
     figure: bytes | None = field(default=None, repr=False, compare=False)
+    #: phases as centres in the space of every component's activation ``(n_phases, n_components)``:
+    #: a pixel is the phase whose centre its W is nearest (:func:`bigseg.regions.choose_assignment`).
+    #: None: a pixel is the phase component with the largest activation
+    centres: np.ndarray | None = None
+    #: the variance per activation dimension of pixels about their centre: the width of the
+    #: memberships' Gaussian posterior (only with ``centres``)
+    spread: float | None = None
 
     def __post_init__(self):
         if self.phase_names is None:
@@ -194,11 +203,49 @@ class Model:
 
     @property
     def n_phases(self) -> int:
-        return len(self.phases)
+        return len(self.phases) if self.centres is None else int(self.centres.shape[0])
 
     @property
     def phase_H(self) -> np.ndarray:
-        return self.H[self.phases]
+        """Each phase's fingerprint over the features: its H row, or, with centres, the unit-norm
+        profile its centre reconstructs (``centres @ H``)."""
+        if self.centres is None:
+            return self.H[self.phases]
+        return normalise_rows(self.centres @ self.H)
+
+    def phase_scores(self, acts):
+        """Per-phase scores of activations ``(n_components, y, x)`` whose arg max is the label.
+
+        Without centres: the phase rows' activations. With centres:
+        ``2 c.w - |c|^2``, which orders phases as the distance of W to each
+        centre does and is affine in W, so bilinear resampling the scores
+        (``segment.labels_at``) is resampling W and then choosing. Works on
+        numpy and dask arrays alike; float32.
+        """
+        if self.centres is None:
+            return acts[self.phases]
+        twice, shift = centre_terms(self.centres)
+        acts = acts.astype(np.float32)
+        # a sum in a fixed order of float32 products (not a BLAS product, whose order depends on the
+        # machine), so every path and scripts/minimal_segment.py get these scores bit for bit
+        total = twice[:, 0, None, None] * acts[0][None]
+        for j in range(1, acts.shape[0]):
+            total = total + twice[:, j, None, None] * acts[j][None]
+        return total - shift[:, None, None]
+
+    def phase_memberships(self, acts):
+        """Soft memberships ``(n_phases, y, x)``, float32, summing to 1 at each pixel, whose arg max is the label.
+
+        Without centres: each pixel's phase activations divided by their sum
+        (equal shares where all are zero). With centres: the posterior of a
+        Gaussian mixture with one shared, isotropic spread around the centres
+        (k-means' soft counterpart), a softmax of :meth:`phase_scores`.
+        """
+        if self.centres is None:
+            return activation_shares(acts[self.phases])
+        z = self.phase_scores(acts) / np.float32(2.0 * self.spread)
+        e = np.exp(z - z.max(axis=0, keepdims=True))
+        return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
     def fingerprint_png(self) -> bytes:
         """The phases' fingerprints (H rows over the named features) as a PNG bar chart."""
@@ -231,11 +278,16 @@ class Model:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            np.savez(tmp / "model.npz", H=self.H.astype(np.float64), scale_lo=self.scale_lo, scale_hi=self.scale_hi)
+            arrays = dict(H=self.H.astype(np.float64), scale_lo=self.scale_lo, scale_hi=self.scale_hi)
+            if self.centres is not None:
+                arrays["centres"] = np.asarray(self.centres, np.float64)
+            np.savez(tmp / "model.npz", **arrays)
             meta = {"format": MODEL_FORMAT, "bigseg_version": __version__, "n_components": self.n_components,
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
                     "fingerprints": fingerprints(self.H, self.feature_names),
                     "transitions": [int(j) for j in self.transitions], "phase_names": list(self.phase_names)}
+            if self.centres is not None:
+                meta["spread"] = float(self.spread)
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
             (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
@@ -274,19 +326,22 @@ class Model:
         names, settings, report = _check_meta(meta_path, meta)
         H, lo, hi = _check_arrays(arr_path, arrays, names)
         transitions = _check_transitions(meta_path, meta.get("transitions", []), H.shape[0])
-        settings = _check_settings(meta_path, settings, names, H.shape[0], len(transitions))
+        centres, spread = _check_centres(arr_path, meta_path, arrays.get("centres"), meta.get("spread"), H.shape[0])
+        n_phases = H.shape[0] - len(transitions) if centres is None else len(centres)
+        settings = _check_settings(meta_path, settings, names, H.shape[0], len(transitions),
+                                   None if centres is None else n_phases)
         if "n_components" in meta and meta["n_components"] != H.shape[0]:
             raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
                              f"has {H.shape[0]} rows")
         _check_fingerprints(meta_path, meta.get("fingerprints"), names, H.shape[0])
         # absent in models saved before names were kept: Model computes them from the fingerprints
-        phase_names = _check_phase_names(meta_path, meta["phase_names"], H.shape[0] - len(transitions)) \
+        phase_names = _check_phase_names(meta_path, meta["phase_names"], n_phases) \
             if "phase_names" in meta else None
         figure = _read_regular(png_path, MAX_PNG_BYTES)      # absent in models saved before it was kept
         if figure is not None and not figure.startswith(PNG_SIGNATURE):
             raise ModelError(f"{png_path}: not a PNG image")
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
-                   transitions=transitions, phase_names=phase_names, figure=figure)
+                   transitions=transitions, phase_names=phase_names, figure=figure, centres=centres, spread=spread)
 
 
 # --- reading a model: every check names the file and the field -----------------------
@@ -351,8 +406,9 @@ def _parse_npz(path: Path, data: bytes) -> dict[str, np.ndarray]:
         infos = archive.infolist()
         members = [i.filename for i in infos]
         for name in members:
-            if name.removesuffix(".npy") not in MODEL_ARRAYS or not name.endswith(".npy"):
-                raise ModelError(f"{path}: array {name!r} is not a model array ({', '.join(MODEL_ARRAYS)})")
+            if name.removesuffix(".npy") not in MODEL_ARRAYS + OPTIONAL_ARRAYS or not name.endswith(".npy"):
+                raise ModelError(f"{path}: array {name!r} is not a model array "
+                                 f"({', '.join(MODEL_ARRAYS + OPTIONAL_ARRAYS)})")
         if len(set(members)) != len(members):
             raise ModelError(f"{path}: damaged model file: an array is stored twice")
         missing = [a for a in MODEL_ARRAYS if f"{a}.npy" not in members]
@@ -464,16 +520,18 @@ def _check_transitions(path: Path, value, rows: int) -> list[int]:
     return sorted(value)
 
 
-def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transitions: int = 0) -> dict:
+def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transitions: int = 0,
+                    n_centres: int | None = None) -> dict:
     """The model's settings, normalised: model keys only, values as ``config.validate`` allows,
     computing exactly ``names``, with H's ``rows`` made of the phases asked for (or fewer, where
-    boundary components took capacity no refit could give back) and ``n_transitions`` boundaries."""
+    boundary components took capacity no refit could give back) and ``n_transitions`` boundaries;
+    with ``n_centres`` phase centres, exactly as many as asked for."""
     for key in settings:
         if key not in MODEL_KEYS:
             raise ModelError(f"{path}: settings.{key} is not a model setting; a model carries only what "
                              f"defines the segmentation")
     given = dict(settings)
-    given.setdefault("n_components", rows - n_transitions)   # validate would assume its default
+    given.setdefault("n_components", rows - n_transitions if n_centres is None else n_centres)
     try:
         full = validate(given)
     except ConfigError as exc:
@@ -483,7 +541,11 @@ def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transi
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise ModelError(f"{path}: field 'settings' holds an invalid value ({exc})") from None
     phases = rows - n_transitions
-    if phases > full["n_components"] or (n_transitions == 0 and phases != full["n_components"]):
+    if n_centres is not None:
+        if n_centres != full["n_components"]:
+            raise ModelError(f"{path}: settings.n_components is {full['n_components']} but model.npz has "
+                             f"{n_centres} phase centres")
+    elif phases > full["n_components"] or (n_transitions == 0 and phases != full["n_components"]):
         raise ModelError(f"{path}: settings.n_components is {full['n_components']} but H in model.npz has {rows} "
                          f"rows, {n_transitions} of them boundaries")
     from .features import feature_names
@@ -493,6 +555,45 @@ def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transi
         raise ModelError(f"{path}: field 'feature_names' must be the features the model's settings compute, "
                          f"{expected}; got {names}")
     return {key: full[key] for key in given}
+
+
+def _check_centres(arr_path: Path, meta_path: Path, centres, spread, rows: int):
+    """The phase centres (absent: phases are H rows) and their spread, checked."""
+    if centres is None:
+        if spread is not None:
+            raise ModelError(f"{meta_path}: field 'spread' belongs to phase centres, and model.npz has none")
+        return None, None
+    if (centres.ndim != 2 or centres.shape[1] != rows or not 1 <= centres.shape[0] <= nnls.MAX_EXACT_K
+            or not np.issubdtype(centres.dtype, np.floating)):
+        raise ModelError(f"{arr_path}: 'centres' must be a float array of 1 to {nnls.MAX_EXACT_K} phases by "
+                         f"the {rows} components of H; got shape {centres.shape}")
+    centres = centres.astype(np.float64)
+    if not np.isfinite(centres).all() or (centres < 0).any():
+        raise ModelError(f"{arr_path}: 'centres' must be finite and non-negative (activations are)")
+    if len({row.tobytes() for row in centres}) != len(centres):
+        raise ModelError(f"{arr_path}: 'centres' must be distinct: two phases with one centre label nothing apart")
+    if (not isinstance(spread, (int, float)) or isinstance(spread, bool) or not np.isfinite(spread)
+            or not spread > 0):
+        raise ModelError(f"{meta_path}: field 'spread' must be a positive number with phase centres; got {spread!r}")
+    return centres, float(spread)
+
+
+def centre_terms(centres) -> tuple[np.ndarray, np.ndarray]:
+    """``2 C`` and ``|c|^2`` per centre, float32: the affine map from W to :meth:`Model.phase_scores`."""
+    C = np.asarray(centres, np.float64)
+    return (2 * C).astype(np.float32), (C ** 2).sum(axis=1).astype(np.float32)
+
+
+def activation_shares(acts):
+    """Each pixel's activations ``(k, y, x)`` divided by their sum, float32; equal shares where all are 0.
+
+    H rows have unit norm, so the shares compare like with like. numpy or dask arrays.
+    """
+    acts = acts.astype(np.float32)
+    total = acts.sum(axis=0, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, acts / np.maximum(total, np.float32(1e-12)),
+                        np.float32(1.0 / acts.shape[0])).astype(np.float32)
 
 
 def _check_fingerprints(path: Path, prints, names: list, k: int) -> None:
@@ -672,7 +773,7 @@ def scaled_sample(feature_arrays, settings: dict, compute, batch_images: int = 3
 
 
 def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32,
-        find_transitions=None) -> Model:
+        find_transitions=None, choose_assignment=None) -> Model:
     """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
 
     ``feature_arrays`` is a sequence (a list, or one that builds each graph on
@@ -687,6 +788,10 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     allow): the phases get back the capacity the edges took, and the new fit's
     rows most like the old boundaries are kept as ``transitions``, explaining
     edge pixels in the solve and never labelling one.
+
+    ``choose_assignment(H, lo, hi, transitions, n_phases)`` (see
+    :func:`bigseg.regions.choose_assignment`) decides whether the phases are H's
+    rows or centres in activation space, returning ``(centres or None, spread, info)``.
     """
     t0 = time.perf_counter()
     X, lo, hi = scaled_sample(feature_arrays, settings, compute, batch_images)
@@ -727,12 +832,18 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     W = nnls.solve(X, H, *regularisation(settings, H.shape[1]))
     report.update(reconstruction(X, H, settings, W))
     H, transitions, phase_names = _in_stable_order(X, W, H, transitions, feature_names, report)
+    centres = spread = None
+    if choose_assignment is not None:
+        centres, spread, report["assignment"] = choose_assignment(H, lo, hi, transitions, settings["n_components"])
+        if centres is not None:
+            W = nnls.solve(X, H, *regularisation(settings, H.shape[1]))
+            centres, phase_names = _centres_in_stable_order(X, W, H, centres, feature_names, report)
     report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     # a model carries what defines the segmentation and nothing of where or how this run went
     keep = {k: settings[k] for k in MODEL_KEYS}
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report,
-                 transitions=transitions, phase_names=phase_names)
+                 transitions=transitions, phase_names=phase_names, centres=centres, spread=spread)
 
 
 def _in_stable_order(X, W, H, transitions, feature_names, report):
@@ -752,6 +863,28 @@ def _in_stable_order(X, W, H, transitions, feature_names, report):
                          "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, p)}}
                         for s, p in zip(shares, profiles)]
     return H, list(range(n_phases, len(rows))), describe(profiles, H[:n_phases], feature_names)
+
+
+def _centres_in_stable_order(X, W, H, centres, feature_names, report):
+    """Phase centres darkest first (by the mean scaled intensity of the sample pixels nearest each) and
+    the phases' names; the pixel profiles go into ``report["phases"]`` (as :func:`_in_stable_order`)."""
+    from .phases import brightness_column, describe
+
+    near = np.argmin((centres ** 2).sum(axis=1)[None, :] - 2 * np.asarray(W, np.float64) @ centres.T, axis=1)
+    fingerprints_ = normalise_rows(centres @ H)
+    profiles, shares = [], []
+    for j in range(len(centres)):
+        mask = near == j
+        profiles.append(X[mask].mean(axis=0) if mask.any() else fingerprints_[j])
+        shares.append(float(mask.mean()) if len(X) else 0.0)
+    profiles = np.asarray(profiles, np.float64)
+    col = brightness_column(feature_names)
+    rows = sorted(range(len(centres)), key=lambda j: (profiles[j, col], tuple(centres[j])))
+    centres, profiles = centres[rows], profiles[rows]
+    report["phases"] = [{"sample_share": round(shares[j], 6),
+                         "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, profiles[i])}}
+                        for i, j in enumerate(rows)]
+    return centres, describe(profiles, normalise_rows(centres @ H), feature_names)
 
 
 def _finish_H(X, H, settings, report):

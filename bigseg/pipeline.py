@@ -318,9 +318,8 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
     sources = FeatureSources(out_dir, ids, settings)
     model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
                 log=log.info, batch_images=runner.batch_images,
-                find_transitions=lambda H, lo, hi: regions.find_transitions(
-                    estimator.transition_windows(sources, lambda objs: runner.compute(objs, "fit: boundaries")),
-                    H, lo, hi, settings))
+                **regions.fit_hooks(lambda: estimator.transition_windows(
+                    sources, lambda objs: runner.compute(objs, "fit: boundaries")), settings))
     model.report["images"] = len(ids)
     model.report["inputs"] = seen
     adopt_model(out_dir, model)
@@ -388,7 +387,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         # delayed objects: dask hands an array argument to a task through a renaming that imports distributed
         tiles = acts.to_delayed().tolist()
         fractions = dask.delayed(_store_and_export, pure=False)(tiles, act_arr, memb_arr, native, str(out_dir),
-                                                                image_id, lab_arr, model.phases, list(names),
+                                                                image_id, lab_arr, model, list(names),
                                                                 root[f"images/{image_id}/0"])
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
@@ -459,34 +458,44 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
                                  model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"])
         acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
         rows = slice(r0, r1)
-        phase_acts = acts[model.phases]
-        labels = phase_acts.argmax(axis=0).astype(np.uint8)
-        stored = da.store(**store.store_args([acts, memberships_graph(phase_acts), labels], [act_arr, memb_arr, lab_arr],
+        labels = model.phase_scores(acts).argmax(axis=0).astype(np.uint8)
+        stored = da.store(**store.store_args([acts, phase_memberships(model, acts), labels], [act_arr, memb_arr, lab_arr],
                                              [(slice(None), rows), (slice(None), rows), (rows,)]),
                           lock=False, compute=False)
         runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
-    result = export_large(lab_arr, act_arr, str(out_dir), image_id, model.phases, names=list(model.phase_names),
-                          grey=source)
+    # phases as centres are no component's activation: their panels show the memberships
+    panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
+    result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source)
     _finish(result, str(out_dir), image_id, made_by)
 
 
-def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, phases, names=None, grey=None):
+def phase_memberships(model: Model, acts):
+    """Lazy float16 memberships of ``(component, y, x)`` activations as the store keeps them."""
+    if model.centres is None:
+        return memberships_graph(acts[model.phases])
+    return model.phase_memberships(acts).astype(np.float16)
+
+
+def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names=None, grey=None):
     """Store one image's activations and memberships (``store_args``: every pyramid level), then export
     from the same array in memory. ``tiles``: the activations' blocks, nested as their grid."""
     acts = tiles[0][0][0] if len(tiles) == len(tiles[0]) == len(tiles[0][0]) == 1 else np.block(tiles)
     return _guard("segment", image_id, _store_then_export, acts, act_arr, memb_arr, native, out_dir, image_id,
-                  lab_arr, phases, names, grey)
+                  lab_arr, model, names, grey)
 
 
-def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, phases, names, grey):
+def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names, grey):
     import dask.array as da
     from dask.local import get_sync
 
     lazy = da.from_array(acts, chunks=act_arr.chunks, name=False)
     # the scheduler as a function: named, dask imports distributed to look for a client
-    da.store(**store.store_args([lazy, memberships_graph(lazy[phases])], [act_arr, memb_arr]), lock=False,
+    da.store(**store.store_args([lazy, phase_memberships(model, lazy)], [act_arr, memb_arr]), lock=False,
              scheduler=get_sync)
-    return export_image(acts, native, out_dir, image_id, lab_arr, phases, names, grey)
+    if model.centres is None:
+        return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey)
+    return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey,
+                        scores=model.phase_scores(acts), panels=model.phase_memberships(acts))
 
 
 def _finish(result, out_dir, image_id, made_by):

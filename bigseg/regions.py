@@ -168,14 +168,19 @@ def remove_transitions(labels: np.ndarray, k: int, radius: int = 2, share: float
     return out, list(drop), moved
 
 
-def label_maps(feature_maps, H, lo, hi, settings) -> list[np.ndarray]:
-    """Argmax label maps of in-memory ``(y, x, f)`` features with H fixed, by the coupled solve segment uses."""
+def activation_maps(feature_maps, H, lo, hi, settings) -> list[np.ndarray]:
+    """Activations ``(k, y, x)`` of in-memory ``(y, x, f)`` features with H fixed, by the coupled solve segment uses."""
     from .model import regularisation
     from .segment import spatial_block
 
     l1, l2 = regularisation(settings, H.shape[1])
-    return [spatial_block(f, H, lo, hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"]).argmax(axis=2)
-            for f in feature_maps]
+    return [np.moveaxis(spatial_block(f, H, lo, hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"]),
+                        2, 0) for f in feature_maps]
+
+
+def label_maps(feature_maps, H, lo, hi, settings) -> list[np.ndarray]:
+    """Argmax label maps of in-memory ``(y, x, f)`` features with H fixed, by the coupled solve segment uses."""
+    return [a.argmax(axis=0) for a in activation_maps(feature_maps, H, lo, hi, settings)]
 
 
 def find_transitions(feature_maps, H, lo, hi, settings) -> tuple[list[int], list[float]]:
@@ -191,3 +196,118 @@ def find_transitions(feature_maps, H, lo, hi, settings) -> tuple[list[int], list
     shares, _ = pooled_between_share(maps, k, radius)
     drop = transition_components(None, k, radius, settings["transition_share"], counts_from=maps)
     return drop, [round(float(v), 4) for v in shares]
+
+
+def coherence(maps) -> float:
+    """Share of pixels whose four neighbours all carry their label, over label maps (pixel-weighted).
+
+    A phase is a region: of two labellings of the same pixels, the one whose
+    labels form larger contiguous regions (fewer isolated pixels and ragged
+    borders) has the higher coherence.
+    """
+    same = total = 0
+    for lab in maps:
+        lab = np.asarray(lab)
+        ok = np.ones(lab.shape, bool)
+        ok[1:] &= lab[1:] == lab[:-1]
+        ok[:-1] &= lab[:-1] == lab[1:]
+        ok[:, 1:] &= lab[:, 1:] == lab[:, :-1]
+        ok[:, :-1] &= lab[:, :-1] == lab[:, 1:]
+        same += int(ok.sum())
+        total += ok.size
+    return same / total if total else 0.0
+
+
+def nearest_centre(acts: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Label of each pixel of ``(k, y, x)`` activations: the nearest row of ``centres`` ``(phases, k)``."""
+    a = np.asarray(acts, np.float64).reshape(acts.shape[0], -1)
+    C = np.asarray(centres, np.float64)
+    d = (C ** 2).sum(axis=1)[:, None] - 2 * C @ a
+    return d.argmin(axis=0).reshape(acts.shape[1:])
+
+
+#: activation vectors the centres are fitted on, at most (drawn evenly from the maps)
+ASSIGNMENT_PIXELS = 200_000
+
+
+def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.ndarray | None, float | None, dict]:
+    """Phases as H rows or as centres in activation space, decided on a few images' coupled activations.
+
+    Arg max over the phase rows treats each phase as one part of H; that fails
+    where two phases share their parts and differ in how much of each (islands a
+    little darker and rougher than their matrix break into speckle). Centres
+    fitted by k-means on every pixel's whole activation vector tell such phases
+    apart. With ``settings["assignment"]`` auto, the centres are used when their
+    label maps are the more coherent (:func:`coherence`: a phase is a region)
+    and none of them lives on boundaries (:func:`pooled_between_share` above
+    ``transition_share``: a boundary is not a phase).
+
+    Parameters
+    ----------
+    maps : list of ndarray, shape (k, y, x)
+        Coupled activations of the final H on a few images (:func:`activation_maps`).
+    transitions : list of int
+        H's boundary rows.
+    n_phases : int
+        Phases asked for: the number of centres.
+    settings : dict
+        ``assignment``, ``random_state``, ``transition_share``, the derivative sigmas.
+
+    Returns
+    -------
+    centres : ndarray of shape (n_phases, k) or None
+        None: phases are the non-boundary rows of H.
+    spread : float or None
+        Variance per activation dimension about the centres (the memberships' width).
+    info : dict
+        What was measured and chosen, for the model's report.
+    """
+    from sklearn.cluster import KMeans
+
+    mode = settings.get("assignment", "auto")
+    k = int(maps[0].shape[0]) if maps else 0
+    rows = [j for j in range(k) if j not in set(transitions)]
+    info = {"asked": mode, "chosen": "components"}
+    if mode == "components" or not maps or n_phases < 2:
+        return None, None, info
+    by_rows = [m[rows].argmax(axis=0) for m in maps]
+    flat = np.concatenate([m.reshape(k, -1).T for m in maps]).astype(np.float64)
+    rng = np.random.default_rng(settings["random_state"])
+    pick = np.sort(rng.choice(len(flat), min(ASSIGNMENT_PIXELS, len(flat)), replace=False))
+    km = KMeans(n_clusters=n_phases, n_init=3, random_state=settings["random_state"]).fit(flat[pick])
+    centres = np.maximum(km.cluster_centers_, 0.0)
+    by_centres = [nearest_centre(m, centres) for m in maps]
+    radius = window_radius([settings["gradient_sigma"], settings["laplacian_sigma"]])
+    shares, counts = pooled_between_share(by_centres, n_phases, radius)
+    near = centres[nearest_centre(flat[pick].T.reshape(k, -1, 1), centres).ravel()]
+    spread = float(((flat[pick] - near) ** 2).mean())
+    info.update({"coherence": {"components": round(coherence(by_rows), 4), "centres": round(coherence(by_centres), 4)},
+                 "centre_between_shares": [round(float(v), 4) for v in shares]})
+    usable = (counts > 0).all() and len({c.tobytes() for c in centres}) == n_phases and spread > 0
+    rims = bool((shares > settings["transition_share"]).any())
+    info["centres_on_boundaries"] = rims
+    if mode == "centres" and usable:
+        info["chosen"] = "centres"
+    elif mode == "auto" and usable and not rims and info["coherence"]["centres"] > info["coherence"]["components"]:
+        info["chosen"] = "centres"
+    if info["chosen"] != "centres":
+        return None, None, info
+    return centres, spread, info
+
+
+def fit_hooks(windows, settings) -> dict:
+    """The ``find_transitions`` and ``choose_assignment`` callbacks of :func:`bigseg.model.fit`.
+
+    Both read the same few images' features, which ``windows()`` returns
+    (:func:`bigseg.estimator.transition_windows`); they are computed once, on first use.
+    """
+    cache = []
+
+    def feature_maps():
+        if not cache:
+            cache.append(list(windows()))
+        return cache[0]
+
+    return {"find_transitions": lambda H, lo, hi: find_transitions(feature_maps(), H, lo, hi, settings),
+            "choose_assignment": lambda H, lo, hi, transitions, n_phases: choose_assignment(
+                activation_maps(feature_maps(), H, lo, hi, settings), transitions, n_phases, settings)}

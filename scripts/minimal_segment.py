@@ -38,6 +38,7 @@ def load_model(folder) -> dict:
     meta = json.loads((folder / "model.json").read_text())
     with np.load(folder / "model.npz") as arrays:
         H, lo, hi = arrays["H"].astype(np.float64), arrays["scale_lo"], arrays["scale_hi"]
+        centres = arrays["centres"].astype(np.float64) if "centres" in arrays else None
     s = meta["settings"]
     kinds = list(s["features"]) if isinstance(s["features"], list) else \
         {"method": list(METHOD_KINDS)}.get(s["features"])
@@ -53,6 +54,10 @@ def load_model(folder) -> dict:
     ratio = float(s.get("l1_ratio", 0.0))
     return {"H": H, "lo": lo, "hi": hi, "s": s, "kinds": kinds, "names": meta["feature_names"],
             "phases": np.array([j for j in range(H.shape[0]) if j not in transitions], np.intp),
+            # phases as centres in activation space: the label is the nearest centre, i.e. the arg max of
+            # 2 c.w - |c|^2, summed in float32 in the order of the components
+            "centres": None if centres is None else ((2 * centres).astype(np.float32),
+                                                     (centres ** 2).sum(axis=1).astype(np.float32)),
             "l1": a * ratio, "l2": a * (1.0 - ratio),
             "weight": float(s.get("spatial_weight", 2.0)), "sweeps": int(s.get("spatial_sweeps", 5))}
 
@@ -188,7 +193,14 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
     W = kernels["solve"](np.ascontiguousarray(X, np.float32), H, l1, subset_solvers(H, l2), H @ H.T + l2 * np.eye(k),
                          subset_solvers(H, l2 + mu), H @ H.T + (l2 + mu) * np.eye(k), mu, sweeps, img.shape[0],
                          (0.0,) * k)
-    return resample_argmax(W, img.shape, m["phases"], grey.shape)
+    if m["centres"] is None:
+        return resample_argmax(W, img.shape, m["phases"], grey.shape)
+    twice, shift = m["centres"]
+    scores = W[:, 0:1] * twice[:, 0]
+    for j in range(1, k):
+        scores = scores + W[:, j:j + 1] * twice[:, j]
+    scores = np.ascontiguousarray(scores - shift, np.float32)
+    return resample_argmax(scores, img.shape, np.arange(len(shift), dtype=np.intp), grey.shape)
 
 
 def resample_argmax(W: np.ndarray, grid, phases, shape) -> np.ndarray:

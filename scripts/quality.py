@@ -99,17 +99,17 @@ def bigseg_labels(prepared, s):
 
     arrays = [da.from_array(f, chunks=f.shape) for _, _, f, _ in prepared]
     fitted = model.fit(arrays, features.feature_names(s), s, lambda objs: list(dask.compute(*objs)),
-                       find_transitions=lambda H, lo, hi: regions.find_transitions(
-                           [f for _, _, f, _ in prepared][:regions.TRANSITION_IMAGES], H, lo, hi, s))
+                       **regions.fit_hooks(lambda: [f for _, _, f, _ in prepared][:regions.TRANSITION_IMAGES], s))
     l1, l2 = model.regularisation(s, fitted.H.shape[1])
     preds, moved = [], []
     for _, shape, f, _ in prepared:
         acts = segment.spatial_block(f, fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
                                      s["spatial_sweeps"]).transpose(2, 0, 1)
         moved.append(np.isin(acts.argmax(axis=0), fitted.transitions).mean())
-        preds.append(segment.labels_at(acts[fitted.phases], shape))
+        preds.append(segment.labels_at(fitted.phase_scores(acts), shape))
     notes = {"k": fitted.settings["n_components"], "boundary components": len(fitted.transitions),
              "between shares": fitted.report.get("between_shares"),
+             "assignment": fitted.report.get("assignment"),
              "boundary pixels": f"{np.mean(moved):.2%}"}
     return preds, notes
 

@@ -94,7 +94,7 @@ def test_fit_on_arrays_sets_the_fitted_attributes(fitted):
     m = seg.model_
     assert seg.n_phases_ == m.n_phases == len(seg.components_)
     assert seg.components_.shape == (seg.n_phases_, seg.n_features_in_)
-    np.testing.assert_array_equal(seg.components_, m.H[m.phases])
+    np.testing.assert_array_equal(seg.components_, m.phase_H)
     assert seg.boundary_components_.shape == (len(m.transitions), seg.n_features_in_)
     assert list(seg.feature_names_in_) == m.feature_names and seg.n_features_in_ == len(m.feature_names)
     assert m.report["images"] == 2
@@ -108,23 +108,34 @@ def test_predict_transform_and_memberships_agree(fitted):
     proba = seg.predict_proba(image)
     assert labels.shape == image.shape and labels.dtype == np.uint8
     assert set(np.unique(labels)) <= set(range(seg.n_phases_))
-    assert acts.shape == proba.shape == (seg.n_phases_,) + image.shape
+    m = seg.model_
+    assert proba.shape == (seg.n_phases_,) + image.shape and acts.shape == (len(m.phases),) + image.shape
     assert acts.dtype == proba.dtype == np.float32 and (acts >= 0).all()
     np.testing.assert_allclose(proba.sum(axis=0), 1.0, rtol=1e-5)
-    # native grid: no resampling, so the labels are the argmax of the phases' activations and memberships
-    assert np.array_equal(labels, acts.argmax(axis=0))
+    all_acts, same_labels = segment_image(grey_array(image, seg._settings()), m, seg._settings())
+    # native grid: no resampling, so the labels are the argmax of the phases' scores and memberships
+    assert np.array_equal(labels, m.phase_scores(all_acts).argmax(axis=0))
     top2 = np.sort(proba, axis=0)[-2:]
     clear = top2[1] > top2[0]
     assert clear.mean() > 0.99
     assert np.array_equal(labels[clear], proba.argmax(axis=0)[clear])
-    # with every component: where a phase wins outright, it is the label; boundary components label nothing
-    m = seg.model_
-    all_acts, same_labels = segment_image(grey_array(image, seg._settings()), m, seg._settings())
     assert np.array_equal(same_labels, labels) and all_acts.shape[0] == m.n_components
+    np.testing.assert_array_equal(m.phase_memberships(all_acts), proba)
+    np.testing.assert_array_equal(all_acts[m.phases], acts)
+
+
+def test_phases_as_rows_label_by_the_winning_component():
+    images = _islands()
+    seg = PhaseSegmenter(n_components=3, **dict(QUICK, assignment="components")).fit(images)
+    m = seg.model_
+    assert m.centres is None
+    all_acts, labels = segment_image(grey_array(images[1], seg._settings()), m, seg._settings())
+    # where a phase wins outright, it is the label; boundary components label nothing
     winner = all_acts.argmax(axis=0)
     phase_wins = np.isin(winner, m.phases)
     assert np.array_equal(np.asarray(m.phases)[labels][phase_wins], winner[phase_wins])
-    np.testing.assert_array_equal(memberships(all_acts[m.phases]), proba)
+    assert np.array_equal(labels, seg.transform(images[1]).argmax(axis=0))
+    np.testing.assert_array_equal(memberships(all_acts[m.phases]), seg.predict_proba(images[1]))
 
 
 def test_a_resized_grid_gives_activations_there_and_labels_at_full_size():

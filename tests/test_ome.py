@@ -140,7 +140,7 @@ def test_activations_are_placed_on_the_image(run_dir):
     """Mapping each image pixel through the OME transforms into the activations and interpolating there
     (bilinear) gives the stored labels: the maps overlay the image."""
     root = zarr.open_group(str(run_dir / "store.zarr"), mode="r")
-    phases = Model.load(run_dir / "model").phases
+    fitted = Model.load(run_dir / "model")
     for image_id in _ids(run_dir):
         native = root[f"images/{image_id}/0"].shape
         acts = root[f"activations/{image_id}"]
@@ -154,7 +154,7 @@ def test_activations_are_placed_on_the_image(run_dir):
         # image pixel (i, j) sits at img_shift + img_scale * (i, j); in activation pixels that is:
         yy, xx = np.meshgrid(np.arange(native[0]), np.arange(native[1]), indexing="ij")
         coords = [(img_shift[a] + img_scale[a] * g - shift[a + 1]) / scale[a + 1] for a, g in enumerate((yy, xx))]
-        w = acts["0"][:][list(phases)]
+        w = fitted.phase_scores(acts["0"][:])
         resampled = np.stack([ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in w])
         labels = root[f"images/{image_id}/labels/phases/0"][:]
         assert np.mean(resampled.argmax(axis=0) + 1 == labels) > 0.999, image_id
