@@ -189,6 +189,8 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     summary["boundaries"] = {"components": len(model.transitions),
                              "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
                              "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0}
+    # how pixels became phases: the components' own rows, or centres in activation space (regions.choose_assignment)
+    summary["assignment"] = model.report.get("assignment", {"chosen": "components"})
     summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
     io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -228,6 +228,11 @@ def nearest_centre(acts: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 #: activation vectors the centres are fitted on, at most (drawn evenly from the maps)
 ASSIGNMENT_PIXELS = 200_000
+#: centres replace the rows only where they leave clearly fewer ragged pixels (pixels whose
+#: neighbours are not all of their phase): at most this share of the rows' count. The rows are the
+#: default because their fingerprints are H itself; a switch on a difference within sampling noise
+#: would trade sets back and forth
+CENTRES_RAGGED_SHARE = 0.9
 
 
 def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.ndarray | None, float | None, dict]:
@@ -238,8 +243,9 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     little darker and rougher than their matrix break into speckle). Centres
     fitted by k-means on every pixel's whole activation vector tell such phases
     apart. With ``settings["assignment"]`` auto, the centres are used when their
-    label maps are the more coherent (:func:`coherence`: a phase is a region)
-    and none of them lives on boundaries (:func:`pooled_between_share` above
+    label maps are clearly the more coherent (:func:`coherence`: a phase is a
+    region; at most ``CENTRES_RAGGED_SHARE`` of the rows' ragged pixels) and none
+    of them lives on boundaries (:func:`pooled_between_share` above
     ``transition_share``: a boundary is not a phase).
 
     Parameters
@@ -288,7 +294,8 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     info["centres_on_boundaries"] = rims
     if mode == "centres" and usable:
         info["chosen"] = "centres"
-    elif mode == "auto" and usable and not rims and info["coherence"]["centres"] > info["coherence"]["components"]:
+    elif (mode == "auto" and usable and not rims and 1 - info["coherence"]["centres"]
+          <= CENTRES_RAGGED_SHARE * (1 - info["coherence"]["components"])):
         info["chosen"] = "centres"
     if info["chosen"] != "centres":
         return None, None, info

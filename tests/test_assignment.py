@@ -136,3 +136,28 @@ def test_coherence_prefers_regions_to_speckle():
     regions_map[:, 32:] = 1
     speckle = rng.integers(0, 2, (64, 64))
     assert regions.coherence([regions_map]) > 0.9 > 0.2 > regions.coherence([speckle])
+
+
+def test_cli_with_centres_equals_predict_and_keeps_memberships(tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from bigseg import PhaseSegmenter
+    from bigseg.cli import main
+
+    images, _ = synth.write_family(tmp_path / "data", "textured", 2, seed=1, shape=(160, 224))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--input", str(images), "--out", str(out), "-k", "3", "--quiet",
+                                    "--set", "assignment=centres", "--set", "resize=native",
+                                    "--set", "sample_size=20000"])
+    assert res.exit_code == 0, res.output
+    seg = PhaseSegmenter.load(out / "model")
+    assert seg.model_.centres is not None
+    summary = json.loads((out / "summary.json").read_text())
+    for p in sorted(images.glob("*.png")):
+        labels = np.asarray(Image.open(out / "labels" / p.name))
+        assert np.array_equal(seg.predict(p), labels)
+        import zarr
+        soft = zarr.open_group(str(out / "store.zarr"), mode="r")[f"memberships/{p.stem}/0"][:].astype(np.float32)
+        assert soft.shape[0] == 3 and np.mean(soft.argmax(0) == labels) > 0.999
+    assert len(summary["components"]) == 3 and summary["assignment"]["chosen"] == "centres"

@@ -30,10 +30,11 @@ def test_feature_ceiling_learns_the_synthetic_phases(demo_data):
     assert res["plain"]["mean_iou"] > 0.4
 
 
-def test_minimal_script_labels_equal_predict(demo_data, tmp_path):
+@pytest.mark.parametrize("assignment", ["components", "centres"])
+def test_minimal_script_labels_equal_predict(demo_data, tmp_path, assignment):
     """scripts/minimal_segment.py, the reference bench.py times predict against, gives predict's labels
     bit for bit: from files (PNG, 16-bit TIFF, RGB JPEG; data bar found) and from arrays, resampled up
-    by non-integer factors, with the coupled sweeps."""
+    by non-integer factors, with the coupled sweeps, phases as H rows or as centres."""
     pytest.importorskip("numba")
     import numpy as np
     from PIL import Image
@@ -45,7 +46,8 @@ def test_minimal_script_labels_equal_predict(demo_data, tmp_path):
 
     images, _ = demo_data
     paths = io.find_images([images])
-    seg = PhaseSegmenter(n_components=3, resize=150, sample_size=6000, max_iter=200).fit(paths)
+    seg = PhaseSegmenter(n_components=3, resize=150, sample_size=6000, max_iter=200, assignment=assignment).fit(paths)
+    assert (seg.model_.centres is not None) == (assignment == "centres")
     seg.save(tmp_path / "model")
     assert minimal_segment.main([str(tmp_path / "model")] + [str(p) for p in paths]
                                 + ["--out", str(tmp_path / "labels")]) == 0
