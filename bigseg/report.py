@@ -378,9 +378,9 @@ def _fingerprint_section(out_dir: Path) -> str:
     if not path.is_file():
         return '<p class="note">No fingerprints.png in this folder.</p>'
     uri = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-    return ('<p class="note">Each component\'s row of H over the features (unit norm): what the phase '
-            'responds to.</p>'
-            f'<img class="fp" src="{uri}" alt="fingerprint chart: each component over the features">')
+    return ('<p class="note">Each phase over the features (unit norm): what the phase responds to (its row of '
+            'H, or, where phases are centres in activation space, the profile its centre reconstructs).</p>'
+            f'<img class="fp" src="{uri}" alt="fingerprint chart: each phase over the features">')
 
 
 def _images_section(out_dir, ids, fractions, phases, flagged, max_thumbnails, thumb_width) -> str:
