@@ -83,10 +83,11 @@ def _inputs(folder):
     return grey
 
 
-def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch):
+@pytest.mark.parametrize("assignment", ["components", "centres"])
+def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch, assignment):
     grey = _inputs(tmp_path / "in")
     common = ["--input", str(tmp_path / "in"), "--set", "resize=native", "--set", "chunk_size=96",
-              "--set", "sample_size=20000", "-k", "3", "--quiet"]
+              "--set", "sample_size=20000", "-k", "3", "--quiet", "--set", f"assignment={assignment}"]
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "whole")] + common, catch_exceptions=False)
     assert res.exit_code == 0, res.output
 
