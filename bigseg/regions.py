@@ -277,16 +277,22 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     if mode == "components" or not maps or n_phases < 2:
         return None, None, info
     by_rows = [m[rows].argmax(axis=0) for m in maps]
-    flat = np.concatenate([m.reshape(k, -1).T for m in maps]).astype(np.float64)
+    # the sample is drawn map by map, so no copy of all the windows' pixels is ever made
+    sizes = np.array([m[0].size for m in maps])
+    if sizes.sum() < 10 * n_phases:
+        return None, None, dict(info, note="too few pixels to fit centres")
     rng = np.random.default_rng(settings["random_state"])
-    pick = np.sort(rng.choice(len(flat), min(ASSIGNMENT_PIXELS, len(flat)), replace=False))
-    km = KMeans(n_clusters=n_phases, n_init=3, random_state=settings["random_state"]).fit(flat[pick])
+    pick = np.sort(rng.choice(int(sizes.sum()), min(ASSIGNMENT_PIXELS, int(sizes.sum())), replace=False))
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    sample = np.concatenate([maps[i].reshape(k, -1)[:, pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i]].T
+                             for i in range(len(maps))]).astype(np.float64)
+    km = KMeans(n_clusters=n_phases, n_init=3, random_state=settings["random_state"]).fit(sample)
     centres = np.maximum(km.cluster_centers_, 0.0)
     by_centres = [nearest_centre(m, centres) for m in maps]
     radius = window_radius([settings["gradient_sigma"], settings["laplacian_sigma"]])
     shares, counts = pooled_between_share(by_centres, n_phases, radius)
-    near = centres[nearest_centre(flat[pick].T.reshape(k, -1, 1), centres).ravel()]
-    spread = float(((flat[pick] - near) ** 2).mean())
+    near = centres[nearest_centre(sample.T.reshape(k, -1, 1), centres).ravel()]
+    spread = float(((sample - near) ** 2).mean())
     info.update({"coherence": {"components": round(coherence(by_rows), 4), "centres": round(coherence(by_centres), 4)},
                  "centre_between_shares": [round(float(v), 4) for v in shares]})
     usable = (counts > 0).all() and len({c.tobytes() for c in centres}) == n_phases and spread > 0

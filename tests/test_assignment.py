@@ -161,3 +161,10 @@ def test_cli_with_centres_equals_predict_and_keeps_memberships(tmp_path):
         soft = zarr.open_group(str(out / "store.zarr"), mode="r")[f"memberships/{p.stem}/0"][:].astype(np.float32)
         assert soft.shape[0] == 3 and np.mean(soft.argmax(0) == labels) > 0.999
     assert len(summary["components"]) == 3 and summary["assignment"]["chosen"] == "centres"
+
+
+def test_too_few_pixels_keep_the_rows():
+    s = _settings()
+    maps = [np.random.default_rng(0).random((4, 3, 5)).astype(np.float32)]
+    centres, spread, info = regions.choose_assignment(maps, [3], 3, dict(s, assignment="centres"))
+    assert centres is None and spread is None and info["chosen"] == "components" and "too few" in info["note"]
