@@ -25,7 +25,7 @@ import numpy as np
 
 from . import config, features, io, preprocess, regions
 from .cluster import threaded_get
-from .model import Model, fit as fit_model, regularisation
+from .model import Model, activation_shares, fit as fit_model, regularisation
 from .segment import activations_graph, labels_at, spatial_block
 
 log = logging.getLogger("bigseg")
@@ -268,16 +268,9 @@ def segment_image(grey: np.ndarray, model: Model, settings: dict, pixel_size: fl
 
 
 def memberships(acts: np.ndarray) -> np.ndarray:
-    """Soft labels of ``(component, y, x)`` activations: each pixel's W divided by its sum, float32.
-
-    H rows have unit norm, so these shares compare like with like; a pixel with
-    no activation at all gets equal shares (``segment.memberships_graph``, there lazy and float16).
-    """
-    acts = np.asarray(acts, dtype=np.float32)
-    total = acts.sum(axis=0, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(total > 0, acts / np.maximum(total, np.float32(1e-12)),
-                        np.float32(1.0 / acts.shape[0])).astype(np.float32)
+    """Soft labels of ``(component, y, x)`` activations: each pixel's W divided by its sum, float32
+    (:func:`bigseg.model.activation_shares`; equal shares where W is all zero)."""
+    return activation_shares(np.asarray(acts, dtype=np.float32))
 
 
 def transition_windows(sources, compute) -> list[np.ndarray]:

@@ -584,6 +584,13 @@ def centre_terms(centres) -> tuple[np.ndarray, np.ndarray]:
     return (2 * C).astype(np.float32), (C ** 2).sum(axis=1).astype(np.float32)
 
 
+def nearest_centre(acts: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Label of each pixel of ``(k, ...)`` activations: the nearest row of ``centres`` ``(phases, k)``."""
+    a = np.asarray(acts, np.float64).reshape(acts.shape[0], -1)
+    C = np.asarray(centres, np.float64)
+    return ((C ** 2).sum(axis=1)[:, None] - 2 * C @ a).argmin(axis=0).reshape(acts.shape[1:])
+
+
 def activation_shares(acts):
     """Each pixel's activations ``(k, y, x)`` divided by their sum, float32; equal shares where all are 0.
 
@@ -870,7 +877,7 @@ def _centres_in_stable_order(X, W, H, centres, feature_names, report):
     the phases' names; the pixel profiles go into ``report["phases"]`` (as :func:`_in_stable_order`)."""
     from .phases import brightness_column, describe
 
-    near = np.argmin((centres ** 2).sum(axis=1)[None, :] - 2 * np.asarray(W, np.float64) @ centres.T, axis=1)
+    near = nearest_centre(np.asarray(W).T, centres)
     fingerprints_ = normalise_rows(centres @ H)
     profiles, shares = [], []
     for j in range(len(centres)):

@@ -24,7 +24,7 @@ from .export import EXPORT_DIRS, export_image, export_large, write_tables
 from .lock import output_lock
 from .report import write_report
 from .model import Model, ModelError, fit, regularisation, scaled_sample
-from .segment import activations_graph, memberships_graph
+from .segment import activations_graph
 from .viz import PALETTE
 
 log = logging.getLogger("bigseg")
@@ -471,8 +471,6 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
 
 def phase_memberships(model: Model, acts):
     """Lazy float16 memberships of ``(component, y, x)`` activations as the store keeps them."""
-    if model.centres is None:
-        return memberships_graph(acts[model.phases])
     return model.phase_memberships(acts).astype(np.float16)
 
 
@@ -492,10 +490,10 @@ def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_a
     # the scheduler as a function: named, dask imports distributed to look for a client
     da.store(**store.store_args([lazy, phase_memberships(model, lazy)], [act_arr, memb_arr]), lock=False,
              scheduler=get_sync)
-    if model.centres is None:
-        return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey)
+    # phases as centres are no component's activation: their panels show the memberships
     return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey,
-                        scores=model.phase_scores(acts), panels=model.phase_memberships(acts))
+                        scores=model.phase_scores(acts),
+                        panels=None if model.centres is None else model.phase_memberships(acts))
 
 
 def _finish(result, out_dir, image_id, made_by):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .model import nearest_centre
+
 #: images of a collection whose label maps decide which components are transitions, and the
 #: largest window of each that is read: a decision over a few images, in bounded memory
 TRANSITION_IMAGES = 8
@@ -218,14 +220,6 @@ def coherence(maps) -> float:
     return same / total if total else 0.0
 
 
-def nearest_centre(acts: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """Label of each pixel of ``(k, y, x)`` activations: the nearest row of ``centres`` ``(phases, k)``."""
-    a = np.asarray(acts, np.float64).reshape(acts.shape[0], -1)
-    C = np.asarray(centres, np.float64)
-    d = (C ** 2).sum(axis=1)[:, None] - 2 * C @ a
-    return d.argmin(axis=0).reshape(acts.shape[1:])
-
-
 #: activation vectors the centres are fitted on, at most (drawn evenly from the maps)
 ASSIGNMENT_PIXELS = 200_000
 #: centres replace the rows only where they leave clearly fewer ragged pixels (pixels whose
@@ -291,17 +285,17 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     by_centres = [nearest_centre(m, centres) for m in maps]
     radius = window_radius([settings["gradient_sigma"], settings["laplacian_sigma"]])
     shares, counts = pooled_between_share(by_centres, n_phases, radius)
-    near = centres[nearest_centre(sample.T.reshape(k, -1, 1), centres).ravel()]
+    near = centres[nearest_centre(sample.T, centres)]
     spread = float(((sample - near) ** 2).mean())
-    info.update({"coherence": {"components": round(coherence(by_rows), 4), "centres": round(coherence(by_centres), 4)},
+    ordered_rows, ordered_centres = coherence(by_rows), coherence(by_centres)
+    info.update({"coherence": {"components": round(ordered_rows, 4), "centres": round(ordered_centres, 4)},
                  "centre_between_shares": [round(float(v), 4) for v in shares]})
     usable = (counts > 0).all() and len({c.tobytes() for c in centres}) == n_phases and spread > 0
     rims = bool((shares > settings["transition_share"]).any())
     info["centres_on_boundaries"] = rims
     if mode == "centres" and usable:
         info["chosen"] = "centres"
-    elif (mode == "auto" and usable and not rims and 1 - info["coherence"]["centres"]
-          <= CENTRES_RAGGED_SHARE * (1 - info["coherence"]["components"])):
+    elif mode == "auto" and usable and not rims and 1 - ordered_centres <= CENTRES_RAGGED_SHARE * (1 - ordered_rows):
         info["chosen"] = "centres"
     if info["chosen"] != "centres":
         return None, None, info

@@ -70,18 +70,6 @@ def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0, weight
                       weight=float(weight), sweeps=depth)
 
 
-def memberships_graph(acts):
-    """Soft labels of lazy ``(component, y, x)`` activations, float16: each pixel's W divided by its sum.
-
-    H rows have unit norm, so these shares compare like with like; a pixel with
-    no activation at all gets equal shares (``estimator.memberships`` in memory, float32).
-    """
-    import dask.array as da
-
-    total = acts.sum(axis=0, keepdims=True)
-    return da.where(total > 0, acts / da.maximum(total, 1e-12), 1.0 / acts.shape[0]).astype(np.float16)
-
-
 def _linear_weights(n_in: int, n_out: int):
     """Source indices and weights of linear interpolation with pixel centres aligned."""
     pos = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)

@@ -82,7 +82,7 @@ def test_scores_pick_the_nearest_centre_and_memberships_agree(textured):
     s, fitted, feats, _ = textured
     acts, _ = _labels(fitted, feats, s)[0]
     scores = fitted.phase_scores(acts)
-    assert np.array_equal(scores.argmax(axis=0), regions.nearest_centre(acts, fitted.centres))
+    assert np.array_equal(scores.argmax(axis=0), model.nearest_centre(acts, fitted.centres))
     memb = fitted.phase_memberships(acts)
     assert memb.dtype == np.float32 and np.allclose(memb.sum(axis=0), 1, atol=1e-5)
     assert (memb.argmax(axis=0) == scores.argmax(axis=0)).mean() > 0.9999
@@ -92,7 +92,7 @@ def test_scores_pick_the_nearest_centre_and_memberships_agree(textured):
                        atol=1e-5)
     # the native-grid labels come from resampled scores, which is resampling W and then choosing
     shape = (301, 397)
-    direct = np.asarray(regions.nearest_centre(segment.resample_linear(acts, shape), fitted.centres))
+    direct = np.asarray(model.nearest_centre(segment.resample_linear(acts, shape), fitted.centres))
     assert (segment.labels_at(scores, shape) == direct).mean() > 0.9999
 
 
