@@ -222,17 +222,27 @@ def image_activations(grey: np.ndarray, model: Model, settings: dict, pixel_size
     the same numbers either way). Either way the activations are held whole.
     """
     shape = processing_shape(grey.shape, settings, pixel_size, name)
+    if one_chunk(shape, settings):
+        # one chunk: the fused feature kernel and the solve see exactly the block a dask task would
+        return block_activations(_as_stored(image_features(grey, settings, pixel_size, name)[1], settings),
+                                 model, settings)
+    l1, l2 = regularisation(model.settings, model.H.shape[1])
+    feats = _as_stored(lazy_features(grey, settings, pixel_size, name), settings)
+    acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, float(settings["spatial_weight"]),
+                             int(settings["spatial_sweeps"])).compute(scheduler=threaded_get)
+    return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
+
+
+def one_chunk(shape, settings: dict) -> bool:
+    """Whether a processing grid of ``shape`` is one chunk: computed as one numpy block, without dask."""
+    return features.chunk_side(shape, settings) >= max(shape)
+
+
+def block_activations(feats: np.ndarray, model: Model, settings: dict) -> np.ndarray:
+    """Activations ``(k, y, x)`` float32 of a whole image's ``(y, x, f)`` features, as one block."""
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     weight, sweeps = float(settings["spatial_weight"]), int(settings["spatial_sweeps"])
-    if features.chunk_side(shape, settings) >= max(shape):
-        # one chunk: the fused feature kernel and the solve see exactly the block a dask task would
-        feats = _as_stored(image_features(grey, settings, pixel_size, name)[1], settings)
-        acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
-                             sweeps if weight > 0 else 0)
-    else:
-        feats = _as_stored(lazy_features(grey, settings, pixel_size, name), settings)
-        acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight,
-                                 sweeps).compute(scheduler=threaded_get)
+    acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight, sweeps if weight > 0 else 0)
     return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
 
 

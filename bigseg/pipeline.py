@@ -373,6 +373,10 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
             if image_id not in large:
                 large.append(image_id)
             return None
+        if estimator.one_chunk(checked_shape(root, image_id, settings), settings):
+            # the per-image path in one task: no graph to build per image, and the store's arrays are made
+            # in the worker threads too, so the scheduler's thread only hands out images
+            return dask.delayed(_segment_whole, pure=False)(str(out_dir), image_id, model, settings, made_by)
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
                                  settings["spatial_weight"], settings["spatial_sweeps"]).transpose(2, 0, 1)
@@ -472,6 +476,33 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
 def phase_memberships(model: Model, acts):
     """Lazy float16 memberships of ``(component, y, x)`` activations as the store keeps them."""
     return model.phase_memberships(acts).astype(np.float16)
+
+
+def _segment_whole(out_dir, image_id: str, model: Model, settings: dict, made_by: dict) -> dict:
+    """Segment one stored image of one chunk with the API's per-image path, store and export it, record it."""
+    return _finish(_guard("segment", image_id, _segment_stored, out_dir, image_id, model, settings),
+                   out_dir, image_id, made_by)
+
+
+def _segment_stored(out_dir, image_id: str, model: Model, settings: dict) -> dict:
+    root = store.open_root(Path(out_dir) / "store.zarr")
+    source = root[f"images/{image_id}/0"]
+    info = store.image_info(root, image_id)
+    if store.is_done(out_dir, "features", image_id):     # the features a fit read: the same rounded numbers
+        from dask.local import get_sync
+
+        feats = store.open_features(Path(out_dir) / "store.zarr", image_id).data.compute(scheduler=get_sync)
+        acts = estimator.block_activations(feats, model, settings)
+    else:
+        acts = estimator.image_activations(source[...], model, settings, info.get("pixel_size"), image_id)
+    k, n_phases, names = model.n_components, model.n_phases, model.phase_names
+    chunk = features.chunk_side(acts.shape[1:], settings)
+    act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
+    memb_arr = store.create_activations(root, image_id, acts.shape[1:], n_phases, chunk, "memberships",
+                                        "float16", names=names, colors=PALETTE)
+    native = tuple(info["shape"])
+    lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512), names=names)
+    return _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, list(names), source)
 
 
 def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names=None, grey=None):

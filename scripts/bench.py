@@ -26,6 +26,7 @@ The model both sides use is fitted once up front on the same images.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import shutil
@@ -152,6 +153,40 @@ def run_cli(args, threads=None):
     return run_measured(args, env=env)[0]
 
 
+def segment_seconds(out_dir) -> float:
+    """The segment stage's wall time as the run's ``summary.json`` reports it."""
+    return float(json.loads((Path(out_dir) / "summary.json").read_text())["timings_seconds"]["segment"])
+
+
+def thread_ceiling(repeats: int = 9) -> float:
+    """How much faster two threads finish twice the work of one, for a compiled loop without the GIL: the
+    most any threaded stage can scale on this machine (median of ``repeats``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numba
+
+    @numba.njit(nogil=True, cache=False)
+    def spin(n):
+        s = 0.0
+        for i in range(n):
+            s += (i % 7) * 0.5
+        return s
+
+    spin(10)
+    n = 20_000_000
+    ratios = []
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            spin(n)
+            spin(n)
+            one = time.perf_counter() - t
+            t = time.perf_counter()
+            list(pool.map(spin, [n, n]))
+            ratios.append(one / (time.perf_counter() - t))
+    return statistics.median(ratios)
+
+
 def memory_growth(paths, n, factor, work, crop):
     """Peak RSS of ``bigseg run`` on ``n`` images and on ``factor * n`` (copies under new names)."""
     peaks = []
@@ -247,11 +282,14 @@ def main():
         run_cli(segment_cmd(work / "warm_seg"), threads=1)
 
         sec = {key: [] for key in ("plain", "minimal", "bigseg", "plain_core", "big_core", "predict", "reference",
-                                   "one_w", "two_w")}
+                                   "one_w", "two_w", "stage1", "stage2")}
         for r in range(args.repeats):
             sec["plain"].append(run_process(plain_cmd(work / f"plain{r}")))
             sec["minimal"].append(run_process(minimal_cmd(work / f"min{r}")))
             sec["bigseg"].append(run_cli(segment_cmd(work / f"seg{r}"), threads=1))
+            run_cli(segment_cmd(work / f"seg2_{r}"), threads=2)
+            sec["stage1"].append(segment_seconds(work / f"seg{r}"))
+            sec["stage2"].append(segment_seconds(work / f"seg2_{r}"))
             sec["plain_core"].append(plain_recipe(paths, nmf, lo, span, settings, work / f"core{r}", args.crop))
             sec["big_core"].append(bigseg_core(paths, model, settings, args.crop))
             ours, ref, differ, total = in_memory(paths, model_dir)
@@ -278,6 +316,10 @@ def main():
               f"(target <= 1.5x); labels differ on {differ} of {total} pixels")
         print(f"compute core:          plain {n / m['plain_core']:6.2f} img/s   bigseg          "
               f"{n / m['big_core']:6.2f} img/s   ratio {m['plain_core'] / m['big_core']:5.2f}x")
+        ceiling = thread_ceiling()
+        print(f"segment stage, 2 threads against 1: {m['stage1']:.1f} s -> {m['stage2']:.1f} s, "
+              f"{m['stage1'] / m['stage2']:.2f}x (target >= 1.8x); this machine's own ceiling, a compiled "
+              f"loop that holds no lock: {ceiling:.2f}x")
         if args.speed_only:
             return
         extras(args, work, paths, model, settings, m)
