@@ -474,7 +474,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
 
 
 def phase_memberships(model: Model, acts):
-    """Lazy float16 memberships of ``(component, y, x)`` activations as the store keeps them."""
+    """Float16 memberships of ``(component, y, x)`` activations (lazy or held) as the store keeps them."""
     return model.phase_memberships(acts).astype(np.float16)
 
 
@@ -514,13 +514,8 @@ def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_a
 
 
 def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names, grey):
-    import dask.array as da
-    from dask.local import get_sync
-
-    lazy = da.from_array(acts, chunks=act_arr.chunks, name=False)
-    # the scheduler as a function: named, dask imports distributed to look for a client
-    da.store(**store.store_args([lazy, phase_memberships(model, lazy)], [act_arr, memb_arr]), lock=False,
-             scheduler=get_sync)
+    store.write_whole(act_arr, acts)
+    store.write_whole(memb_arr, phase_memberships(model, acts))
     # phases as centres are no component's activation: their panels show the memberships
     return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey,
                         scores=model.phase_scores(acts),

@@ -486,6 +486,17 @@ def _copy(block):
     return np.array(block, copy=True)
 
 
+def write_whole(target, values) -> None:
+    """Write an array held in memory into ``target`` and every coarser level of its pyramid (the values on
+    each level's grid): :func:`store_args` for an image computed whole, without building a dask graph."""
+    levels, offset = _levels_of(target)
+    values = np.asarray(values)
+    if offset:
+        values = (values + offset).astype(levels[0].dtype)
+    for level, arr in enumerate(levels):
+        arr[...] = values[..., ::2 ** level, ::2 ** level]
+
+
 def store_args(sources, targets, regions=None) -> dict:
     """``da.store`` keyword arguments that write each lazy source into its target and every coarser level.
 
