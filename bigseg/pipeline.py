@@ -506,8 +506,8 @@ def _segment_stored(out_dir, image_id: str, model: Model, settings: dict) -> dic
 
 
 def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names=None, grey=None):
-    """Store one image's activations and memberships (``store_args``: every pyramid level), then export
-    from the same array in memory. ``tiles``: the activations' blocks, nested as their grid."""
+    """Store one image's activations and memberships (every pyramid level), then export from the same
+    array in memory. ``tiles``: the activations' blocks, nested as their grid."""
     acts = tiles[0][0][0] if len(tiles) == len(tiles[0]) == len(tiles[0][0]) == 1 else np.block(tiles)
     return _guard("segment", image_id, _store_then_export, acts, act_arr, memb_arr, native, out_dir, image_id,
                   lab_arr, model, names, grey)

@@ -277,11 +277,13 @@ def test_store_args_compute_each_block_once_and_fill_every_level(tmp_path, monke
     np.testing.assert_array_equal(lab_arr[:], labels)          # read back as phase indices
     Image.from_zarr(root["images/a"])
     Image.from_zarr(root["activations/a"])
-    # a whole-array write through the labels fills the pyramid too
+    # a whole-array write through the labels fills the pyramid too, and so does write_whole, without a graph
     lab_arr[...] = 2 - labels
+    store.write_whole(act_arr, acts[::-1])
     for n in range(levels):
         f = 2 ** n
         np.testing.assert_array_equal(root[f"images/a/labels/phases/{n}"][:], (2 - labels)[::f, ::f] + 1)
+        np.testing.assert_array_equal(root[f"activations/a/{n}"][:], acts[::-1, ::f, ::f])
 
 
 def test_index_lists_ingested_images_and_rename_follows(run_dir, tmp_path):
