@@ -75,3 +75,30 @@ def test_minimal_script_refuses_what_it_does_not_compute(tmp_path):
         minimal_segment.load_model(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["settings"]["features"] == "extended"
+
+
+def test_rare_class_study_pieces_on_crafted_maps():
+    import numpy as np
+    import rare_class_study as study
+
+    # a 2-px rim (label 2) between a left region (0) and a right region (1) goes to the two regions;
+    # a 2-px film of label 2 between two grains of one label (0) stays: it is between one label only
+    rim = np.zeros((40, 60), np.int64)
+    rim[:, 30:] = 1
+    rim[:, 28:30] = 2
+    out, moved = study.thin_between(rim, 3, 2)
+    assert (out != 2).all() and moved.sum() == 2 * 40
+    assert (out[:, :29] == 0).all() and (out[:, 29:] == 1).all()
+    film = np.zeros((40, 60), np.int64)
+    film[:, 28:30] = 2
+    out, moved = study.thin_between(film, 3, 2)
+    assert not moved.any() and (out == film).all()
+
+    # the top-hat detector finds a small bright disc in a noisy flat field, and not a long bright line
+    rng = np.random.default_rng(0)
+    img = 0.5 + 0.02 * rng.standard_normal((64, 64))
+    img[study.disc(2).nonzero()[0] + 20, study.disc(2).nonzero()[1] + 20] += 0.4
+    img[50:53, 5:60] += 0.4
+    found = study.tophat_mad(img, 4, 4)
+    assert found[22, 22] and not found[51, 30]
+    assert found.sum() < 40
