@@ -182,7 +182,7 @@ def oracle_row(name, k, names, prepared, s):
         acts = segment.spatial_block(f, H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
                                      s["spatial_sweeps"]).transpose(2, 0, 1)
         preds.append(segment.labels_at(acts[:n_phases], shape))
-    print(_line(name, f"k - 1 phases + the true particles' row", quality.score(preds, prepared, k, names)), flush=True)
+    print(_line(name, "k - 1 phases + the true particles' row", quality.score(preds, prepared, k, names)), flush=True)
 
 
 DETECTORS = {
