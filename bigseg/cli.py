@@ -451,7 +451,9 @@ def demo(out_dir, n_images, seed, workers, scheduler, quiet):
     _setup_logging(quiet)
     out = Path(out_dir)
     img_dir, lab_dir = make_dataset(out / "demo_data", n_images, seed)
-    settings = load(None, {"n_components": len(CLASS_NAMES), "resize": "native", "chunk_size": 192})
+    # the shipped defaults, so the demo shows what a user gets; k is the data's own fact, and tiles
+    # smaller than an image make the tiled path (halos, stitched labels) run as on a montage
+    settings = load(None, {"n_components": len(CLASS_NAMES), "chunk_size": 192})
     with _runner(workers, scheduler, quiet, settings) as r:
         summary = _guarded(lambda: run_pipeline([img_dir], out / "run", settings, r))
     res = evaluate_dirs(out / "run" / "labels", lab_dir, len(CLASS_NAMES), CLASS_NAMES)
