@@ -23,9 +23,10 @@ be re-made:
     two-sample t); and the same top-hat thresholded at multiples of the image's
     noise (Immerkaer's estimate).
 ``boundary-pixels``
-    the boundary rule applied to pixels rather than components: a pixel whose
-    window holds two labels other than its own, on a part of its label thinner
-    than the window, takes the nearest other region's label.
+    the boundary rule applied to pixels or regions rather than components: a
+    pixel whose window holds two labels other than its own, on a part of its label
+    thinner than the window, or a connected region no deeper than a few pixels
+    that touches two other labels, takes the nearest other region's label.
 
 Everything runs in memory through ``scripts/quality.py``'s per-image path and
 scores (classes matched once per set). About 4 minutes for all parts and sets on
@@ -142,11 +143,34 @@ def thin_between(labels: np.ndarray, k: int, radius: int) -> tuple[np.ndarray, n
     for j in range(k):
         wide |= ndi.binary_opening(labels == j, structure=square)
     moved &= ~wide
+    return _to_nearest_kept(labels, moved), moved
+
+
+def thin_regions_between(labels: np.ndarray, k: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Connected regions no deeper than ``radius`` (largest inscribed radius) that touch two other labels
+    take the nearest other pixel's label; returns the new map and the moved pixels."""
+    moved = np.zeros(labels.shape, bool)
+    for j in range(k):
+        mine = labels == j
+        regions_j, n = ndi.label(mine)
+        if n == 0:
+            continue
+        ring = ndi.binary_dilation(mine) & ~mine
+        touches = np.zeros((n + 1, k), bool)
+        touches[ndi.maximum_filter(regions_j, size=3)[ring], labels[ring]] = True
+        deepest = np.asarray(ndi.maximum(ndi.distance_transform_edt(mine), regions_j, index=np.arange(n + 1)))
+        boundary = (touches.sum(axis=1) >= 2) & (deepest <= radius)
+        boundary[0] = False
+        moved |= boundary[regions_j]
+    return _to_nearest_kept(labels, moved), moved
+
+
+def _to_nearest_kept(labels, moved):
     out = labels.copy()
     if moved.any() and not moved.all():
         _, (iy, ix) = ndi.distance_transform_edt(moved, return_indices=True)
         out[moved] = labels[iy[moved], ix[moved]]
-    return out, moved
+    return out
 
 
 # --- the parts ------------------------------------------------------------------------
@@ -215,17 +239,18 @@ def detectors(name, k, names, items, s):
 def boundary_pixels(name, k, names, prepared, s):
     preds, _ = quality.bigseg_labels(prepared, s)
     print(_line(name, "bigseg", quality.score(preds, prepared, k, names)), flush=True)
-    for radius in (1, 2):
+    rules = [(f"pixel boundary rule, radius {r}", thin_between, r, True) for r in (1, 2)]
+    rules += [(f"region boundary rule, depth {r}", thin_regions_between, r, False) for r in (2, 3)]
+    for what, rule, radius, whole_pixels in rules:
         out, moved = [], 0
         for pred, (_, shape, f, _) in zip(preds, prepared):
             # the window on the processing grid, carried to the native grid the labels live on
-            r = max(1, int(round(radius * max(shape) / max(f.shape[:2]))))
-            new, m = thin_between(pred, k, r)
+            r = radius * max(shape) / max(f.shape[:2])
+            new, m = rule(pred, k, max(1, int(round(r))) if whole_pixels else r)
             out.append(new)
             moved += int(m.sum())
         share = moved / sum(p.size for p in preds)
-        print(_line(name, f"+ pixel boundary rule, radius {radius} ({share:.1%} moved)",
-                    quality.score(out, prepared, k, names)), flush=True)
+        print(_line(name, f"+ {what} ({share:.1%} moved)", quality.score(out, prepared, k, names)), flush=True)
 
 
 def main(argv=None):
