@@ -28,6 +28,19 @@ be re-made:
     thinner than the window, or a connected region no deeper than a few pixels
     that touches two other labels, takes the nearest other region's label.
 
+``dark-mode``
+    the voids' way out: pores and cracks give no signal, so before CLAHE they are
+    the darkest pixels of the collection, in a mode of their own below the
+    histogram's body (CLAHE stretches them back into the matrix's range). Where
+    the collection's normalised intensity, smoothed at the smaller blur sigma,
+    has such a mode (a peak below the Tukey fence ``Q1 - 1.5 IQR`` that the
+    density falls from by ``DARK_DIP`` before the fence), its pixels below the
+    dip become a class and the pixel phases are one fewer.
+
+``dark-mode-trigger``
+    where the dark-mode test fires, over many more synthetic collections (each
+    family at several seeds and scales, 8 images each) and MetalDAM.
+
 Everything runs in memory through ``scripts/quality.py``'s per-image path and
 scores (classes matched once per set). About 4 minutes for all parts and sets on
 2 cores.
@@ -52,7 +65,7 @@ import quality  # noqa: E402  (the harness beside this script)
 
 from bigseg import config, evaluate, features, model, preprocess, regions, segment  # noqa: E402
 
-PARTS = ("pixel-phases", "oracle-row", "detectors", "boundary-pixels")
+PARTS = ("pixel-phases", "oracle-row", "detectors", "boundary-pixels", "dark-mode", "dark-mode-trigger")
 #: the particle class of each set (MetalDAM: its 'precipitate'); sets without one are left out of the
 #: particle parts, but still show how often a detector fires where no particle class exists
 PARTICLE_CLASS = {"metaldam": 3, "islands": 2, "textured": 2, "twoscale": 2, "demo": 3}
@@ -173,6 +186,45 @@ def _to_nearest_kept(labels, moved):
     return out
 
 
+#: a dark mode needs the density to fall by this factor between its peak and the histogram's body
+DARK_DIP = 1.5
+
+
+def dark_level(grey, shape, settings) -> np.ndarray:
+    """The normalised intensity before CLAHE on the processing grid, smoothed at the smaller blur sigma."""
+    level = preprocess.normalize(preprocess.resize_image(grey, shape), settings["normalize_percentiles"])
+    return ndi.gaussian_filter(level.astype(np.float64), min(settings["blur_sigmas"]))
+
+
+def dark_mode_threshold(values: np.ndarray, dip: float = DARK_DIP) -> float | None:
+    """The level below which the darkest pixels form a mode of their own, or None.
+
+    Histogram of the values below the first quartile in bins of a tenth of the
+    interquartile range, smoothed by [1, 2, 1] / 4; the darkest bin below the
+    Tukey fence whose count is ``dip`` times the lowest count between it and
+    the fence, and above it by three Poisson standard deviations, is a mode,
+    and that lowest bin (the dip) is the threshold.
+    """
+    q1, q3 = np.percentile(values, [25, 75])
+    iqr = q3 - q1
+    fence = q1 - 1.5 * iqr
+    low = values[values < q1]
+    if iqr <= 0 or low.size == 0 or low.min() >= fence:
+        return None
+    counts, edges = np.histogram(low, bins=np.arange(low.min(), q1 + iqr / 10, iqr / 10))
+    counts = np.convolve(np.pad(counts.astype(float), 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    below = np.flatnonzero(centres < fence)
+    for peak in below:
+        between = np.arange(peak, below[-1] + 1)
+        valley = between[np.argmin(counts[between])]
+        # the dip must also stand out of the counts' Poisson noise (three standard deviations)
+        if (valley > peak and counts[peak] >= dip * max(counts[valley], 1e-12)
+                and counts[peak] - counts[valley] >= 3.0 * np.sqrt(counts[peak])):
+            return float(centres[valley])
+    return None
+
+
 # --- the parts ------------------------------------------------------------------------
 
 def _line(set_name, what, r):
@@ -253,6 +305,46 @@ def boundary_pixels(name, k, names, prepared, s):
         print(_line(name, f"+ {what} ({share:.1%} moved)", quality.score(out, prepared, k, names)), flush=True)
 
 
+def dark_class(name, k, names, items, prepared, s):
+    levels = [dark_level(g, f.shape[:2], s) for (_, g, _), (_, _, f, _) in zip(items, prepared)]
+    pooled = np.concatenate([lv.ravel() for lv in levels])
+    # the fit's pixel sample: at most sample_size values
+    rng = np.random.default_rng(s["random_state"])
+    threshold = dark_mode_threshold(rng.choice(pooled, min(s["sample_size"], pooled.size), replace=False))
+    if threshold is None:
+        print(f"| {name} | dark mode | none: unchanged | | | |", flush=True)
+        return
+    preds, _ = quality.bigseg_labels(prepared, config.validate(dict(s, n_components=k - 1)))
+    out = []
+    for pred, lv in zip(preds, levels):
+        dark = evaluate.resize_nearest((lv < threshold).astype(np.uint8), pred.shape).astype(bool)
+        out.append(np.where(dark, k - 1, pred))
+    share = float(np.mean(pooled < threshold))
+    print(_line(name, f"dark mode below {threshold:.3f} ({share:.2%} of pixels) + {k - 1} pixel phases",
+                quality.score(out, prepared, k, names)), flush=True)
+
+
+def dark_mode_trigger(s, seeds=(0, 1, 2, 3, 5, 7, 9)):
+    from bigseg import synth
+
+    collections = {f"{fam} seed {seed}": synth.family(fam, 8, seed=seed)
+                   for fam in synth.FAMILIES for seed in seeds}
+    collections.update({"islands brighter": [synth.islands(seed=i, island_level=0.62) for i in range(4)],
+                        "islands darker": [synth.islands(seed=i, island_level=0.2) for i in range(4)],
+                        "islands twice the scale": [synth.islands(seed=i, scale=2.0) for i in range(4)],
+                        "lamellar twice the scale": [synth.lamellar(seed=i, scale=2.0) for i in range(4)],
+                        "pores twice the scale": [synth.pores(seed=i, scale=2.0) for i in range(4)]})
+    if "metaldam" in quality.available_sets():
+        collections["MetalDAM"] = [(g, t) for _, g, t in quality.load_set("metaldam", False)[2]]
+    rng = np.random.default_rng(s["random_state"])
+    for name, pairs in collections.items():
+        levels = np.concatenate([dark_level(g, preprocess.target_shape(g.shape, s["resize"]), s).ravel()
+                                 for g, _ in pairs])
+        threshold = dark_mode_threshold(rng.choice(levels, min(s["sample_size"], levels.size), replace=False))
+        said = "none" if threshold is None else f"below {threshold:.3f}: {np.mean(levels < threshold):.2%} of pixels"
+        print(f"| {name} | dark mode | {said} | | | |", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sets", nargs="+", default=None, help=f"default: all found, {quality.available_sets()}")
@@ -261,7 +353,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     sets = a.sets or quality.available_sets()
     print("| set | what | mean IoU | ARI | accuracy | per-class IoU |\n|---|---|---|---|---|---|")
-    for name in sets:
+    if "dark-mode-trigger" in a.parts:
+        dark_mode_trigger(config.defaults())
+    for name in sets if set(a.parts) - {"dark-mode-trigger"} else []:
         k, names, items = quality.load_set(name, a.quick)
         s = config.validate(dict(config.defaults(), n_components=k))
         prepared = quality.prepare(items, s) if set(a.parts) - {"detectors"} else None
@@ -273,6 +367,8 @@ def main(argv=None):
             detectors(name, k, names, items, s)
         if "boundary-pixels" in a.parts:
             boundary_pixels(name, k, names, prepared, s)
+        if "dark-mode" in a.parts:
+            dark_class(name, k, names, items, prepared, s)
 
 
 if __name__ == "__main__":
