@@ -102,3 +102,29 @@ def test_rare_class_study_pieces_on_crafted_maps():
     found = study.tophat_mad(img, 4, 4)
     assert found[22, 22] and not found[51, 30]
     assert found.sum() < 40
+
+
+def test_rare_class_study_dark_mode_only_where_one_exists():
+    import numpy as np
+    import rare_class_study as study
+
+    rng = np.random.default_rng(1)
+    body = rng.normal(0.5, 0.08, 200_000)
+    # voids: 1 % of pixels in a mode of their own near black
+    voids = np.concatenate([body, rng.normal(0.08, 0.02, 2_000)])
+    threshold = study.dark_mode_threshold(voids)
+    assert threshold is not None and 0.1 < threshold < 0.5 - 1.5 * 0.08
+    assert np.mean(voids < threshold) < 0.012
+    # a plain body, and one with a few stray dark pixels (no mode beyond the counts' noise): none
+    assert study.dark_mode_threshold(body) is None
+    assert study.dark_mode_threshold(np.concatenate([body, [0.05, 0.06]])) is None
+
+    # the region rule: a thin region between two labels goes; a thick one between them stays
+    labels = np.zeros((40, 60), np.int64)
+    labels[:, 30:] = 1
+    labels[:, 28:30] = 2
+    out, moved = study.thin_regions_between(labels, 3, 2)
+    assert (out != 2).all() and moved.sum() == 80
+    labels[:, 20:30] = 2
+    out, moved = study.thin_regions_between(labels, 3, 2)
+    assert not moved.any()
