@@ -327,19 +327,22 @@ def dark_class(name, k, names, items, prepared, s):
 def dark_mode_trigger(s, seeds=(0, 1, 2, 3, 5, 7, 9)):
     from bigseg import synth
 
-    collections = {f"{fam} seed {seed}": synth.family(fam, 8, seed=seed)
+    # each collection is made when its turn comes, so one is held at a time
+    collections = {f"{fam} seed {seed}": (lambda fam=fam, seed=seed: synth.family(fam, 8, seed=seed))
                    for fam in synth.FAMILIES for seed in seeds}
-    collections.update({"islands brighter": [synth.islands(seed=i, island_level=0.62) for i in range(4)],
-                        "islands darker": [synth.islands(seed=i, island_level=0.2) for i in range(4)],
-                        "islands twice the scale": [synth.islands(seed=i, scale=2.0) for i in range(4)],
-                        "lamellar twice the scale": [synth.lamellar(seed=i, scale=2.0) for i in range(4)],
-                        "pores twice the scale": [synth.pores(seed=i, scale=2.0) for i in range(4)]})
+    variants = {"islands brighter": (synth.islands, {"island_level": 0.62}),
+                "islands darker": (synth.islands, {"island_level": 0.2}),
+                "islands twice the scale": (synth.islands, {"scale": 2.0}),
+                "lamellar twice the scale": (synth.lamellar, {"scale": 2.0}),
+                "pores twice the scale": (synth.pores, {"scale": 2.0})}
+    collections.update({name: (lambda make=make, kw=kw: [make(seed=i, **kw) for i in range(4)])
+                        for name, (make, kw) in variants.items()})
     if "metaldam" in quality.available_sets():
-        collections["MetalDAM"] = [(g, t) for _, g, t in quality.load_set("metaldam", False)[2]]
+        collections["MetalDAM"] = lambda: [(g, t) for _, g, t in quality.load_set("metaldam", False)[2]]
     rng = np.random.default_rng(s["random_state"])
-    for name, pairs in collections.items():
+    for name, make in collections.items():
         levels = np.concatenate([dark_level(g, preprocess.target_shape(g.shape, s["resize"]), s).ravel()
-                                 for g, _ in pairs])
+                                 for g, _ in make()])
         threshold = dark_mode_threshold(rng.choice(levels, min(s["sample_size"], levels.size), replace=False))
         said = "none" if threshold is None else f"below {threshold:.3f}: {np.mean(levels < threshold):.2%} of pixels"
         print(f"| {name} | dark mode | {said} | | | |", flush=True)
