@@ -256,6 +256,13 @@ def preprocess_graph(source, settings: dict, chunk: int, name: str = "image", st
     ``row_chunks`` (default: ``chunk``), each pixel exactly as in the whole image.
     Nothing is computed here.
     """
+    return preprocess_planes(source, settings, chunk, name, stats, rows, row_chunks)[0]
+
+
+def preprocess_planes(source, settings: dict, chunk: int, name: str = "image", stats=None, rows=None,
+                      row_chunks=None):
+    """Lazy ``(preprocessed, normalised)``: :func:`preprocess_graph` and the image before CLAHE
+    (``preprocess.normalised_image``), both read from one lazy array of the source's pixels."""
     import dask.array as da
     from dask.base import tokenize
 
@@ -267,7 +274,13 @@ def preprocess_graph(source, settings: dict, chunk: int, name: str = "image", st
     chunks = (tuple(row_chunks) if row_chunks is not None else cy, cx)
     token = tokenize(name, tuple(source.shape), str(source.dtype), r0, r1, chunks, stats)
     raw = da.from_array(window, chunks=chunks, name=f"bigseg-raw-{name}-{token}", asarray=True)
-    return raw.map_blocks(_preprocess_chunk, stats, r0, dtype=np.float32, name=f"bigseg-preprocess-{name}-{token}")
+    pre = raw.map_blocks(_preprocess_chunk, stats, r0, dtype=np.float32, name=f"bigseg-preprocess-{name}-{token}")
+    norm = raw.map_blocks(_normalise_chunk, stats, dtype=np.float32, name=f"bigseg-normalise-{name}-{token}")
+    return pre, norm
+
+
+def _normalise_chunk(block, stats):
+    return normalise(block, stats["lo"], stats["hi"])
 
 
 def _pair(chunk):

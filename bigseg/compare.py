@@ -61,8 +61,8 @@ def _image_features(root, image_id, plain):
 
 
 def _plain_settings(settings):
-    """The six features of the method, at this run's filter sizes."""
-    return dict(settings, features="method")
+    """The six features of the method, at this run's filter sizes (no void level: the baselines cluster features)."""
+    return dict(settings, features="method", void_class="off")
 
 
 def _write_labels(out_dir, image_id, labels):

@@ -350,6 +350,12 @@ OPTIONS: dict[str, Option] = {
     "opening_sizes": Option([9, 17, 33], _odd_sizes,
                             "window sides of grey openings (the same for bright regions)", "features",
                             role="features"),
+    "void_class": Option("auto", _choice("auto", "off"),
+                         "auto: when the collection's darkest pixels, before CLAHE, form an intensity mode of their "
+                         "own (pores, cracks: no signal), they become one phase (label 0, 'voids') and NMF fits "
+                         "the other n_components - 1 on the remaining pixels; found by a Tukey fence and a dip "
+                         "beyond the sample's noise, so a collection without voids is segmented as with off. "
+                         "Adds one channel (void_level) to the feature stack", "features", role="features"),
     # scipy's default is 4; past 16 the tails add nothing but halo
     "truncate": Option(4.0, _float(1, 16), "Gaussian kernels are cut at truncate * sigma (sets the halo)",
                        "features", role="features"),

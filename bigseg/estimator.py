@@ -149,11 +149,13 @@ def lazy_features(grey, settings: dict, pixel_size: float | None = None, name: s
         grey = da.from_array(np.asarray(grey), chunks=grey.shape, name=False)
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                    "clahe_kernel_size")}
-    pre = grey.rechunk(grey.shape).map_blocks(preprocess.preprocess_image, settings=pp, shape=shape,
-                                              chunks=tuple((s,) for s in shape), dtype=np.float32,
-                                              name=f"bigseg-preprocess-{tokenize(grey, pp, shape)}")
-    pre = pre.rechunk(features.chunk_side(shape, settings))
-    return features.compute_features(pre, settings, name)
+    norm = grey.rechunk(grey.shape).map_blocks(preprocess.normalised_image, settings=pp, shape=shape,
+                                               chunks=tuple((s,) for s in shape), dtype=np.float32,
+                                               name=f"bigseg-normalise-{tokenize(grey, pp, shape)}")
+    pre = norm.map_blocks(preprocess.equalise, settings=pp, dtype=np.float32,
+                          name=f"bigseg-preprocess-{tokenize(grey, pp, shape)}")
+    side = features.chunk_side(shape, settings)
+    return features.stack_features(pre.rechunk(side), norm.rechunk(side), settings, name)
 
 
 def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = None,
@@ -182,12 +184,14 @@ def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = 
     pre : ndarray, float32, shape (y, x)
         The image resized to the processing grid (:func:`processing_shape`),
         normalised and equalised, in [0, 1].
-    feats : ndarray, float32, shape (y, x, n_features)
-        The features of ``settings["features"]`` (``features.feature_names``),
+    feats : ndarray, float32, shape (y, x, channels)
+        The feature stack (``features.stack_names``): the features of
+        ``settings["features"]``, then the void level when ``void_class`` is on,
         as float32, not rounded to the store's precision.
     """
-    pre = preprocess.preprocess_image(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))
-    return pre, features.feature_block(pre, features.feature_params(settings))
+    norm = preprocess.normalised_image(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))
+    pre = preprocess.equalise(norm, settings)
+    return pre, features.stack_block(pre, norm, features.feature_params(settings))
 
 
 def _as_stored(feats, settings: dict):
@@ -229,7 +233,7 @@ def image_activations(grey: np.ndarray, model: Model, settings: dict, pixel_size
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     feats = _as_stored(lazy_features(grey, settings, pixel_size, name), settings)
     acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, float(settings["spatial_weight"]),
-                             int(settings["spatial_sweeps"])).compute(scheduler=threaded_get)
+                             int(settings["spatial_sweeps"]), model.void_below).compute(scheduler=threaded_get)
     return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
 
 
@@ -242,7 +246,8 @@ def block_activations(feats: np.ndarray, model: Model, settings: dict) -> np.nda
     """Activations ``(k, y, x)`` float32 of a whole image's ``(y, x, f)`` features, as one block."""
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     weight, sweeps = float(settings["spatial_weight"]), int(settings["spatial_sweeps"])
-    acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight, sweeps if weight > 0 else 0)
+    acts = spatial_block(feats, model.H, model.scale_lo, model.scale_hi, l1, l2, weight, sweeps if weight > 0 else 0,
+                         model.void_below)
     return np.ascontiguousarray(np.moveaxis(acts, 2, 0), dtype=np.float32)
 
 

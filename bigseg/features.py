@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import voids
 from .config import FEATURE_NAMES, OPTIONS, feature_kinds
 
 
@@ -176,9 +177,10 @@ if tuple(FEATURES) != FEATURE_NAMES:
     raise ImportError(f"bigseg.features.FEATURES {tuple(FEATURES)} does not match config.FEATURE_NAMES "
                       f"{FEATURE_NAMES}")
 
-#: the settings ``feature_block`` reads, in the schema's order: the kinds' own and ``features`` itself
+#: the settings ``feature_block`` and ``stack_block`` read, in the schema's order: the kinds' own,
+#: ``features`` itself and the void level's
 FEATURE_PARAM_KEYS = tuple(k for k in OPTIONS
-                           if k == "features" or any(k in kind.params for kind in FEATURES.values()))
+                           if k == "features" or k in voids.PARAMS or any(k in kind.params for kind in FEATURES.values()))
 
 
 def kinds(settings) -> list[FeatureKind]:
@@ -196,9 +198,49 @@ def feature_names(settings: dict) -> list[str]:
     return [n for kind in kinds(settings) for n in kind.channels(kind.args(settings))]
 
 
+def aux_names(settings: dict) -> list[str]:
+    """Channels the feature stack carries after the NMF features: the void level when ``void_class`` is on."""
+    return [voids.VOID_LEVEL] if voids.enabled(settings) else []
+
+
+def stack_names(settings: dict) -> list[str]:
+    """Names of every channel of the feature stack: the NMF features (:func:`feature_names`), then :func:`aux_names`."""
+    return feature_names(settings) + aux_names(settings)
+
+
+def stack_block(pre: np.ndarray, normalised: np.ndarray | None, params: dict) -> np.ndarray:
+    """The whole stack ``(y, x, channels)`` of one (haloed) block: :func:`feature_block` of the
+    preprocessed image, then the void level of the normalised image before CLAHE (when on)."""
+    feats = feature_block(pre, params)
+    if not voids.enabled(params):
+        return feats
+    return np.concatenate([feats, voids.level_block(normalised, params)], axis=-1)
+
+
+def stack_features(pre, normalised, settings: dict, name: str = "image"):
+    """Lazy stack ``(y, x, channels)`` of a preprocessed image and the same image before CLAHE
+    (:func:`stack_block`), chunked as ``pre`` is, with exact halos.
+
+    Without the void level this is :func:`compute_features` of ``pre``.
+    """
+    import dask.array as da
+
+    if not voids.enabled(settings):
+        return compute_features(pre, settings, name)
+    pre = _chunked(pre, settings, name)
+    if not isinstance(normalised, da.Array):
+        normalised = da.from_array(np.asarray(normalised), chunks=pre.chunks)
+    elif normalised.chunks != pre.chunks:
+        normalised = normalised.rechunk(pre.chunks)
+    return map_haloed(stack_block, pre.astype(np.float32), halo(settings), len(stack_names(settings)),
+                      name="bigseg-features", others=(normalised.astype(np.float32),),
+                      params=feature_params(settings))
+
+
 def halo(settings: dict) -> int:
-    """Rows/columns of neighbours one output pixel depends on."""
-    return max([0] + [kind.radius(kind.args(settings)) for kind in kinds(settings)])
+    """Rows/columns of neighbours one output pixel of the stack depends on."""
+    level = [voids.level_radius(settings)] if voids.enabled(settings) else []
+    return max([0] + level + [kind.radius(kind.args(settings)) for kind in kinds(settings)])
 
 
 def feature_block(block: np.ndarray, params: dict) -> np.ndarray:
@@ -265,13 +307,22 @@ def check_size(shape, settings: dict, name: str = "image") -> None:
 
 
 def compute_features(image, settings: dict, name: str = "image"):
-    """Lazy feature stack ``(y, x, feature)`` of a 2-D dask or numpy image.
+    """Lazy features ``(y, x, feature)`` of a 2-D dask or numpy image (:func:`feature_names`; the whole
+    stack with the void level is :func:`stack_features`).
 
     Chunk edges are interior seams: each block is extended by the halo before
     filtering and trimmed after, so the chunked result equals the unchunked one.
     At the image border scipy's own ``reflect`` mode applies (``boundary='none'``),
     exactly as in one whole-image call.
     """
+    image = _chunked(image, settings, name)
+    nfeat = len(feature_names(settings))
+    return map_haloed(feature_block, image.astype(np.float32), halo(settings), nfeat, name="bigseg-features",
+                      params=feature_params(settings))
+
+
+def _chunked(image, settings: dict, name: str):
+    """A 2-D image as a dask array whose chunks each hold the halo, its size checked."""
     import dask.array as da
 
     if not isinstance(image, da.Array):
@@ -282,13 +333,14 @@ def compute_features(image, settings: dict, name: str = "image"):
     # a chunk thinner than the halo would need neighbours' neighbours
     if depth and min(min(c) for c in image.chunks) < depth:
         image = image.rechunk(tuple(_merge_thin(c, depth) for c in image.chunks))
-    nfeat = len(feature_names(settings))
-    return map_haloed(feature_block, image.astype(np.float32), depth, nfeat, name="bigseg-features",
-                      params=feature_params(settings))
+    return image
 
 
-def map_haloed(func, arr, depth: int, out_channels: int, name: str, **kwargs):
+def map_haloed(func, arr, depth: int, out_channels: int, name: str, others=(), **kwargs):
     """Apply ``func`` to every block of ``arr`` grown by ``depth`` pixels in y and x, then trim.
+
+    ``others`` are more 2-D arrays chunked as ``arr``, grown alike and passed
+    to ``func`` after ``arr``'s block.
 
     ``arr`` is ``(y, x)`` or ``(y, x, c)`` (one chunk along c); ``func`` returns
     ``(y, x, out_channels)`` for its haloed block. Interior seams get real
@@ -302,15 +354,16 @@ def map_haloed(func, arr, depth: int, out_channels: int, name: str, **kwargs):
 
     # map_blocks takes ``name`` as the whole key: without a token, two images'
     # blocks would share keys in one graph and overwrite each other
-    name = f"{name}-{tokenize(arr, func, depth, out_channels, kwargs)}"
+    name = f"{name}-{tokenize(arr, func, depth, out_channels, others, kwargs)}"
     spatial = {0: depth, 1: depth}
     if arr.ndim == 3:
         arr = arr.rechunk({2: -1})
         spatial[2] = 0
-    padded = da.overlap.overlap(arr, depth=spatial, boundary="none") if depth else arr
-    out = padded.map_blocks(func, new_axis=2 if arr.ndim == 2 else None,
-                            chunks=padded.chunks[:2] + ((out_channels,),), dtype=np.float32,
-                            meta=np.empty((0, 0, 0), np.float32), name=name, **kwargs)
+    padded = [da.overlap.overlap(a, depth=spatial if a is arr else {0: depth, 1: depth}, boundary="none")
+              if depth else a for a in (arr,) + tuple(others)]
+    out = da.map_blocks(func, *padded, new_axis=2 if arr.ndim == 2 else None,
+                        chunks=padded[0].chunks[:2] + ((out_channels,),), dtype=np.float32,
+                        meta=np.empty((0, 0, 0), np.float32), name=name, **kwargs)
     if not depth:
         return out
     return da.overlap.trim_internal(out, {0: depth, 1: depth, 2: 0}, boundary="none")

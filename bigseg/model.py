@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from . import nnls
+from . import nnls, voids
 from .config import MODEL_KEYS, ConfigError, check_same, resolved_init, validate
 
 MODEL_FORMAT = 1
@@ -42,12 +42,15 @@ MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
 OPTIONAL_ARRAYS = ("centres",)
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
 MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
-                "transitions", "phase_names", "spread")
+                "transitions", "phase_names", "spread", "void_below")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
 PATIENCE = 2
 SCALE_PERCENTILES = (0.5, 99.5)
+#: the void phase's score where its test passes (and minus it where not): far above any activation or
+#: centre score, and exact in float32 steps of 1/16 near the crossing
+VOID_SCORE = 2.0 ** 20
 
 
 class ModelError(ValueError):
@@ -184,6 +187,11 @@ class Model:
     #: the variance per activation dimension of pixels about their centre: the width of the
     #: memberships' Gaussian posterior (only with ``centres``)
     spread: float | None = None
+    #: with a void phase (``void_class``, :mod:`bigseg.voids`): the void level below which a pixel is
+    #: the void phase, label 0, whose H row 0 is its fingerprint and whose activation is that test
+    #: (``segment.spatial_block``); ``centres``, when any, are then over components 1 and up.
+    #: None: no void phase
+    void_below: float | None = None
 
     def __post_init__(self):
         if self.phase_names is None:
@@ -203,7 +211,9 @@ class Model:
 
     @property
     def n_phases(self) -> int:
-        return len(self.phases) if self.centres is None else int(self.centres.shape[0])
+        if self.centres is None:
+            return len(self.phases)
+        return int(self.centres.shape[0]) + (self.void_below is not None)
 
     @property
     def phase_H(self) -> np.ndarray:
@@ -211,7 +221,9 @@ class Model:
         profile its centre reconstructs (``centres @ H``)."""
         if self.centres is None:
             return self.H[self.phases]
-        return normalise_rows(self.centres @ self.H)
+        if self.void_below is None:
+            return normalise_rows(self.centres @ self.H)
+        return np.vstack([self.H[:1], normalise_rows(self.centres @ self.H[1:])])
 
     def phase_scores(self, acts):
         """Per-phase scores of activations ``(n_components, y, x)`` whose arg max is the label.
@@ -219,11 +231,21 @@ class Model:
         Without centres: the phase rows' activations. With centres:
         ``2 c.w - |c|^2``, which orders phases as the distance of W to each
         centre does and is affine in W, so bilinear resampling the scores
-        (``segment.labels_at``) is resampling W and then choosing. Works on
-        numpy and dask arrays alike; float32.
+        (``segment.labels_at``) is resampling W and then choosing. With a void
+        phase, its score ``VOID_SCORE * (2 v - 1)`` of its 0/1 activation ``v``
+        comes first and outweighs every other score, so resampled it wins where
+        the interpolated test passes one half. Works on numpy and dask arrays
+        alike; float32.
         """
+        if self.void_below is None:
+            return self._pixel_scores(acts)
+        void = (np.float32(2 * VOID_SCORE) * acts[:1].astype(np.float32) - np.float32(VOID_SCORE))
+        return np.concatenate([void, self._pixel_scores(acts[1:], 1)], axis=0)
+
+    def _pixel_scores(self, acts, first: int = 0):
+        """The scores of the phases other than the void of ``acts``, the activations of components ``first`` and up."""
         if self.centres is None:
-            return acts[self.phases]
+            return acts[[j - first for j in self.phases if j >= first]]
         twice, shift = centre_terms(self.centres)
         acts = acts.astype(np.float32)
         # a sum in a fixed order of float32 products (not a BLAS product, whose order depends on the
@@ -241,9 +263,15 @@ class Model:
         Gaussian mixture with one shared, isotropic spread around the centres
         (k-means' soft counterpart), a softmax of :meth:`phase_scores`.
         """
+        if self.void_below is None:
+            return self._pixel_memberships(acts)
+        void = acts[:1].astype(np.float32)
+        return np.concatenate([void, self._pixel_memberships(acts[1:], 1) * (np.float32(1) - void)], axis=0)
+
+    def _pixel_memberships(self, acts, first: int = 0):
         if self.centres is None:
-            return activation_shares(acts[self.phases])
-        z = self.phase_scores(acts) / np.float32(2.0 * self.spread)
+            return activation_shares(acts[[j - first for j in self.phases if j >= first]])
+        z = self._pixel_scores(acts, first) / np.float32(2.0 * self.spread)
         e = np.exp(z - z.max(axis=0, keepdims=True))
         return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
@@ -288,6 +316,8 @@ class Model:
                     "transitions": [int(j) for j in self.transitions], "phase_names": list(self.phase_names)}
             if self.centres is not None:
                 meta["spread"] = float(self.spread)
+            if self.void_below is not None:
+                meta["void_below"] = float(self.void_below)
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
             (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
@@ -326,10 +356,15 @@ class Model:
         names, settings, report = _check_meta(meta_path, meta)
         H, lo, hi = _check_arrays(arr_path, arrays, names)
         transitions = _check_transitions(meta_path, meta.get("transitions", []), H.shape[0])
-        centres, spread = _check_centres(arr_path, meta_path, arrays.get("centres"), meta.get("spread"), H.shape[0])
-        n_phases = H.shape[0] - len(transitions) if centres is None else len(centres)
+        void_below = _check_void(meta_path, meta.get("void_below"), H.shape[0], transitions)
+        void = int(void_below is not None)
+        centres, spread = _check_centres(arr_path, meta_path, arrays.get("centres"), meta.get("spread"),
+                                         H.shape[0] - void)
+        n_phases = H.shape[0] - len(transitions) if centres is None else len(centres) + void
         settings = _check_settings(meta_path, settings, names, H.shape[0], len(transitions),
                                    None if centres is None else n_phases)
+        if void and not voids.enabled(settings):
+            raise ModelError(f"{meta_path}: field 'void_below' needs settings.void_class 'auto'; got 'off'")
         if "n_components" in meta and meta["n_components"] != H.shape[0]:
             raise ModelError(f"{meta_path}: field 'n_components' is {meta['n_components']} but H in model.npz "
                              f"has {H.shape[0]} rows")
@@ -341,7 +376,8 @@ class Model:
         if figure is not None and not figure.startswith(PNG_SIGNATURE):
             raise ModelError(f"{png_path}: not a PNG image")
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
-                   transitions=transitions, phase_names=phase_names, figure=figure, centres=centres, spread=spread)
+                   transitions=transitions, phase_names=phase_names, figure=figure, centres=centres, spread=spread,
+                   void_below=void_below)
 
 
 # --- reading a model: every check names the file and the field -----------------------
@@ -518,6 +554,21 @@ def _check_transitions(path: Path, value, rows: int) -> list[int]:
         raise ModelError(f"{path}: field 'transitions' must list distinct rows of H (0 to {rows - 1}), "
                          f"leaving at least one phase; got {value!r}")
     return sorted(value)
+
+
+def _check_void(path: Path, value, rows: int, transitions: list) -> float | None:
+    """The void phase's level threshold (absent: no void phase): a number in (0, 1), the normalised
+    intensity it is a level of, with row 0 of H its phase and at least one other phase."""
+    if value is None:
+        return None
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value)
+            or not 0 < value < 1):
+        raise ModelError(f"{path}: field 'void_below' must be a number between 0 and 1 (a level of the "
+                         f"normalised image); got {value!r}")
+    if 0 in transitions or rows - len(transitions) < 2:
+        raise ModelError(f"{path}: field 'void_below' makes row 0 of H the void phase; it must be no boundary "
+                         f"row and leave another phase")
+    return float(value)
 
 
 def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transitions: int = 0,
@@ -718,7 +769,7 @@ def refine_orthogonal(X: np.ndarray, H: np.ndarray, settings: dict) -> tuple[np.
 
 
 def fit_minibatch(feature_arrays, lo, hi, settings: dict, eval_X: np.ndarray, compute,
-                  log=None) -> tuple[np.ndarray, dict]:
+                  log=None, void_below: float | None = None) -> tuple[np.ndarray, dict]:
     """MiniBatchNMF fed with pixels streamed block by block from the store.
 
     Each pass visits every block of every image in ``feature_arrays`` in a new
@@ -741,7 +792,7 @@ def fit_minibatch(feature_arrays, lo, hi, settings: dict, eval_X: np.ndarray, co
         order = rng.permutation(len(refs))
         for start in range(0, len(order), BLOCKS_PER_COMPUTE):
             blocks = compute(fetch_blocks(feature_arrays, [refs[i] for i in order[start:start + BLOCKS_PER_COMPUTE]]))
-            pix = [b.reshape(-1, b.shape[-1]) for b in blocks]
+            pix = [_phase_pixels(b.reshape(-1, b.shape[-1]), len(lo), void_below) for b in blocks]
             pix = [p[rng.random(p.shape[0]) < settings["minibatch_fraction"]] for p in pix]
             X = np.concatenate([pending] + pix, axis=0)
             X = apply_scaling(X[rng.permutation(X.shape[0])], lo, hi)
@@ -769,14 +820,51 @@ def fit_minibatch(feature_arrays, lo, hi, settings: dict, eval_X: np.ndarray, co
                     "pass_errors": history}
 
 
+def _phase_pixels(pix: np.ndarray, n_features: int, void_below: float | None) -> np.ndarray:
+    """The NMF features of the stack's pixels ``(pixels, channels)`` that are no void."""
+    if void_below is not None:
+        pix = pix[pix[:, n_features] >= np.float32(void_below)]
+    return pix[:, :n_features]
+
+
 def scaled_sample(feature_arrays, settings: dict, compute, batch_images: int = 32):
     """The bounded pixel sample across all images, scaled by the per-feature range fitted on it.
 
-    Returns ``(X, lo, hi)``; ``X`` has about ``sample_size`` rows whatever the collection's size.
+    Returns ``(X, lo, hi)``; ``X`` has about ``sample_size`` rows whatever the collection's size:
+    the NMF features of the pixels that are no void (:func:`void_split`).
     """
+    X, lo, hi, _, _ = void_split(feature_arrays, settings, compute, batch_images)
+    return X, lo, hi
+
+
+def void_split(feature_arrays, settings: dict, compute, batch_images: int = 32):
+    """The scaled pixel sample, split by the void test (:mod:`bigseg.voids`).
+
+    Returns
+    -------
+    X : ndarray, float32, shape (pixels, n_features)
+        The scaled NMF features of the sample's pixels that are no void.
+    lo, hi : ndarray
+        The per-feature range fitted on the whole sample.
+    void_below : float or None
+        The void level's threshold, when ``void_class`` is on and the sample has a dark mode.
+    X_void : ndarray, float32
+        The scaled features of the sample's void pixels (no rows without a void phase).
+    """
+    from .features import feature_names
+
     sample = sample_pixels(feature_arrays, settings["sample_size"], settings["random_state"], compute, batch_images)
-    lo, hi = fit_scaling(sample)
-    return apply_scaling(sample, lo, hi), lo, hi
+    n = len(feature_names(settings))
+    lo, hi = fit_scaling(sample[:, :n])
+    X = apply_scaling(sample[:, :n], lo, hi)
+    void_below = None
+    if voids.enabled(settings) and sample.shape[1] > n and settings["n_components"] != 1:
+        level = sample[:, n]
+        void_below = voids.dark_mode_threshold(level)
+        if void_below is not None:
+            dark = level < np.float32(void_below)
+            return X[~dark], lo, hi, void_below, X[dark]
+    return X, lo, hi, None, X[:0]
 
 
 def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32,
@@ -801,7 +889,14 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     rows or centres in activation space, returning ``(centres or None, spread, info)``.
     """
     t0 = time.perf_counter()
-    X, lo, hi = scaled_sample(feature_arrays, settings, compute, batch_images)
+    X, lo, hi, void_below, X_void = void_split(feature_arrays, settings, compute, batch_images)
+    if void_below is not None:
+        # the void phase is one of the phases asked for; NMF finds the others on the remaining pixels
+        if settings["n_components"] != "auto":
+            settings = dict(settings, n_components=settings["n_components"] - 1)
+        if log:
+            log(f"void phase: void level below {void_below:.4f} ({len(X_void)} of {len(X) + len(X_void)} "
+                f"sampled pixels)")
     auto = None
     if settings["n_components"] == "auto":
         from .selectk import auto_k     # select-k's scan builds on this module's fit
@@ -818,7 +913,7 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     if settings["solver"] == "cd":
         H, report = fit_cd(X, settings)
     else:
-        H, report = fit_minibatch(feature_arrays, lo, hi, settings, X, compute, log)
+        H, report = fit_minibatch(feature_arrays, lo, hi, settings, X, compute, log, void_below)
     H = _finish_H(X, H, settings, report)
     transitions = []
     if find_transitions is not None and settings["transition_share"] < 1:
@@ -845,12 +940,33 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
         if centres is not None:
             W = nnls.solve(X, H, *regularisation(settings, H.shape[1]))
             centres, phase_names = _centres_in_stable_order(X, W, H, centres, feature_names, report)
-    report.update({"solver": settings["solver"], "init": resolved_init(settings), "sample_pixels": int(X.shape[0]),
+    if void_below is not None:
+        H, transitions, phase_names = _with_void(H, transitions, phase_names, X, X_void, void_below, feature_names,
+                                                 report)
+        settings = dict(settings, n_components=settings["n_components"] + 1)
+    report.update({"solver": settings["solver"], "init": resolved_init(settings),
+                   "sample_pixels": int(X.shape[0] + X_void.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})
     # a model carries what defines the segmentation and nothing of where or how this run went
     keep = {k: settings[k] for k in MODEL_KEYS}
     return Model(H=H, scale_lo=lo, scale_hi=hi, feature_names=list(feature_names), settings=keep, report=report,
-                 transitions=transitions, phase_names=phase_names, centres=centres, spread=spread)
+                 transitions=transitions, phase_names=phase_names, centres=centres, spread=spread,
+                 void_below=void_below)
+
+
+def _with_void(H, transitions, phase_names, X, X_void, void_below, feature_names, report):
+    """H with the void phase's fingerprint as row 0, the boundary rows moved by one, the void's name first,
+    and the void in ``report`` (its threshold and share, and its pixel profile first in ``report["phases"]``)."""
+    H = np.vstack([voids.fingerprint(X_void, H.shape[1]), H])
+    share = len(X_void) / max(len(X) + len(X_void), 1)
+    report["void"] = {"below": round(float(void_below), 6), "sample_share": round(share, 6)}
+    profile = X_void.mean(axis=0) if len(X_void) else H[0]
+    for entry in report.get("phases", []):
+        entry["sample_share"] = round(entry["sample_share"] * (1.0 - share), 6)
+    report["phases"] = [{"sample_share": round(share, 6),
+                         "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, profile)}}] \
+        + report.get("phases", [])
+    return H, [j + 1 for j in transitions], [voids.VOID_NAME] + list(phase_names)
 
 
 def _in_stable_order(X, W, H, transitions, feature_names, report):

@@ -176,9 +176,9 @@ def lazy_features(root, image_id: str, settings: dict):
     if tiled_preprocessing(img, shape, settings):
         pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
                                        "clahe_kernel_size")}
-        pre = clahe.preprocess_graph(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
-                                     name=image_id)
-        return features.compute_features(pre, settings, image_id)
+        pre, norm = clahe.preprocess_planes(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
+                                            name=image_id)
+        return features.stack_features(pre, norm, settings, image_id)
     # the per-image path of the Python API, on the stored image
     return estimator.lazy_features(img, settings, store.image_info(root, image_id).get("pixel_size"), image_id)
 
@@ -201,7 +201,7 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
     out_dir = Path(out_dir)
     store_path = out_dir / "store.zarr"
     root = store.open_root(store_path)
-    names = features.feature_names(settings)
+    names = features.stack_names(settings)
     attrs = {"settings": json.dumps(model_bound(settings), sort_keys=True),
              "halo": features.halo(settings), "bigseg_version": __version__}
     ok, skipped = [], []
@@ -286,8 +286,8 @@ def model_digest(model: Model) -> str:
     digest = hashlib.sha256()
     for arr in (model.H, model.scale_lo, model.scale_hi):
         digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
-    digest.update(json.dumps([list(model.feature_names), model_bound(model.settings), list(model.transitions)],
-                             sort_keys=True).encode())
+    digest.update(json.dumps([list(model.feature_names), model_bound(model.settings), list(model.transitions),
+                              model.void_below], sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -379,7 +379,8 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
             return dask.delayed(_segment_whole, pure=False)(str(out_dir), image_id, model, settings, made_by)
         feats = feature_source(out_dir, image_id, settings)
         acts = activations_graph(feats, model.H, model.scale_lo, model.scale_hi, l1, l2,
-                                 settings["spatial_weight"], settings["spatial_sweeps"]).transpose(2, 0, 1)
+                                 settings["spatial_weight"], settings["spatial_sweeps"],
+                                 model.void_below).transpose(2, 0, 1)
         chunk = features.chunk_side(acts.shape[1:], settings)
         act_arr = store.create_activations(root, image_id, acts.shape[1:], k, chunk)
         native = tuple(store.image_info(root, image_id)["shape"])
@@ -457,9 +458,10 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         r1 = min(h, r0 + band)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
         row_chunks = ([r0 - e0] if r0 > e0 else []) + clahe.chunk_lengths(r1 - r0, chunk) + ([e1 - r1] if e1 > r1 else [])
-        pre = clahe.preprocess_graph(source, pp, chunk, image_id, stats, (e0, e1), row_chunks)
-        acts = activations_graph(features.compute_features(pre, settings, image_id), model.H, model.scale_lo,
-                                 model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"])
+        pre, norm = clahe.preprocess_planes(source, pp, chunk, image_id, stats, (e0, e1), row_chunks)
+        acts = activations_graph(features.stack_features(pre, norm, settings, image_id), model.H, model.scale_lo,
+                                 model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"],
+                                 model.void_below)
         acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
         rows = slice(r0, r1)
         labels = model.phase_scores(acts).argmax(axis=0).astype(np.uint8)

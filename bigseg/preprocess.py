@@ -68,10 +68,19 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
     return equalize_adapthist(image, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
 
 
+def normalised_image(image: np.ndarray, settings: dict, shape=None) -> np.ndarray:
+    """Grey image as stored -> float32 image in [0, 1] on the processing grid, before CLAHE."""
+    out = resize_image(image, shape if shape is not None else target_shape(image.shape, settings["resize"]))
+    return normalize(out, settings["normalize_percentiles"])
+
+
+def equalise(normalised: np.ndarray, settings: dict) -> np.ndarray:
+    """CLAHE of a normalised image when ``settings["clahe"]``, else the image itself."""
+    if settings["clahe"]:
+        return clahe(normalised, settings["clahe_clip_limit"], settings["clahe_kernel_size"])
+    return normalised
+
+
 def preprocess_image(image: np.ndarray, settings: dict, shape=None) -> np.ndarray:
     """Grey image as stored -> float32 image in [0, 1] on the processing grid (``shape`` if given)."""
-    out = resize_image(image, shape if shape is not None else target_shape(image.shape, settings["resize"]))
-    out = normalize(out, settings["normalize_percentiles"])
-    if settings["clahe"]:
-        out = clahe(out, settings["clahe_clip_limit"], settings["clahe_kernel_size"])
-    return out
+    return equalise(normalised_image(image, settings, shape), settings)

@@ -23,8 +23,15 @@ def neighbour_mean(W: np.ndarray) -> np.ndarray:
 
 
 def spatial_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0,
-                  weight: float = 0.0, sweeps: int = 0) -> np.ndarray:
-    """Activations (y, x, k) of a feature block with neighbouring pixels coupled.
+                  weight: float = 0.0, sweeps: int = 0, void_below: float | None = None) -> np.ndarray:
+    """Activations (y, x, k) of a feature stack block with neighbouring pixels coupled.
+
+    The block's first ``H.shape[1]`` channels are the NMF features; channels
+    after them (the void level, ``features.stack_names``) are no part of the
+    solve. With ``void_below`` (a model with a void phase, ``Model.void_below``),
+    component 0 is the void phase: its activation is 1 where the void level
+    (the channel after the features) is below ``void_below`` and 0 elsewhere,
+    and the other components are solved as below without it.
 
     Minimises ``sum_i 0.5 ||v_i - w_i H||^2 + (weight / 2) sum_{i~j} ||w_i - w_j||^2``
     (4-neighbour grid graph, i.e. a graph-Laplacian penalty) with ``w >= 0``, by
@@ -37,8 +44,16 @@ def spatial_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0
     (``nnls.coupled_solve``) that gives the numbers of the loop below bit for
     bit; without it, the loop runs on the numpy solve.
     """
+    H = np.asarray(H)
+    n = H.shape[1]
+    if void_below is not None:
+        void = (feats[..., n] < np.float32(void_below)).astype(np.float32)[..., None]
+        rest = spatial_block(feats, H[1:], lo, hi, l1, l2, weight, sweeps)
+        return np.concatenate([void, rest.astype(np.float32, copy=False)], axis=-1)
+    if feats.shape[-1] != n:
+        feats = feats[..., :n]
     shape = feats.shape
-    X = apply_scaling(feats.reshape(-1, shape[-1]), lo, hi)
+    X = apply_scaling(feats.reshape(-1, shape[-1]), lo[:n], hi[:n])
     if sweeps > 0 and weight > 0 and X.shape[0]:
         W = nnls.coupled_solve(X, H, shape[0], l1, l2, 4.0 * weight, sweeps)
         if W is not None:
@@ -62,12 +77,14 @@ def _spatial_loop(X, shape, H, l1, l2, weight, sweeps) -> np.ndarray:
     return grid
 
 
-def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0, weight: float = 0.0, sweeps: int = 0):
-    """Lazy activations ``(y, x, k)`` of a lazy feature stack ``(y, x, f)``."""
+def activations_graph(feats, H, lo, hi, l1: float = 0.0, l2: float = 0.0, weight: float = 0.0, sweeps: int = 0,
+                      void_below: float | None = None):
+    """Lazy activations ``(y, x, k)`` of a lazy feature stack ``(y, x, f)`` (:func:`spatial_block`)."""
     depth = int(sweeps) if weight > 0 else 0
     return map_haloed(spatial_block, feats, depth, H.shape[0], name="bigseg-activations",
                       H=np.asarray(H), lo=np.asarray(lo), hi=np.asarray(hi), l1=float(l1), l2=float(l2),
-                      weight=float(weight), sweeps=depth)
+                      weight=float(weight), sweeps=depth,
+                      void_below=None if void_below is None else float(void_below))
 
 
 def _linear_weights(n_in: int, n_out: int):

@@ -83,10 +83,10 @@ def bigseg_core(paths, model, settings, crop):
     decoded = [io.crop_rows(io.read_image(p).data, crop)[0] for p in paths]
     t = time.perf_counter()
     for grey in decoded:
-        pre = preprocess.preprocess_image(grey, settings)
-        f = features.feature_block(pre, features.feature_params(settings))
+        norm = preprocess.normalised_image(grey, settings)
+        f = features.stack_block(preprocess.equalise(norm, settings), norm, features.feature_params(settings))
         spatial_block(f, model.H, model.scale_lo, model.scale_hi, l1, l2,
-                      settings["spatial_weight"], settings["spatial_sweeps"]).argmax(-1)
+                      settings["spatial_weight"], settings["spatial_sweeps"], model.void_below).argmax(-1)
     return time.perf_counter() - t
 
 
@@ -338,8 +338,9 @@ def extras(args, work, paths, model, settings, m):
     grey = io.crop_rows(io.read_image(paths[0]).data, args.crop)[0]
     f = features.feature_block(preprocess.preprocess_image(grey, settings), features.feature_params(settings))
     X = apply_scaling(f.reshape(-1, f.shape[-1])[::7], model.scale_lo, model.scale_hi)
-    ours = nnls.solve(X, model.H).argmax(1)
-    ref = np.array([scipy_nnls(model.H.T, x.astype(np.float64))[0] for x in X]).argmax(1)
+    H = model.H[1:] if model.void_below is not None else model.H      # the void phase is no part of the solve
+    ours = nnls.solve(X, H).argmax(1)
+    ref = np.array([scipy_nnls(H.T, x.astype(np.float64))[0] for x in X]).argmax(1)
 
     # the fit: store the features once, then both solvers on the same sample
     run_measured(["features", "--out", str(work / "fit"), "--quiet", "--set", f"crop_bottom={args.crop}"])

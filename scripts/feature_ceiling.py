@@ -62,7 +62,8 @@ def _features(path, settings, table=None):
         The features on the processing grid, unrounded.
     """
     grey, pixel_size, _ = estimator.read_grey(path, settings, table)
-    return grey.shape, estimator.image_features(grey, settings, pixel_size, str(path))[1]
+    # the NMF features only: the ceiling is of what the phases see
+    return grey.shape, estimator.image_features(grey, dict(settings, void_class="off"), pixel_size, str(path))[1]
 
 
 def _predict_native(clf, f, k, shape):

@@ -5,8 +5,9 @@
 Reads a saved bigseg model (``model.json`` and ``model.npz``) with json and numpy, and for each image:
 PIL decode, Rec. 601 grey, bottom rows cropped, scikit-image resize, normalisation and CLAHE, the
 feature bank with scipy.ndimage, the feature scaling, the exact NNLS of every pixel against H with the
-coupled sweeps, then the activations resampled bilinearly to the image's size and the argmax, written
-as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings validation, no dask, no store.
+coupled sweeps (and, for a model with a void phase, the void test on the normalised image before CLAHE
+smoothed at the smaller blur sigma), then the scores resampled bilinearly to the image's size and the
+argmax, written as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings validation, no dask, no store.
 
 Its labels equal ``PhaseSegmenter.load(MODEL_DIR).predict(image)``, bit for bit: each step does
 bigseg's arithmetic in bigseg's order (``tests/test_scripts.py`` checks it). It covers the settings a
@@ -52,8 +53,13 @@ def load_model(folder) -> dict:
     transitions = set(meta.get("transitions", []))
     a = float(s.get("alpha_W", 0.0)) * H.shape[1]
     ratio = float(s.get("l1_ratio", 0.0))
-    return {"H": H, "lo": lo, "hi": hi, "s": s, "kinds": kinds, "names": meta["feature_names"],
-            "phases": np.array([j for j in range(H.shape[0]) if j not in transitions], np.intp),
+    # a void phase is row 0: the pixels whose smoothed level before CLAHE is below void_below; the
+    # other rows are solved without it
+    void = meta.get("void_below")
+    first = 0 if void is None else 1
+    return {"H": H[first:], "lo": lo, "hi": hi, "s": s, "kinds": kinds, "names": meta["feature_names"],
+            "void": void,
+            "phases": np.array([j - first for j in range(first, H.shape[0]) if j not in transitions], np.intp),
             # phases as centres in activation space: the label is the nearest centre, i.e. the arg max of
             # 2 c.w - |c|^2, summed in float32 in the order of the components
             "centres": None if centres is None else ((2 * centres).astype(np.float32),
@@ -116,7 +122,11 @@ def grid_shape(shape, resize) -> tuple[int, int]:
 
 def preprocess(grey: np.ndarray, s: dict) -> np.ndarray:
     """Resize (anti-aliased when shrinking), min-max or percentile normalisation, CLAHE: float32 in [0, 1]."""
-    from skimage.exposure import equalize_adapthist
+    return equalise(normalised(grey, s), s)
+
+
+def normalised(grey: np.ndarray, s: dict) -> np.ndarray:
+    """Resize (anti-aliased when shrinking) and min-max or percentile normalisation: float32 in [0, 1]."""
     from skimage.transform import resize
 
     img = grey.astype(np.float32)
@@ -132,6 +142,13 @@ def preprocess(grey: np.ndarray, s: dict) -> np.ndarray:
         img = np.zeros_like(img)
     else:
         img = np.clip((img - np.float32(lo)) / np.float32(span), 0.0, 1.0)
+    return img
+
+
+def equalise(img: np.ndarray, s: dict) -> np.ndarray:
+    """CLAHE, when the model's settings ask for it."""
+    from skimage.exposure import equalize_adapthist
+
     if s["clahe"] and float(img.max()) > float(img.min()):
         img = equalize_adapthist(img, kernel_size=s["clahe_kernel_size"],
                                  clip_limit=s["clahe_clip_limit"]).astype(np.float32)
@@ -182,8 +199,11 @@ def subset_solvers(H: np.ndarray, l2: float) -> np.ndarray:
 
 def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
     """Labels (uint8, the image's size after cropping) of a decoded image (2-D grey or RGB array)."""
+    from scipy import ndimage as ndi
+
     grey = crop(to_grey(np.asarray(image)), m["s"]["crop_bottom"], from_file)
-    img = preprocess(grey, m["s"])
+    norm = normalised(grey, m["s"])
+    img = equalise(norm, m["s"])
     f = features(img, m)
     X = np.clip((f.reshape(-1, f.shape[-1]) - m["lo"]) / (m["hi"] - m["lo"]), 0.0, 1.0)
     H, l1, l2, k = m["H"], m["l1"], m["l2"], m["H"].shape[0]
@@ -194,13 +214,20 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
                          subset_solvers(H, l2 + mu), H @ H.T + (l2 + mu) * np.eye(k), mu, sweeps, img.shape[0],
                          (0.0,) * k)
     if m["centres"] is None:
-        return resample_argmax(W, img.shape, m["phases"], grey.shape)
-    twice, shift = m["centres"]
-    scores = W[:, 0:1] * twice[:, 0]
-    for j in range(1, k):
-        scores = scores + W[:, j:j + 1] * twice[:, j]
-    scores = np.ascontiguousarray(scores - shift, np.float32)
-    return resample_argmax(scores, img.shape, np.arange(len(shift), dtype=np.intp), grey.shape)
+        scores = W[:, m["phases"]]
+    else:
+        twice, shift = m["centres"]
+        scores = W[:, 0:1] * twice[:, 0]
+        for j in range(1, k):
+            scores = scores + W[:, j:j + 1] * twice[:, j]
+        scores = scores - shift
+    if m["void"] is not None:
+        level = ndi.gaussian_filter(norm, min(m["s"]["blur_sigmas"]), mode="reflect", truncate=m["s"]["truncate"])
+        v = (level.reshape(-1, 1) < np.float32(m["void"])).astype(np.float32)
+        # far above any other score where the level passes the test (bigseg.model.VOID_SCORE)
+        scores = np.concatenate([np.float32(2.0 ** 21) * v - np.float32(2.0 ** 20), scores], axis=1)
+    scores = np.ascontiguousarray(scores, np.float32)
+    return resample_argmax(scores, img.shape, np.arange(scores.shape[1], dtype=np.intp), grey.shape)
 
 
 def resample_argmax(W: np.ndarray, grid, phases, shape) -> np.ndarray:

@@ -73,8 +73,9 @@ def prepare(items, settings):
     params = features.feature_params(settings)
     out = []
     for image_id, grey, truth in items:
-        pre = preprocess.preprocess_image(grey, settings, preprocess.target_shape(grey.shape, settings["resize"]))
-        out.append((image_id, grey.shape, features.feature_block(pre, params), truth))
+        norm = preprocess.normalised_image(grey, settings, preprocess.target_shape(grey.shape, settings["resize"]))
+        out.append((image_id, grey.shape, features.stack_block(preprocess.equalise(norm, settings), norm, params),
+                    truth))
     return out
 
 
@@ -104,13 +105,13 @@ def bigseg_labels(prepared, s):
     preds, moved = [], []
     for _, shape, f, _ in prepared:
         acts = segment.spatial_block(f, fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
-                                     s["spatial_sweeps"]).transpose(2, 0, 1)
+                                     s["spatial_sweeps"], fitted.void_below).transpose(2, 0, 1)
         moved.append(np.isin(acts.argmax(axis=0), fitted.transitions).mean())
         preds.append(segment.labels_at(fitted.phase_scores(acts), shape))
     notes = {"k": fitted.settings["n_components"], "boundary components": len(fitted.transitions),
              "between shares": fitted.report.get("between_shares"),
              "assignment": fitted.report.get("assignment"),
-             "boundary pixels": f"{np.mean(moved):.2%}"}
+             "boundary pixels": f"{np.mean(moved):.2%}", "void": fitted.report.get("void")}
     return preds, notes
 
 
@@ -120,6 +121,9 @@ def baseline_labels(prepared, s, k, method):
     from sklearn.cluster import KMeans
     from sklearn.decomposition import NMF
 
+    # the same features bigseg's phases see: the void level is no feature
+    n = len(features.feature_names(s))
+    prepared = [(i, shape, f[..., :n], t) for i, shape, f, t in prepared]
     per = max(1, s["sample_size"] // len(prepared))
     rng = np.random.default_rng(s["random_state"])
     samp = np.concatenate([f.reshape(-1, f.shape[-1])[rng.choice(f.shape[0] * f.shape[1],

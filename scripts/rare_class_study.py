@@ -29,13 +29,11 @@ be re-made:
     that touches two other labels, takes the nearest other region's label.
 
 ``dark-mode``
-    the voids' way out: pores and cracks give no signal, so before CLAHE they are
-    the darkest pixels of the collection, in a mode of their own below the
-    histogram's body (CLAHE stretches them back into the matrix's range). Where
-    the collection's normalised intensity, smoothed at the smaller blur sigma,
-    has such a mode (a peak below the Tukey fence ``Q1 - 1.5 IQR`` that the
-    density falls from by ``DARK_DIP`` before the fence), its pixels below the
-    dip become a class and the pixel phases are one fewer.
+    the voids' way out, now bigseg's ``void_class`` (:mod:`bigseg.voids`): pores
+    and cracks give no signal, so before CLAHE they are the darkest pixels of the
+    collection, in a mode of their own below the histogram's body (CLAHE
+    stretches them back into the matrix's range). bigseg with ``void_class: off``
+    and with its default ``auto``, side by side.
 
 ``dark-mode-trigger``
     where the dark-mode test fires, over many more synthetic collections (each
@@ -63,7 +61,7 @@ from scipy import ndimage as ndi
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402  (the harness beside this script)
 
-from bigseg import config, evaluate, features, model, preprocess, regions, segment  # noqa: E402
+from bigseg import config, evaluate, features, model, preprocess, regions, segment, voids  # noqa: E402
 
 PARTS = ("pixel-phases", "oracle-row", "detectors", "boundary-pixels", "dark-mode", "dark-mode-trigger")
 #: the particle class of each set (MetalDAM: its 'precipitate'); sets without one are left out of the
@@ -186,43 +184,10 @@ def _to_nearest_kept(labels, moved):
     return out
 
 
-#: a dark mode needs the density to fall by this factor between its peak and the histogram's body
-DARK_DIP = 1.5
-
-
 def dark_level(grey, shape, settings) -> np.ndarray:
-    """The normalised intensity before CLAHE on the processing grid, smoothed at the smaller blur sigma."""
-    level = preprocess.normalize(preprocess.resize_image(grey, shape), settings["normalize_percentiles"])
-    return ndi.gaussian_filter(level.astype(np.float64), min(settings["blur_sigmas"]))
-
-
-def dark_mode_threshold(values: np.ndarray, dip: float = DARK_DIP) -> float | None:
-    """The level below which the darkest pixels form a mode of their own, or None.
-
-    Histogram of the values below the first quartile in bins of a tenth of the
-    interquartile range, smoothed by [1, 2, 1] / 4; the darkest bin below the
-    Tukey fence whose count is ``dip`` times the lowest count between it and
-    the fence, and above it by three Poisson standard deviations, is a mode,
-    and that lowest bin (the dip) is the threshold.
-    """
-    q1, q3 = np.percentile(values, [25, 75])
-    iqr = q3 - q1
-    fence = q1 - 1.5 * iqr
-    low = values[values < q1]
-    if iqr <= 0 or low.size == 0 or low.min() >= fence:
-        return None
-    counts, edges = np.histogram(low, bins=np.arange(low.min(), q1 + iqr / 10, iqr / 10))
-    counts = np.convolve(np.pad(counts.astype(float), 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
-    centres = 0.5 * (edges[1:] + edges[:-1])
-    below = np.flatnonzero(centres < fence)
-    for peak in below:
-        between = np.arange(peak, below[-1] + 1)
-        valley = between[np.argmin(counts[between])]
-        # the dip must also stand out of the counts' Poisson noise (three standard deviations)
-        if (valley > peak and counts[peak] >= dip * max(counts[valley], 1e-12)
-                and counts[peak] - counts[valley] >= 3.0 * np.sqrt(counts[peak])):
-            return float(centres[valley])
-    return None
+    """The void level of ``bigseg.voids`` on the processing grid, in float64 as this study measured it."""
+    level = preprocess.normalised_image(grey, settings, shape)
+    return ndi.gaussian_filter(level.astype(np.float64), voids.level_sigma(settings))
 
 
 # --- the parts ------------------------------------------------------------------------
@@ -305,23 +270,14 @@ def boundary_pixels(name, k, names, prepared, s):
         print(_line(name, f"+ {what} ({share:.1%} moved)", quality.score(out, prepared, k, names)), flush=True)
 
 
-def dark_class(name, k, names, items, prepared, s):
-    levels = [dark_level(g, f.shape[:2], s) for (_, g, _), (_, _, f, _) in zip(items, prepared)]
-    pooled = np.concatenate([lv.ravel() for lv in levels])
-    # the fit's pixel sample: at most sample_size values
-    rng = np.random.default_rng(s["random_state"])
-    threshold = dark_mode_threshold(rng.choice(pooled, min(s["sample_size"], pooled.size), replace=False))
-    if threshold is None:
-        print(f"| {name} | dark mode | none: unchanged | | | |", flush=True)
-        return
-    preds, _ = quality.bigseg_labels(prepared, config.validate(dict(s, n_components=k - 1)))
-    out = []
-    for pred, lv in zip(preds, levels):
-        dark = evaluate.resize_nearest((lv < threshold).astype(np.uint8), pred.shape).astype(bool)
-        out.append(np.where(dark, k - 1, pred))
-    share = float(np.mean(pooled < threshold))
-    print(_line(name, f"dark mode below {threshold:.3f} ({share:.2%} of pixels) + {k - 1} pixel phases",
-                quality.score(out, prepared, k, names)), flush=True)
+def dark_class(name, k, names, prepared, s):
+    """bigseg without and with its void phase (``void_class``), through the per-image path."""
+    for setting in ("off", "auto"):
+        preds, notes = quality.bigseg_labels(prepared, config.validate(dict(s, void_class=setting)))
+        void = notes.get("void")
+        what = (f"void_class {setting}" + (f": void level below {void['below']:.3f} ({void['sample_share']:.2%} of "
+                                            f"the sample) + {k - 1} pixel phases" if void else ": no void phase"))
+        print(_line(name, what, quality.score(preds, prepared, k, names)), flush=True)
 
 
 def dark_mode_trigger(s, seeds=(0, 1, 2, 3, 5, 7, 9)):
@@ -343,7 +299,7 @@ def dark_mode_trigger(s, seeds=(0, 1, 2, 3, 5, 7, 9)):
     for name, make in collections.items():
         levels = np.concatenate([dark_level(g, preprocess.target_shape(g.shape, s["resize"]), s).ravel()
                                  for g, _ in make()])
-        threshold = dark_mode_threshold(rng.choice(levels, min(s["sample_size"], levels.size), replace=False))
+        threshold = voids.dark_mode_threshold(rng.choice(levels, min(s["sample_size"], levels.size), replace=False))
         said = "none" if threshold is None else f"below {threshold:.3f}: {np.mean(levels < threshold):.2%} of pixels"
         print(f"| {name} | dark mode | {said} | | | |", flush=True)
 
@@ -371,7 +327,7 @@ def main(argv=None):
         if "boundary-pixels" in a.parts:
             boundary_pixels(name, k, names, prepared, s)
         if "dark-mode" in a.parts:
-            dark_class(name, k, names, items, prepared, s)
+            dark_class(name, k, names, prepared, s)
 
 
 if __name__ == "__main__":

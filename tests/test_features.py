@@ -35,7 +35,9 @@ def test_kernel_matches_scipy_directly(rng):
 def test_halo_follows_sigma():
     s = config.validate({"blur_sigmas": [2.0, 10.0], "truncate": 3.0})
     assert features.halo(s) == 30
-    assert features.halo(config.validate({"features": ["intensity"], "n_components": 1})) == 0
+    assert features.halo(config.validate({"features": ["intensity"], "n_components": 1, "void_class": "off"})) == 0
+    # the void level is smoothed at the smaller blur sigma: its radius is the stack's halo then
+    assert features.halo(config.validate({"features": ["intensity"], "n_components": 1})) == 8
 
 
 def test_image_smaller_than_halo_is_a_clear_error():
@@ -154,7 +156,7 @@ def test_registry_has_one_entry_per_kind_the_settings_allow():
         assert all(p in config.MODEL_BOUND_KEYS for p in kind.params), name
     assert features.FEATURE_PARAM_KEYS == ("features", "gradient_sigma", "laplacian_sigma", "variance_size",
                                            "blur_sigmas", "hessian_sigmas", "structure_sigmas", "local_std_sigmas",
-                                           "closing_sizes", "opening_sizes", "truncate")
+                                           "closing_sizes", "opening_sizes", "void_class", "truncate")
     assert set(features.feature_params(config.defaults())) == set(features.FEATURE_PARAM_KEYS)
     from bigseg.phases import _kinds_saying
 

@@ -9,7 +9,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from bigseg import clahe, config, io, pipeline, preprocess
+from bigseg import clahe, config, io, pipeline, preprocess, synth
 from bigseg.cli import main
 from bigseg.demo import add_data_bar, synth_micrograph
 
@@ -65,9 +65,10 @@ def test_tiled_graph_computes_nothing_while_built():
         clahe.preprocess_graph(img, config.validate({"resize": "native"}), 100)
 
 
-def _inputs(folder):
-    """One synthetic micrograph (with data bar) as PNG, tiled RGB TIFF, OME-Zarr (c, y, x) and a plain Zarr array."""
-    img01, _ = synth_micrograph((360, 420), seed=5)
+def _inputs(folder, family="demo"):
+    """One synthetic micrograph (with data bar) as PNG, tiled RGB TIFF, OME-Zarr (c, y, x) and a plain Zarr array:
+    the demo's, or one with pores and cracks (a void phase, from the level of each tile before CLAHE)."""
+    img01, _ = synth_micrograph((360, 420), seed=5) if family == "demo" else synth.pores((360, 420), seed=5)
     grey = np.round(add_data_bar(img01) * 255).astype(np.uint8)
     folder.mkdir()
     Image.fromarray(grey).save(folder / "a_png.png")
@@ -83,9 +84,9 @@ def _inputs(folder):
     return grey
 
 
-@pytest.mark.parametrize("assignment", ["components", "centres"])
-def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch, assignment):
-    grey = _inputs(tmp_path / "in")
+@pytest.mark.parametrize("assignment, family", [("components", "demo"), ("centres", "demo"), ("centres", "pores")])
+def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch, assignment, family):
+    grey = _inputs(tmp_path / "in", family)
     common = ["--input", str(tmp_path / "in"), "--set", "resize=native", "--set", "chunk_size=96",
               "--set", "sample_size=20000", "-k", "3", "--quiet", "--set", f"assignment={assignment}"]
     res = CliRunner().invoke(main, ["run", "--out", str(tmp_path / "whole")] + common, catch_exceptions=False)
@@ -114,5 +115,7 @@ def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch, assign
     speckle = {d: json.loads((tmp_path / d / "records" / "segment" / "a_png.json").read_text())["speckle"]
                for d in ("whole", "tiled")}
     assert speckle["tiled"] == pytest.approx(speckle["whole"], abs=1e-12)     # band seams counted once
+    void = json.loads((tmp_path / "whole" / "model" / "model.json").read_text()).get("void_below")
+    assert (void is not None) == (family == "pores") and (void is None or (ref == 0).any())
     whole_csv = (tmp_path / "whole" / "phase_fractions.csv").read_text()
     assert (tmp_path / "tiled" / "phase_fractions.csv").read_text() == whole_csv

@@ -1,0 +1,115 @@
+"""Voids: pores and cracks, found as the collection's own dark intensity mode before CLAHE.
+
+A void gives the detector no signal, so before contrast equalisation its
+pixels are the darkest of the collection, in a mode of their own below the
+matrix's histogram. CLAHE stretches each tile's histogram and lifts them back
+into the matrix's range, where no pixel phase can tell them apart (on CLAHE's
+output the same test finds no mode on any set we have). So the stack of
+features carries one more channel, :data:`VOID_LEVEL`: the normalised image
+before CLAHE smoothed at the smaller blur sigma (the finest scale the features
+already smooth at). The fit tests its sample (:func:`dark_mode_threshold`);
+where a mode exists its pixels become one phase, label 0, and NMF fits the
+other phases on the remaining pixels.
+
+The test has no constant tuned on one set: the Tukey fence (Q1 - 1.5 IQR,
+the conventional outlier fence), bins of a tenth of the IQR smoothed by
+[1, 2, 1] / 4, and a dip of :data:`DIP` times and three Poisson standard
+deviations between the mode's peak and the fence. ``scripts/rare_class_study.py
+--parts dark-mode-trigger`` counts where it fires: every collection with pores
+and MetalDAM (cracks), none of 39 others.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+#: the channel of the feature stack that holds the void test's level; it is no NMF feature
+VOID_LEVEL = "void_level"
+#: the settings the level reads
+PARAMS = ("void_class", "blur_sigmas", "truncate")
+#: the name a void phase gets until people name it
+VOID_NAME = "voids (darkest mode)"
+#: a dark mode needs the smoothed counts to fall by this factor between its peak and the dip
+DIP = 1.5
+#: and by this many Poisson standard deviations of the peak's count (two stray pixels are no mode)
+DIP_SIGMAS = 3.0
+
+
+def enabled(settings) -> bool:
+    """Whether the feature stack carries the void level (``void_class`` is not 'off')."""
+    return settings.get("void_class", "off") != "off"
+
+
+def level_sigma(settings) -> float:
+    """The Gaussian sigma of the level: the smaller blur sigma."""
+    return float(min(settings["blur_sigmas"]))
+
+
+def level_radius(settings) -> int:
+    """Rows/columns of neighbours one level pixel depends on (scipy's Gaussian radius)."""
+    return int(settings["truncate"] * level_sigma(settings) + 0.5)
+
+
+def level_block(normalised: np.ndarray, params: dict) -> np.ndarray:
+    """The level ``(y, x, 1)`` float32 of a (haloed) block of the normalised image before CLAHE."""
+    img = np.asarray(normalised, dtype=np.float32)
+    out = ndi.gaussian_filter(img, level_sigma(params), mode="reflect", truncate=params["truncate"])
+    return out[..., None].astype(np.float32, copy=False)
+
+
+def dark_mode_threshold(values: np.ndarray, dip: float = DIP) -> float | None:
+    """The level below which the darkest pixels form a mode of their own, or None.
+
+    Parameters
+    ----------
+    values : ndarray, 1-D
+        Levels of a pixel sample of the whole collection.
+    dip : float
+        How many times the mode's peak count must exceed the lowest count
+        between it and the fence.
+
+    Returns
+    -------
+    float or None
+        The histogram of the values below the first quartile, in bins of a
+        tenth of the interquartile range smoothed by [1, 2, 1] / 4: the
+        darkest bin below the Tukey fence ``Q1 - 1.5 IQR`` whose count is
+        ``dip`` times, and :data:`DIP_SIGMAS` Poisson standard deviations
+        above, the lowest count between it and the fence is a mode, and the
+        centre of that lowest bin (the dip) is the threshold. None when no
+        bin qualifies.
+    """
+    values = np.asarray(values, np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    q1, q3 = np.percentile(values, [25, 75])
+    iqr = q3 - q1
+    fence = q1 - 1.5 * iqr
+    low = values[values < q1]
+    if iqr <= 0 or low.size == 0 or low.min() >= fence:
+        return None
+    counts, edges = np.histogram(low, bins=np.arange(low.min(), q1 + iqr / 10, iqr / 10))
+    counts = np.convolve(np.pad(counts.astype(float), 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    below = np.flatnonzero(centres < fence)
+    for peak in below:
+        between = np.arange(peak, below[-1] + 1)
+        valley = between[np.argmin(counts[between])]
+        if (valley > peak and counts[peak] >= dip * max(counts[valley], 1e-12)
+                and counts[peak] - counts[valley] >= DIP_SIGMAS * np.sqrt(counts[peak])):
+            return float(centres[valley])
+    return None
+
+
+def fingerprint(X_void: np.ndarray, n_features: int) -> np.ndarray:
+    """The void phase's H row: the unit-norm mean of its pixels' scaled features (what a void looks like).
+
+    It labels nothing (the level does) and explains no pixel in the solve; it is
+    what the fingerprint charts show for the phase.
+    """
+    row = np.asarray(X_void, np.float64).mean(axis=0) if len(X_void) else np.ones(n_features)
+    row = np.clip(row, 0.0, None)
+    norm = np.linalg.norm(row)
+    return row / norm if norm > 0 else np.full(n_features, 1.0 / np.sqrt(n_features))
