@@ -355,7 +355,7 @@ OPTIONS: dict[str, Option] = {
                          "own (pores, cracks: no signal), they become one phase (label 0, 'voids') and NMF fits "
                          "the other n_components - 1 on the remaining pixels; found by a Tukey fence and a dip "
                          "beyond the sample's noise, so a collection without voids is segmented as with off. "
-                         "Adds one channel (void_level) to the feature stack", "features", role="features"),
+                         "Adds two channels (void_level, void_pixel) to the feature stack", "features", role="features"),
     # scipy's default is 4; past 16 the tails add nothing but halo
     "truncate": Option(4.0, _float(1, 16), "Gaussian kernels are cut at truncate * sigma (sets the halo)",
                        "features", role="features"),

@@ -199,8 +199,8 @@ def feature_names(settings: dict) -> list[str]:
 
 
 def aux_names(settings: dict) -> list[str]:
-    """Channels the feature stack carries after the NMF features: the void level when ``void_class`` is on."""
-    return [voids.VOID_LEVEL] if voids.enabled(settings) else []
+    """Channels the feature stack carries after the NMF features: the void levels when ``void_class`` is on."""
+    return list(voids.CHANNELS) if voids.enabled(settings) else []
 
 
 def stack_names(settings: dict) -> list[str]:
@@ -210,7 +210,7 @@ def stack_names(settings: dict) -> list[str]:
 
 def stack_block(pre: np.ndarray, normalised: np.ndarray | None, params: dict) -> np.ndarray:
     """The whole stack ``(y, x, channels)`` of one (haloed) block: :func:`feature_block` of the
-    preprocessed image, then the void level of the normalised image before CLAHE (when on)."""
+    preprocessed image, then the void levels of the normalised image before CLAHE (when on)."""
     feats = feature_block(pre, params)
     if not voids.enabled(params):
         return feats

@@ -823,7 +823,7 @@ def fit_minibatch(feature_arrays, lo, hi, settings: dict, eval_X: np.ndarray, co
 def _phase_pixels(pix: np.ndarray, n_features: int, void_below: float | None) -> np.ndarray:
     """The NMF features of the stack's pixels ``(pixels, channels)`` that are no void."""
     if void_below is not None:
-        pix = pix[pix[:, n_features] >= np.float32(void_below)]
+        pix = pix[pix[:, n_features + 1] >= np.float32(void_below)]
     return pix[:, :n_features]
 
 
@@ -858,11 +858,11 @@ def void_split(feature_arrays, settings: dict, compute, batch_images: int = 32):
     lo, hi = fit_scaling(sample[:, :n])
     X = apply_scaling(sample[:, :n], lo, hi)
     void_below = None
-    if voids.enabled(settings) and sample.shape[1] > n and settings["n_components"] != 1:
-        level = sample[:, n]
-        void_below = voids.dark_mode_threshold(level)
+    if voids.enabled(settings) and sample.shape[1] > n + 1 and settings["n_components"] != 1:
+        # the test reads the smoothed level; each pixel is decided on its own, as segment decides it
+        void_below = voids.dark_mode_threshold(sample[:, n])
         if void_below is not None:
-            dark = level < np.float32(void_below)
+            dark = sample[:, n + 1] < np.float32(void_below)
             return X[~dark], lo, hi, void_below, X[dark]
     return X, lo, hi, None, X[:0]
 

@@ -29,8 +29,8 @@ def spatial_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0
     The block's first ``H.shape[1]`` channels are the NMF features; channels
     after them (the void level, ``features.stack_names``) are no part of the
     solve. With ``void_below`` (a model with a void phase, ``Model.void_below``),
-    component 0 is the void phase: its activation is 1 where the void level
-    (the channel after the features) is below ``void_below`` and 0 elsewhere,
+    component 0 is the void phase: its activation is 1 where the pixel's own
+    level (``void_pixel``) is below ``void_below`` and 0 elsewhere,
     and the other components are solved as below without it.
 
     Minimises ``sum_i 0.5 ||v_i - w_i H||^2 + (weight / 2) sum_{i~j} ||w_i - w_j||^2``
@@ -47,7 +47,7 @@ def spatial_block(feats: np.ndarray, H, lo, hi, l1: float = 0.0, l2: float = 0.0
     H = np.asarray(H)
     n = H.shape[1]
     if void_below is not None:
-        void = (feats[..., n] < np.float32(void_below)).astype(np.float32)[..., None]
+        void = (feats[..., n + 1] < np.float32(void_below)).astype(np.float32)[..., None]
         rest = spatial_block(feats, H[1:], lo, hi, l1, l2, weight, sweeps)
         return np.concatenate([void, rest.astype(np.float32, copy=False)], axis=-1)
     if feats.shape[-1] != n:

@@ -5,11 +5,16 @@ pixels are the darkest of the collection, in a mode of their own below the
 matrix's histogram. CLAHE stretches each tile's histogram and lifts them back
 into the matrix's range, where no pixel phase can tell them apart (on CLAHE's
 output the same test finds no mode on any set we have). So the stack of
-features carries one more channel, :data:`VOID_LEVEL`: the normalised image
+features carries two more channels (:data:`CHANNELS`): the normalised image
 before CLAHE smoothed at the smaller blur sigma (the finest scale the features
-already smooth at). The fit tests its sample (:func:`dark_mode_threshold`);
-where a mode exists its pixels become one phase, label 0, and NMF fits the
-other phases on the remaining pixels.
+already smooth at), on whose sample the fit looks for the mode
+(:func:`dark_mode_threshold`), and the normalised image itself, on which each
+pixel is decided. The smoothing serves to see the mode above the detector's
+noise; it would also spread each void's edge over a few pixels, so a pixel is
+a void by its own level (``scripts/rare_class_study.py --parts void-decision``:
+on MetalDAM and three pores collections the unsmoothed decision was above the
+smoothed one on all four). Where a mode exists, the pixels below its threshold
+become one phase, label 0, and NMF fits the other phases on the remaining pixels.
 
 The test has no constant tuned on one set: the Tukey fence (Q1 - 1.5 IQR,
 the conventional outlier fence), bins of a tenth of the IQR smoothed by
@@ -24,8 +29,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-#: the channel of the feature stack that holds the void test's level; it is no NMF feature
-VOID_LEVEL = "void_level"
+#: the channels of the feature stack after the NMF features (no NMF feature): the level the test
+#: reads and the level each pixel is decided on
+VOID_LEVEL, VOID_PIXEL = "void_level", "void_pixel"
+CHANNELS = (VOID_LEVEL, VOID_PIXEL)
 #: the settings the level reads
 PARAMS = ("void_class", "blur_sigmas", "truncate")
 #: the name a void phase gets until people name it
@@ -52,10 +59,11 @@ def level_radius(settings) -> int:
 
 
 def level_block(normalised: np.ndarray, params: dict) -> np.ndarray:
-    """The level ``(y, x, 1)`` float32 of a (haloed) block of the normalised image before CLAHE."""
+    """The void channels ``(y, x, 2)`` float32 of a (haloed) block of the normalised image before CLAHE:
+    smoothed at :func:`level_sigma` (the test's), and as it is (each pixel's)."""
     img = np.asarray(normalised, dtype=np.float32)
-    out = ndi.gaussian_filter(img, level_sigma(params), mode="reflect", truncate=params["truncate"])
-    return out[..., None].astype(np.float32, copy=False)
+    smooth = ndi.gaussian_filter(img, level_sigma(params), mode="reflect", truncate=params["truncate"])
+    return np.stack([smooth, img], axis=-1).astype(np.float32, copy=False)
 
 
 def dark_mode_threshold(values: np.ndarray, dip: float = DIP) -> float | None:

@@ -35,6 +35,11 @@ be re-made:
     stretches them back into the matrix's range). bigseg with ``void_class: off``
     and with its default ``auto``, side by side.
 
+``void-decision``
+    once the test has found the void threshold, which level each pixel is
+    decided on: the normalised image smoothed at 0 (the pixel itself), 0.5, 1
+    or 2 pixels (the test's own smoothing), on the sets with a void mode.
+
 ``dark-mode-trigger``
     where the dark-mode test fires, over many more synthetic collections (each
     family at several seeds and scales, 8 images each) and MetalDAM.
@@ -63,7 +68,10 @@ import quality  # noqa: E402  (the harness beside this script)
 
 from bigseg import config, evaluate, features, model, preprocess, regions, segment, voids  # noqa: E402
 
-PARTS = ("pixel-phases", "oracle-row", "detectors", "boundary-pixels", "dark-mode", "dark-mode-trigger")
+PARTS = ("pixel-phases", "oracle-row", "detectors", "boundary-pixels", "dark-mode", "dark-mode-trigger",
+         "void-decision")
+#: the smoothing of the level each pixel is decided on, compared by ``void-decision`` (0: the pixel itself)
+DECISION_SIGMAS = (0.0, 0.5, 1.0, 2.0)
 #: the particle class of each set (MetalDAM: its 'precipitate'); sets without one are left out of the
 #: particle parts, but still show how often a detector fires where no particle class exists
 PARTICLE_CLASS = {"metaldam": 3, "islands": 2, "textured": 2, "twoscale": 2, "demo": 3}
@@ -304,6 +312,37 @@ def dark_mode_trigger(s, seeds=(0, 1, 2, 3, 5, 7, 9)):
         print(f"| {name} | dark mode | {said} | | | |", flush=True)
 
 
+def void_decision(name, k, names, items, s):
+    """Which level a pixel is decided on, once the test (on the level smoothed at the smaller blur sigma)
+    has found the threshold: the normalised image smoothed at each of ``DECISION_SIGMAS``, over the
+    labels of k - 1 pixel phases; for ``pores`` also at two more seeds."""
+    from bigseg import synth
+
+    collections = {name: items}
+    if name == "pores":
+        for seed in (1, 2):
+            collections[f"pores, seed {seed}"] = [(f"p{i}", (img * 255).round().astype(np.float32), lab) for i, (img, lab)
+                                                  in enumerate(synth.family("pores", len(items), seed=seed))]
+    for label, its in collections.items():
+        prepared = quality.prepare(its, s)
+        norms = [preprocess.normalised_image(g, s, f.shape[:2]) for (_, g, _), (_, _, f, _) in zip(its, prepared)]
+        pooled = np.concatenate([f[..., len(features.feature_names(s))].ravel() for _, _, f, _ in prepared])
+        rng = np.random.default_rng(s["random_state"])
+        threshold = voids.dark_mode_threshold(rng.choice(pooled, min(s["sample_size"], pooled.size), replace=False))
+        if threshold is None:
+            print(f"| {label} | void decision | no mode | | | |", flush=True)
+            continue
+        preds, _ = quality.bigseg_labels(prepared, config.validate(dict(s, n_components=k - 1, void_class="off")))
+        for sigma in DECISION_SIGMAS:
+            out = []
+            for pred, norm in zip(preds, norms):
+                level = ndi.gaussian_filter(norm, sigma, mode="reflect", truncate=s["truncate"]) if sigma else norm
+                void = evaluate.resize_nearest((level < threshold).astype(np.uint8), pred.shape).astype(bool)
+                out.append(np.where(void, k - 1, pred))
+            print(_line(label, f"void below {threshold:.3f}, decided at sigma {sigma:g} + {k - 1} pixel phases",
+                        quality.score(out, prepared, k, names)), flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sets", nargs="+", default=None, help=f"default: all found, {quality.available_sets()}")
@@ -328,6 +367,8 @@ def main(argv=None):
             boundary_pixels(name, k, names, prepared, s)
         if "dark-mode" in a.parts:
             dark_class(name, k, names, prepared, s)
+        if "void-decision" in a.parts:
+            void_decision(name, k, names, items, s)
 
 
 if __name__ == "__main__":
