@@ -5,8 +5,8 @@
 Reads a saved bigseg model (``model.json`` and ``model.npz``) with json and numpy, and for each image:
 PIL decode, Rec. 601 grey, bottom rows cropped, scikit-image resize, normalisation and CLAHE, the
 feature bank with scipy.ndimage, the feature scaling, the exact NNLS of every pixel against H with the
-coupled sweeps (and, for a model with a void phase, each pixel's normalised level before CLAHE against
-the model's void threshold), then the scores resampled bilinearly to the image's size and the
+coupled sweeps (and, for a model with a void phase, each pixel's normalised level before CLAHE,
+smoothed at half a pixel, against the model's void threshold), then the scores resampled bilinearly to the image's size and the
 argmax, written as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings validation, no dask, no store.
 
 Its labels equal ``PhaseSegmenter.load(MODEL_DIR).predict(image)``, bit for bit: each step does
@@ -199,6 +199,8 @@ def subset_solvers(H: np.ndarray, l2: float) -> np.ndarray:
 
 def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
     """Labels (uint8, the image's size after cropping) of a decoded image (2-D grey or RGB array)."""
+    from scipy import ndimage as ndi
+
     grey = crop(to_grey(np.asarray(image)), m["s"]["crop_bottom"], from_file)
     norm = normalised(grey, m["s"])
     img = equalise(norm, m["s"])
@@ -220,7 +222,9 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
             scores = scores + W[:, j:j + 1] * twice[:, j]
         scores = scores - shift
     if m["void"] is not None:
-        v = (norm.reshape(-1, 1) < np.float32(m["void"])).astype(np.float32)
+        # bigseg.voids.PIXEL_SIGMA: half a pixel
+        level = ndi.gaussian_filter(norm, 0.5, mode="reflect", truncate=m["s"]["truncate"])
+        v = (level.reshape(-1, 1) < np.float32(m["void"])).astype(np.float32)
         # far above any other score where the level passes the test (bigseg.model.VOID_SCORE)
         scores = np.concatenate([np.float32(2.0 ** 21) * v - np.float32(2.0 ** 20), scores], axis=1)
     scores = np.ascontiguousarray(scores, np.float32)

@@ -38,7 +38,8 @@ be re-made:
 ``void-decision``
     once the test has found the void threshold, which level each pixel is
     decided on: the normalised image smoothed at 0 (the pixel itself), 0.5, 1
-    or 2 pixels (the test's own smoothing), on the sets with a void mode.
+    or 2 pixels (the test's own smoothing), on the sets with a void mode, and
+    the share of void pixels in the images whose truth has none.
 
 ``dark-mode-trigger``
     where the dark-mode test fires, over many more synthetic collections (each
@@ -334,13 +335,16 @@ def void_decision(name, k, names, items, s):
             continue
         preds, _ = quality.bigseg_labels(prepared, config.validate(dict(s, n_components=k - 1, void_class="off")))
         for sigma in DECISION_SIGMAS:
-            out = []
-            for pred, norm in zip(preds, norms):
+            out, without = [], []
+            for pred, norm, (_, _, _, truth) in zip(preds, norms, prepared):
                 level = ndi.gaussian_filter(norm, sigma, mode="reflect", truncate=s["truncate"]) if sigma else norm
+                if not (truth == k - 1).any():      # the void class is the last of both sets that have one
+                    without.append(float(np.mean(level < threshold)))
                 void = evaluate.resize_nearest((level < threshold).astype(np.uint8), pred.shape).astype(bool)
                 out.append(np.where(void, k - 1, pred))
-            print(_line(label, f"void below {threshold:.3f}, decided at sigma {sigma:g} + {k - 1} pixel phases",
-                        quality.score(out, prepared, k, names)), flush=True)
+            extra = f"; {np.mean(without):.3%} void in {len(without)} images without" if without else ""
+            print(_line(label, f"void below {threshold:.3f}, decided at sigma {sigma:g} + {k - 1} pixel phases"
+                        + extra, quality.score(out, prepared, k, names)), flush=True)
 
 
 def main(argv=None):
