@@ -920,7 +920,9 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
         transitions, shares = find_transitions(H, lo, hi)
         report["between_shares"] = shares
         k2 = settings["n_components"] + len(transitions)
-        if transitions and k2 <= min(X.shape[1], nnls.MAX_EXACT_K):
+        # fewer components than features: with as many, any basis of the data's cone fits it exactly, so
+        # the refit's rows would be no parts (auto k stays below the feature count for the same reason)
+        if transitions and k2 <= min(X.shape[1] - 1, nnls.MAX_EXACT_K):
             # the refit runs on the in-memory sample whatever the solver: it is the sample cd fits on
             H2, refit = fit_cd(X, dict(settings, n_components=k2))
             H2 = _finish_H(X, H2, settings, report)
@@ -944,6 +946,8 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
         H, transitions, phase_names = _with_void(H, transitions, phase_names, X, X_void, void_below, feature_names,
                                                  report)
         settings = dict(settings, n_components=settings["n_components"] + 1)
+        if "phases_asked" in report:
+            report["phases_asked"] += 1
     report.update({"solver": settings["solver"], "init": resolved_init(settings),
                    "sample_pixels": int(X.shape[0] + X_void.shape[0]),
                    "sample_seconds": round(t1 - t0, 3), "fit_seconds": round(time.perf_counter() - t1, 3)})

@@ -91,11 +91,13 @@ def test_a_damaged_boundary_list_is_refused(tmp_path, islands):
             model.Model.load(tmp_path / "m")
 
 
-def test_without_room_for_a_refit_the_boundary_still_labels_nothing_and_the_run_says_so(islands, tmp_path):
+@pytest.mark.parametrize("fewer", [0, 1])
+def test_without_room_for_a_refit_the_boundary_still_labels_nothing_and_the_run_says_so(islands, tmp_path, fewer):
     from bigseg import diagnose
 
     s, feats, _ = islands
-    s = dict(s, n_components=len(feats[0][0, 0]))            # as many components as features: no refit
+    # a refit needs fewer components than features: k plus the boundary must stay below their count
+    s = dict(s, n_components=len(feats[0][0, 0]) - fewer)
     arrays = [da.from_array(f, chunks=f.shape) for f in feats]
     fitted = model.fit(arrays, features.feature_names(s), s,
                        lambda objs: list(dask.compute(*objs, scheduler="sync")),
