@@ -126,6 +126,11 @@ def sample_pixels(feature_arrays, n: int, seed: int, compute, batch_images: int 
     ``batch_images`` per ``compute`` call, so neither the graphs nor the
     intermediate blocks of a whole archive are ever held at once.
     """
+    return np.concatenate(sample_parts(feature_arrays, n, seed, compute, batch_images), axis=0)
+
+
+def sample_parts(feature_arrays, n: int, seed: int, compute, batch_images: int = 32) -> list[np.ndarray]:
+    """:func:`sample_pixels` image by image: one array of sampled pixels per image that got any."""
     sizes = [a.shape[0] * a.shape[1] for a in _each(feature_arrays)]
     per_image = block_counts(sizes, n)
     parts = []
@@ -133,7 +138,7 @@ def sample_pixels(feature_arrays, n: int, seed: int, compute, batch_images: int 
         batch = [image_sample_graph(feature_arrays[j], j, per_image[j], seed)
                  for j in range(start, min(start + batch_images, len(sizes))) if per_image[j] > 0]
         parts += compute(batch)
-    return np.concatenate(parts, axis=0)
+    return parts
 
 
 def _each(seq):
@@ -853,14 +858,17 @@ def void_split(feature_arrays, settings: dict, compute, batch_images: int = 32):
     """
     from .features import feature_names
 
-    sample = sample_pixels(feature_arrays, settings["sample_size"], settings["random_state"], compute, batch_images)
+    parts = sample_parts(feature_arrays, settings["sample_size"], settings["random_state"], compute, batch_images)
+    sample = np.concatenate(parts, axis=0)
     n = len(feature_names(settings))
     lo, hi = fit_scaling(sample[:, :n])
     X = apply_scaling(sample[:, :n], lo, hi)
     void_below = None
     if voids.enabled(settings) and sample.shape[1] > n + 1 and settings["n_components"] != 1:
-        # the test reads the smoothed level; each pixel is decided on its own, as segment decides it
-        void_below = voids.dark_mode_threshold(sample[:, n])
+        # the test reads the smoothed level of the images with contrast: a blank frame (one grey level,
+        # normalised to zeros) holds no micrograph, and its zeros are no void mode of the collection
+        levels = [p[:, n] for p in parts if len(p) and p[:, n + 1].min() < p[:, n + 1].max()]
+        void_below = voids.dark_mode_threshold(np.concatenate(levels)) if levels else None
         if void_below is not None:
             dark = sample[:, n + 1] < np.float32(void_below)
             return X[~dark], lo, hi, void_below, X[dark]
