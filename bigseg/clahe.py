@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from . import voids
+
 #: grey levels scikit-image's CLAHE quantises to
 NR_OF_GRAY = 2 ** 14
 NBINS = 256
@@ -205,7 +207,8 @@ def _preprocess_chunk(block, stats, row0=0, block_info=None):
 def stats_graph(source, settings: dict, chunk: int):
     """Delayed dict of the whole image's preprocessing constants: ``lo``, ``hi`` (normalisation),
     ``table`` (bin per raw value), ``luts`` (per contextual tile), ``kernel`` and ``level_range``
-    (the final stretch); ``luts`` is None without CLAHE.
+    (the final stretch); ``luts`` is None without CLAHE; ``void_lo``, ``void_hi`` (the void plane's
+    range, ``voids.plane_percentiles``), None when ``void_class`` is off.
 
     Every task reads its own pixels from ``source`` a band or a tile at a time.
     """
@@ -216,6 +219,11 @@ def stats_graph(source, settings: dict, chunk: int):
     lohi = dask.delayed(normalisation_range, pure=True, nout=2)(counts[0], counts[1],
                                                                  tuple(settings["normalize_percentiles"]))
     lo, hi = lohi[0], lohi[1]
+    void_lo = void_hi = None
+    if voids.enabled(settings):
+        void = dask.delayed(normalisation_range, pure=True, nout=2)(counts[0], counts[1],
+                                                                    voids.plane_percentiles(settings))
+        void_lo, void_hi = void[0], void[1]
     kernel = kernel_shape(shape, settings["clahe_kernel_size"])
     luts = table = level_range = None
     if settings["clahe"]:
@@ -228,7 +236,8 @@ def stats_graph(source, settings: dict, chunk: int):
         ext = [dask.delayed(block_extremes, pure=True)(source, y0, y0 + dy, x0, x0 + dx, luts, kernel, table)
                for y0, dy in _starts(chunk_lengths(shape[0], _pair(chunk)[0])) for x0, dx in _starts(chunk_lengths(shape[1], _pair(chunk)[1]))]
         level_range = dask.delayed(_range_of, pure=True)(ext)
-    return dask.delayed(dict, pure=True)(lo=lo, hi=hi, table=table, luts=luts, kernel=kernel, level_range=level_range)
+    return dask.delayed(dict, pure=True)(lo=lo, hi=hi, table=table, luts=luts, kernel=kernel, level_range=level_range,
+                                         void_lo=void_lo, void_hi=void_hi)
 
 
 class RowWindow:
@@ -261,8 +270,9 @@ def preprocess_graph(source, settings: dict, chunk: int, name: str = "image", st
 
 def preprocess_planes(source, settings: dict, chunk: int, name: str = "image", stats=None, rows=None,
                       row_chunks=None):
-    """Lazy ``(preprocessed, normalised)``: :func:`preprocess_graph` and the image before CLAHE
-    (``preprocess.normalised_image``), both read from one lazy array of the source's pixels."""
+    """Lazy ``(preprocessed, void plane)``: :func:`preprocess_graph` and the void plane of
+    ``preprocess.planes`` (None when ``void_class`` is off), both read from one lazy array of the
+    source's pixels."""
     import dask.array as da
     from dask.base import tokenize
 
@@ -275,12 +285,14 @@ def preprocess_planes(source, settings: dict, chunk: int, name: str = "image", s
     token = tokenize(name, tuple(source.shape), str(source.dtype), r0, r1, chunks, stats)
     raw = da.from_array(window, chunks=chunks, name=f"bigseg-raw-{name}-{token}", asarray=True)
     pre = raw.map_blocks(_preprocess_chunk, stats, r0, dtype=np.float32, name=f"bigseg-preprocess-{name}-{token}")
-    norm = raw.map_blocks(_normalise_chunk, stats, dtype=np.float32, name=f"bigseg-normalise-{name}-{token}")
-    return pre, norm
+    if not voids.enabled(settings):
+        return pre, None
+    plane = raw.map_blocks(_void_plane_chunk, stats, dtype=np.float32, name=f"bigseg-void-plane-{name}-{token}")
+    return pre, plane
 
 
-def _normalise_chunk(block, stats):
-    return normalise(block, stats["lo"], stats["hi"])
+def _void_plane_chunk(block, stats):
+    return normalise(block, stats["void_lo"], stats["void_hi"])
 
 
 def _pair(chunk):

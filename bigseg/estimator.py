@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, features, io, preprocess, regions
+from . import config, features, io, preprocess, regions, voids
 from .cluster import threaded_get
 from .model import Model, activation_shares, fit as fit_model, regularisation
 from .segment import activations_graph, labels_at, spatial_block
@@ -148,14 +148,23 @@ def lazy_features(grey, settings: dict, pixel_size: float | None = None, name: s
         # name=False: a random key instead of hashing every pixel of the image
         grey = da.from_array(np.asarray(grey), chunks=grey.shape, name=False)
     pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
-                                   "clahe_kernel_size")}
-    norm = grey.rechunk(grey.shape).map_blocks(preprocess.normalised_image, settings=pp, shape=shape,
-                                               chunks=tuple((s,) for s in shape), dtype=np.float32,
-                                               name=f"bigseg-normalise-{tokenize(grey, pp, shape)}")
+                                   "clahe_kernel_size", "void_class")}
+    whole = tuple((s,) for s in shape)
+    side = features.chunk_side(shape, settings)
+    grey = grey.rechunk(grey.shape)
+    if voids.enabled(settings):
+        # one task resizes once for both planes
+        both = grey.map_blocks(preprocess.stacked_planes, settings=pp, shape=shape, new_axis=0,
+                               chunks=((2,),) + whole, dtype=np.float32,
+                               name=f"bigseg-planes-{tokenize(grey, pp, shape)}")
+        norm, plane = both[0], both[1].rechunk(side)
+    else:
+        norm = grey.map_blocks(preprocess.normalised_image, settings=pp, shape=shape, chunks=whole,
+                               dtype=np.float32, name=f"bigseg-normalise-{tokenize(grey, pp, shape)}")
+        plane = None
     pre = norm.map_blocks(preprocess.equalise, settings=pp, dtype=np.float32,
                           name=f"bigseg-preprocess-{tokenize(grey, pp, shape)}")
-    side = features.chunk_side(shape, settings)
-    return features.stack_features(pre.rechunk(side), norm.rechunk(side), settings, name)
+    return features.stack_features(pre.rechunk(side), plane, settings, name)
 
 
 def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = None,
@@ -189,9 +198,9 @@ def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = 
         ``settings["features"]``, then the void level when ``void_class`` is on,
         as float32, not rounded to the store's precision.
     """
-    norm = preprocess.normalised_image(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))
+    norm, plane = preprocess.planes(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))
     pre = preprocess.equalise(norm, settings)
-    return pre, features.stack_block(pre, norm, features.feature_params(settings))
+    return pre, features.stack_block(pre, plane, features.feature_params(settings))
 
 
 def _as_stored(feats, settings: dict):

@@ -208,18 +208,18 @@ def stack_names(settings: dict) -> list[str]:
     return feature_names(settings) + aux_names(settings)
 
 
-def stack_block(pre: np.ndarray, normalised: np.ndarray | None, params: dict) -> np.ndarray:
+def stack_block(pre: np.ndarray, plane: np.ndarray | None, params: dict) -> np.ndarray:
     """The whole stack ``(y, x, channels)`` of one (haloed) block: :func:`feature_block` of the
-    preprocessed image, then the void levels of the normalised image before CLAHE (when on)."""
+    preprocessed image, then the void levels of the void plane (``preprocess.planes``; when on)."""
     feats = feature_block(pre, params)
     if not voids.enabled(params):
         return feats
-    return np.concatenate([feats, voids.level_block(normalised, params)], axis=-1)
+    return np.concatenate([feats, voids.level_block(plane, params)], axis=-1)
 
 
-def stack_features(pre, normalised, settings: dict, name: str = "image"):
-    """Lazy stack ``(y, x, channels)`` of a preprocessed image and the same image before CLAHE
-    (:func:`stack_block`), chunked as ``pre`` is, with exact halos.
+def stack_features(pre, plane, settings: dict, name: str = "image"):
+    """Lazy stack ``(y, x, channels)`` of a preprocessed image and its void plane (:func:`stack_block`),
+    chunked as ``pre`` is, with exact halos.
 
     Without the void level this is :func:`compute_features` of ``pre``.
     """
@@ -228,12 +228,12 @@ def stack_features(pre, normalised, settings: dict, name: str = "image"):
     if not voids.enabled(settings):
         return compute_features(pre, settings, name)
     pre = _chunked(pre, settings, name)
-    if not isinstance(normalised, da.Array):
-        normalised = da.from_array(np.asarray(normalised), chunks=pre.chunks)
-    elif normalised.chunks != pre.chunks:
-        normalised = normalised.rechunk(pre.chunks)
+    if not isinstance(plane, da.Array):
+        plane = da.from_array(np.asarray(plane), chunks=pre.chunks)
+    elif plane.chunks != pre.chunks:
+        plane = plane.rechunk(pre.chunks)
     return map_haloed(stack_block, pre.astype(np.float32), halo(settings), len(stack_names(settings)),
-                      name="bigseg-features", others=(normalised.astype(np.float32),),
+                      name="bigseg-features", others=(plane.astype(np.float32),),
                       params=feature_params(settings))
 
 

@@ -175,10 +175,10 @@ def lazy_features(root, image_id: str, settings: dict):
     shape = checked_shape(root, image_id, settings)
     if tiled_preprocessing(img, shape, settings):
         pp = {k: settings[k] for k in ("resize", "normalize_percentiles", "clahe", "clahe_clip_limit",
-                                       "clahe_kernel_size")}
-        pre, norm = clahe.preprocess_planes(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
-                                            name=image_id)
-        return features.stack_features(pre, norm, settings, image_id)
+                                       "clahe_kernel_size", "void_class")}
+        pre, plane = clahe.preprocess_planes(root[f"images/{image_id}/0"], pp, features.chunk_side(shape, settings),
+                                             name=image_id)
+        return features.stack_features(pre, plane, settings, image_id)
     # the per-image path of the Python API, on the stored image
     return estimator.lazy_features(img, settings, store.image_info(root, image_id).get("pixel_size"), image_id)
 
@@ -445,7 +445,8 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     chunk = features.chunk_side((h, w), settings)
     k, n_phases = model.n_components, model.n_phases
     l1, l2 = regularisation(model.settings, model.H.shape[1])
-    pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}
+    pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
+                                         "void_class")}
     (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
     margin = features.segment_halo(settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
@@ -458,8 +459,8 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         r1 = min(h, r0 + band)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
         row_chunks = ([r0 - e0] if r0 > e0 else []) + clahe.chunk_lengths(r1 - r0, chunk) + ([e1 - r1] if e1 > r1 else [])
-        pre, norm = clahe.preprocess_planes(source, pp, chunk, image_id, stats, (e0, e1), row_chunks)
-        acts = activations_graph(features.stack_features(pre, norm, settings, image_id), model.H, model.scale_lo,
+        pre, plane = clahe.preprocess_planes(source, pp, chunk, image_id, stats, (e0, e1), row_chunks)
+        acts = activations_graph(features.stack_features(pre, plane, settings, image_id), model.H, model.scale_lo,
                                  model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"],
                                  model.void_below)
         acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]

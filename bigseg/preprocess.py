@@ -74,6 +74,22 @@ def normalised_image(image: np.ndarray, settings: dict, shape=None) -> np.ndarra
     return normalize(out, settings["normalize_percentiles"])
 
 
+def planes(image: np.ndarray, settings: dict, shape=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The normalised image before CLAHE and the void plane (``voids.plane_percentiles``; None when
+    ``void_class`` is off), from one resize to the processing grid."""
+    from . import voids
+
+    out = resize_image(image, shape if shape is not None else target_shape(image.shape, settings["resize"]))
+    plane = normalize(out, voids.plane_percentiles(settings)) if voids.enabled(settings) else None
+    return normalize(out, settings["normalize_percentiles"]), plane
+
+
+def stacked_planes(image: np.ndarray, settings: dict, shape=None) -> np.ndarray:
+    """:func:`planes` as one ``(2, y, x)`` array (one task makes both)."""
+    norm, plane = planes(image, settings, shape)
+    return np.stack([norm, plane])
+
+
 def equalise(normalised: np.ndarray, settings: dict) -> np.ndarray:
     """CLAHE of a normalised image when ``settings["clahe"]``, else the image itself."""
     if settings["clahe"]:

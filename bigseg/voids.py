@@ -5,8 +5,10 @@ pixels are the darkest of the collection, in a mode of their own below the
 matrix's histogram. CLAHE stretches each tile's histogram and lifts them back
 into the matrix's range, where no pixel phase can tell them apart (on CLAHE's
 output the same test finds no mode on any set we have). So the stack of
-features carries two more channels (:data:`CHANNELS`): the normalised image
-before CLAHE smoothed at the smaller blur sigma (the finest scale the features
+features carries two more channels (:data:`CHANNELS`) from the void plane, the
+image before CLAHE normalised with a robust white end (:func:`plane_percentiles`:
+two hot pixels of a 16-bit frame once pressed its whole body below the void
+threshold), smoothed at the smaller blur sigma (the finest scale the features
 already smooth at), on whose sample the fit looks for the mode
 (:func:`dark_mode_threshold`), and the same image smoothed at half a pixel
 (:data:`PIXEL_SIGMA`), on which each pixel is decided. The smoothing serves to
@@ -35,12 +37,18 @@ VOID_LEVEL, VOID_PIXEL = "void_level", "void_pixel"
 CHANNELS = (VOID_LEVEL, VOID_PIXEL)
 #: the settings the level reads
 PARAMS = ("void_class", "blur_sigmas", "truncate")
+#: the preprocessing settings the void plane reads
+PLANE_PARAMS = ("resize", "normalize_percentiles", "void_class")
 #: the Gaussian sigma of the level each pixel is decided on: half a pixel takes out single-pixel
 #: detector noise and moves no edge by a pixel. Measured against 0, 1 and 2 (void-decision): mean IoU
-#: equal to the unsmoothed decision on three pores collections (0.840 / 0.820 / 0.836 against
-#: 0.841 / 0.826 / 0.836) and on MetalDAM 0.358 against 0.352, with 2.6 times fewer void pixels in its
-#: 26 images without voids (0.060 % against 0.155 %); at 1 pixel pores lose 0.03-0.04
+#: within 0.005 of the unsmoothed decision on three pores collections and 0.388 against 0.378 on
+#: MetalDAM, with 2.6 times fewer void pixels in its 26 images without voids (0.101 % against
+#: 0.264 %); at 1 pixel pores lose 0.03-0.04
 PIXEL_SIGMA = 0.5
+#: the void plane's white end: at most this percentile of each image (the project's robust range, as
+#: ``model.SCALE_PERCENTILES``), so a few hot or saturated pixels do not press the whole image
+#: towards black; its black end is the features' own (the darkest pixel by default), where a void is
+HIGH_PERCENTILE = 99.5
 #: the name a void phase gets until people name it
 VOID_NAME = "voids (darkest mode)"
 #: a dark mode needs the smoothed counts to fall by this factor between its peak and the dip
@@ -54,6 +62,13 @@ def enabled(settings) -> bool:
     return settings.get("void_class", "off") != "off"
 
 
+def plane_percentiles(settings) -> tuple[float, float]:
+    """The percentiles of each image mapped to 0 and 1 in the void plane: the features' low end, and
+    their high end but at most :data:`HIGH_PERCENTILE`."""
+    lo, hi = (float(p) for p in settings["normalize_percentiles"])
+    return lo, min(hi, HIGH_PERCENTILE)
+
+
 def level_sigma(settings) -> float:
     """The Gaussian sigma of the level: the smaller blur sigma."""
     return float(min(settings["blur_sigmas"]))
@@ -64,10 +79,11 @@ def level_radius(settings) -> int:
     return int(settings["truncate"] * max(level_sigma(settings), PIXEL_SIGMA) + 0.5)
 
 
-def level_block(normalised: np.ndarray, params: dict) -> np.ndarray:
-    """The void channels ``(y, x, 2)`` float32 of a (haloed) block of the normalised image before CLAHE:
-    smoothed at :func:`level_sigma` (the test's) and at :data:`PIXEL_SIGMA` (each pixel's)."""
-    img = np.asarray(normalised, dtype=np.float32)
+def level_block(plane: np.ndarray, params: dict) -> np.ndarray:
+    """The void channels ``(y, x, 2)`` float32 of a (haloed) block of the void plane (the image before
+    CLAHE normalised at :func:`plane_percentiles`): smoothed at :func:`level_sigma` (the test's) and at
+    :data:`PIXEL_SIGMA` (each pixel's)."""
+    img = np.asarray(plane, dtype=np.float32)
     return np.stack([ndi.gaussian_filter(img, sigma, mode="reflect", truncate=params["truncate"])
                      for sigma in (level_sigma(params), PIXEL_SIGMA)], axis=-1).astype(np.float32, copy=False)
 

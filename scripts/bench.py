@@ -83,8 +83,8 @@ def bigseg_core(paths, model, settings, crop):
     decoded = [io.crop_rows(io.read_image(p).data, crop)[0] for p in paths]
     t = time.perf_counter()
     for grey in decoded:
-        norm = preprocess.normalised_image(grey, settings)
-        f = features.stack_block(preprocess.equalise(norm, settings), norm, features.feature_params(settings))
+        norm, plane = preprocess.planes(grey, settings)
+        f = features.stack_block(preprocess.equalise(norm, settings), plane, features.feature_params(settings))
         spatial_block(f, model.H, model.scale_lo, model.scale_hi, l1, l2,
                       settings["spatial_weight"], settings["spatial_sweeps"], model.void_below).argmax(-1)
     return time.perf_counter() - t

@@ -122,11 +122,11 @@ def grid_shape(shape, resize) -> tuple[int, int]:
 
 def preprocess(grey: np.ndarray, s: dict) -> np.ndarray:
     """Resize (anti-aliased when shrinking), min-max or percentile normalisation, CLAHE: float32 in [0, 1]."""
-    return equalise(normalised(grey, s), s)
+    return equalise(normalise(resized(grey, s), s["normalize_percentiles"]), s)
 
 
-def normalised(grey: np.ndarray, s: dict) -> np.ndarray:
-    """Resize (anti-aliased when shrinking) and min-max or percentile normalisation: float32 in [0, 1]."""
+def resized(grey: np.ndarray, s: dict) -> np.ndarray:
+    """Resize to the processing grid (anti-aliased when shrinking), float32."""
     from skimage.transform import resize
 
     img = grey.astype(np.float32)
@@ -135,7 +135,12 @@ def normalised(grey: np.ndarray, s: dict) -> np.ndarray:
         shrink = shape[0] < img.shape[0] or shape[1] < img.shape[1]
         img = resize(img, shape, order=1, mode="reflect", anti_aliasing=shrink,
                      preserve_range=True).astype(np.float32)
-    pct = tuple(s["normalize_percentiles"])
+    return img
+
+
+def normalise(img: np.ndarray, percentiles) -> np.ndarray:
+    """Min-max or percentile normalisation: float32 in [0, 1]."""
+    pct = tuple(float(p) for p in percentiles)
     lo, hi = (img.min(), img.max()) if pct == (0.0, 100.0) else np.percentile(img, pct)
     span = float(hi) - float(lo)
     if not np.isfinite(span) or span <= 0:
@@ -202,8 +207,8 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
     from scipy import ndimage as ndi
 
     grey = crop(to_grey(np.asarray(image)), m["s"]["crop_bottom"], from_file)
-    norm = normalised(grey, m["s"])
-    img = equalise(norm, m["s"])
+    small = resized(grey, m["s"])
+    img = equalise(normalise(small, m["s"]["normalize_percentiles"]), m["s"])
     f = features(img, m)
     X = np.clip((f.reshape(-1, f.shape[-1]) - m["lo"]) / (m["hi"] - m["lo"]), 0.0, 1.0)
     H, l1, l2, k = m["H"], m["l1"], m["l2"], m["H"].shape[0]
@@ -223,7 +228,11 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
         scores = scores - shift
     if m["void"] is not None:
         # bigseg.voids.PIXEL_SIGMA: half a pixel
-        level = ndi.gaussian_filter(norm, 0.5, mode="reflect", truncate=m["s"]["truncate"])
+        # the void plane: the features' black end, a white end of at most the 99.5th percentile
+        # (bigseg.voids.plane_percentiles), smoothed at half a pixel (bigseg.voids.PIXEL_SIGMA)
+        lo_pct, hi_pct = m["s"]["normalize_percentiles"]
+        plane = normalise(small, (lo_pct, min(hi_pct, 99.5)))
+        level = ndi.gaussian_filter(plane, 0.5, mode="reflect", truncate=m["s"]["truncate"])
         v = (level.reshape(-1, 1) < np.float32(m["void"])).astype(np.float32)
         # far above any other score where the level passes the test (bigseg.model.VOID_SCORE)
         scores = np.concatenate([np.float32(2.0 ** 21) * v - np.float32(2.0 ** 20), scores], axis=1)

@@ -73,8 +73,8 @@ def prepare(items, settings):
     params = features.feature_params(settings)
     out = []
     for image_id, grey, truth in items:
-        norm = preprocess.normalised_image(grey, settings, preprocess.target_shape(grey.shape, settings["resize"]))
-        out.append((image_id, grey.shape, features.stack_block(preprocess.equalise(norm, settings), norm, params),
+        norm, plane = preprocess.planes(grey, settings, preprocess.target_shape(grey.shape, settings["resize"]))
+        out.append((image_id, grey.shape, features.stack_block(preprocess.equalise(norm, settings), plane, params),
                     truth))
     return out
 

@@ -195,7 +195,7 @@ def _to_nearest_kept(labels, moved):
 
 def dark_level(grey, shape, settings) -> np.ndarray:
     """The void level of ``bigseg.voids`` on the processing grid, in float64 as this study measured it."""
-    level = preprocess.normalised_image(grey, settings, shape)
+    level = preprocess.planes(grey, settings, shape)[1]
     return ndi.gaussian_filter(level.astype(np.float64), voids.level_sigma(settings))
 
 
@@ -326,7 +326,7 @@ def void_decision(name, k, names, items, s):
                                                   in enumerate(synth.family("pores", len(items), seed=seed))]
     for label, its in collections.items():
         prepared = quality.prepare(its, s)
-        norms = [preprocess.normalised_image(g, s, f.shape[:2]) for (_, g, _), (_, _, f, _) in zip(its, prepared)]
+        norms = [preprocess.planes(g, s, f.shape[:2])[1] for (_, g, _), (_, _, f, _) in zip(its, prepared)]
         pooled = np.concatenate([f[..., len(features.feature_names(s))].ravel() for _, _, f, _ in prepared])
         rng = np.random.default_rng(s["random_state"])
         threshold = voids.dark_mode_threshold(rng.choice(pooled, min(s["sample_size"], pooled.size), replace=False))

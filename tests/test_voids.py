@@ -126,13 +126,29 @@ def test_chunked_void_segmentation_equals_one_block(pores):
     assert np.array_equal(tiled.predict(pairs[1][0]), seg.predict(pairs[1][0]))
 
 
-def test_the_tiled_preprocessing_gives_the_normalised_image_too():
+@pytest.mark.parametrize("percentiles", [[0.0, 100.0], [1.0, 99.0]])
+def test_the_tiled_preprocessing_gives_the_void_plane_too(percentiles):
     img = (np.random.default_rng(2).random((96, 128)) * 4000).astype(np.uint16)
-    s = config.validate({"resize": "native", "clahe_kernel_size": 32})
-    pp = {k: s[k] for k in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size")}
-    pre, norm = clahe.preprocess_planes(img, pp, 32)
-    np.testing.assert_array_equal(norm.compute(), preprocess.normalised_image(img, s, img.shape))
+    s = config.validate({"resize": "native", "clahe_kernel_size": 32, "normalize_percentiles": percentiles})
+    pp = {k: s[k] for k in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size", "void_class")}
+    pre, plane = clahe.preprocess_planes(img, pp, 32)
+    np.testing.assert_array_equal(plane.compute(), preprocess.planes(img, s, img.shape)[1])
     np.testing.assert_array_equal(pre.compute(), preprocess.preprocess_image(img, s, img.shape))
+    assert clahe.preprocess_planes(img, dict(pp, void_class="off"), 32)[1] is None
+
+
+def test_hot_pixels_do_not_press_an_image_into_the_voids():
+    # two saturated pixels of a 16-bit frame: min-max normalisation puts its whole body below a tenth
+    pairs = synth.family("pores", 6, shape=(192, 256))
+    images = [(img * 4000 + 1000).astype(np.uint16) for img, _ in pairs]
+    images[2][10, 10] = images[2][100, 50] = 65535
+    seg = PhaseSegmenter(n_components=3, **dict(QUICK, sample_size=20000)).fit(images)
+    assert seg.model_.void_below is not None
+    shares = [float((seg.predict(img) == 0).mean()) for img in images]
+    assert max(shares) < 0.05, shares
+    truth = pairs[2][1] == 2
+    found = seg.predict(images[2]) == 0
+    assert (found & truth).sum() / (found | truth).sum() > 0.35
 
 
 def test_the_cli_run_and_predict_agree_on_a_void_model(pores, tmp_path):
@@ -174,3 +190,23 @@ def test_a_void_model_round_trips_and_a_bad_threshold_is_refused(pores, tmp_path
     meta_path.write_text(json.dumps(dict(meta, settings=dict(meta["settings"], void_class="off"))))
     with pytest.raises(ModelError, match="void_class"):
         PhaseSegmenter.load(tmp_path / "model")
+
+
+def test_the_streamed_minibatch_fit_leaves_the_void_pixels_out(pores):
+    from bigseg import model
+
+    seg, pairs = pores
+    streamed = PhaseSegmenter(n_components=3, solver="minibatch", **dict(QUICK, max_iter=20)).fit(
+        [img for img, _ in pairs])
+    m = streamed.model_
+    assert m.void_below is not None and m.phase_names[0] == voids.VOID_NAME
+    # the blocks it streams keep only the features of the pixels that are no void
+    n = len(m.feature_names)
+    block = np.array([[0.1] * n + [0.0, m.void_below / 2], [0.2] * n + [0.5, 0.5]], np.float32)
+    np.testing.assert_array_equal(model._phase_pixels(block, n, m.void_below), block[1:, :n])
+    inter = union = 0
+    for img, truth in pairs:
+        pred = streamed.predict(img)
+        inter += int(((pred == 0) & (truth == 2)).sum())
+        union += int(((pred == 0) | (truth == 2)).sum())
+    assert inter / union > 0.35
