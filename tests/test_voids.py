@@ -22,6 +22,16 @@ def _family(name, n=3):
     return synth.family(name, n, shape=(192, 256))
 
 
+def _void_iou(seg, pairs) -> float:
+    """IoU of label 0 against the pores' defect class (2), pooled over the images."""
+    inter = union = 0
+    for img, truth in pairs:
+        pred = seg.predict(img)
+        inter += int(((pred == 0) & (truth == 2)).sum())
+        union += int(((pred == 0) | (truth == 2)).sum())
+    return inter / union
+
+
 @pytest.fixture(scope="module")
 def pores():
     pairs = _family("pores")
@@ -68,13 +78,8 @@ def test_a_void_phase_appears_on_pores_and_takes_label_0(pores):
     assert m.void_below is not None and 0 < m.void_below < 0.5
     assert m.n_phases == 3 and m.phase_names[0] == voids.VOID_NAME and 0 not in m.transitions
     assert m.settings["n_components"] == 3 and m.report["void"]["sample_share"] > 0
-    inter = union = 0
-    for img, truth in pairs:
-        pred = seg.predict(img)
-        inter += int(((pred == 0) & (truth == 2)).sum())
-        union += int(((pred == 0) | (truth == 2)).sum())
     # the pores and cracks, not the matrix: without the void phase their IoU is near 0 (README)
-    assert inter / union > 0.35
+    assert _void_iou(seg, pairs) > 0.35
 
 
 def test_no_void_phase_without_voids_and_then_the_maps_are_those_of_off():
@@ -204,9 +209,4 @@ def test_the_streamed_minibatch_fit_leaves_the_void_pixels_out(pores):
     n = len(m.feature_names)
     block = np.array([[0.1] * n + [0.0, m.void_below / 2], [0.2] * n + [0.5, 0.5]], np.float32)
     np.testing.assert_array_equal(model._phase_pixels(block, n, m.void_below), block[1:, :n])
-    inter = union = 0
-    for img, truth in pairs:
-        pred = streamed.predict(img)
-        inter += int(((pred == 0) & (truth == 2)).sum())
-        union += int(((pred == 0) | (truth == 2)).sum())
-    assert inter / union > 0.35
+    assert _void_iou(streamed, pairs) > 0.35
