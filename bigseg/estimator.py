@@ -403,6 +403,9 @@ class PhaseSegmenter:
         ``model_.save`` writes the folder ``bigseg segment`` reads.
     components_ : ndarray of shape (n_phases_, n_features_in_)
         The phases' H rows (unit norm): label ``i`` is ``components_[i]``.
+        With a void phase (``void_class``; ``model_.void_below`` is its
+        threshold) it is label 0, and its row is the mean of its pixels'
+        features: it labels by the level before CLAHE, not by the solve.
     boundary_components_ : ndarray of shape (n_boundaries, n_features_in_)
         H rows that live on phase boundaries: they explain edge pixels in the
         solve and never label a pixel.
@@ -410,9 +413,10 @@ class PhaseSegmenter:
         Phases found; fewer than ``n_components`` when boundary components
         took capacity a refit could not give back (a warning says so).
     n_features_in_ : int
-        Feature channels computed per pixel.
+        Feature channels NMF sees per pixel.
     feature_names_in_ : ndarray of str
-        Their names (``features.feature_names``).
+        Their names (``features.feature_names``; the void levels after them in
+        the stored stack are no NMF feature).
 
     Notes
     -----
@@ -577,8 +581,10 @@ class PhaseSegmenter:
             One row per non-boundary component of H; with phases as H rows
             (``model_.centres`` is None) row ``i`` is phase ``i`` and belongs to
             ``components_[i]``; with phases as centres, the phases come from all
-            of W (:meth:`predict_proba`). ``(y, x)`` is the processing grid
-            (``resize``), not necessarily the image's size.
+            of W (:meth:`predict_proba`). With a void phase (``model_.void_below``)
+            row 0 is its test, 1 where the pixel is a void and 0 elsewhere.
+            ``(y, x)`` is the processing grid (``resize``), not necessarily the
+            image's size.
         """
         model, settings = self._checked()
         grey, pixel_size, name = self._grey(image, settings)
