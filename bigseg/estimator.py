@@ -195,7 +195,7 @@ def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = 
         normalised and equalised, in [0, 1].
     feats : ndarray, float32, shape (y, x, channels)
         The feature stack (``features.stack_names``): the features of
-        ``settings["features"]``, then the void level when ``void_class`` is on,
+        ``settings["features"]``, then the two void levels when ``void_class`` is on,
         as float32, not rounded to the store's precision.
     """
     norm, plane = preprocess.planes(grey, settings, processing_shape(grey.shape, settings, pixel_size, name))

@@ -562,14 +562,14 @@ def _check_transitions(path: Path, value, rows: int) -> list[int]:
 
 
 def _check_void(path: Path, value, rows: int, transitions: list) -> float | None:
-    """The void phase's level threshold (absent: no void phase): a number in (0, 1), the normalised
-    intensity it is a level of, with row 0 of H its phase and at least one other phase."""
+    """The void phase's level threshold (absent: no void phase): a number in (0, 1), a level of the void
+    plane (``voids.plane_percentiles``), with row 0 of H its phase and at least one other phase."""
     if value is None:
         return None
     if (not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value)
             or not 0 < value < 1):
         raise ModelError(f"{path}: field 'void_below' must be a number between 0 and 1 (a level of the "
-                         f"normalised image); got {value!r}")
+                         f"image normalised before CLAHE); got {value!r}")
     if 0 in transitions or rows - len(transitions) < 2:
         raise ModelError(f"{path}: field 'void_below' makes row 0 of H the void phase; it must be no boundary "
                          f"row and leave another phase")
@@ -887,14 +887,20 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     ``find_transitions(H, lo, hi)`` (see :func:`bigseg.regions.find_transitions`)
     names the components that live on phase boundaries. A boundary is not a
     phase, so when there are some, H is fitted again on the sample with one
-    component more per boundary (where the feature count and the exact solver
-    allow): the phases get back the capacity the edges took, and the new fit's
+    component more per boundary (while the count stays below the number of
+    features and within the exact solver's): the phases get back the capacity the edges took, and the new fit's
     rows most like the old boundaries are kept as ``transitions``, explaining
     edge pixels in the solve and never labelling one.
 
     ``choose_assignment(H, lo, hi, transitions, n_phases)`` (see
     :func:`bigseg.regions.choose_assignment`) decides whether the phases are H's
     rows or centres in activation space, returning ``(centres or None, spread, info)``.
+
+    With ``void_class: auto``, the feature arrays carry the void levels after
+    the features (``features.stack_names``) and the sample is tested for a
+    void mode first (:func:`void_split`); where there is one, the void is
+    phase 0 and everything above runs for the other ``n_components - 1``
+    phases on the pixels that are no void.
     """
     t0 = time.perf_counter()
     X, lo, hi, void_below, X_void = void_split(feature_arrays, settings, compute, batch_images)
