@@ -37,9 +37,10 @@ be re-made:
 
 ``void-decision``
     once the test has found the void threshold, which level each pixel is
-    decided on: the normalised image smoothed at 0 (the pixel itself), 0.5, 1
-    or 2 pixels (the test's own smoothing), on the sets with a void mode, and
-    the share of void pixels in the images whose truth has none.
+    decided on: the void plane (``bigseg.preprocess.planes``) smoothed at 0
+    (the pixel itself), 0.5, 1 or 2 pixels (the test's own smoothing), on the
+    sets with a void mode, and the share of void pixels in the images whose
+    truth has none.
 
 ``dark-mode-trigger``
     where the dark-mode test fires, over many more synthetic collections (each
