@@ -427,8 +427,12 @@ def select_k(config, inputs, out_dir, k_min, k_max, seeds, sets, workers, schedu
     click.echo("   k   error   stability")
     for row in res["results"]:
         click.echo(f"{row['k']:4d}  {row['error']:.4f}  {row['stability']:.3f}")
+    void = res.get("void")
+    if void:
+        click.echo(f"a void phase: {void['sample_share']:.2%} of the sampled pixels form a dark mode before CLAHE; "
+                   f"k above counts the other phases")
     click.echo(f"recommended k = {res['recommended']} (largest k below the feature count with stability >= "
-               f"{res['stable_threshold']}); "
+               f"{res['stable_threshold']}" + (", plus the void phase" if void else "") + "); "
                f"plot in {Path(out_dir) / 'select_k.png'}")
 
 

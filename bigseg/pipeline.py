@@ -23,7 +23,7 @@ from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound
 from .export import EXPORT_DIRS, export_image, export_large, write_tables
 from .lock import output_lock
 from .report import write_report
-from .model import Model, ModelError, fit, regularisation, scaled_sample
+from .model import Model, ModelError, fit, regularisation, void_split
 from .segment import activations_graph
 from .viz import PALETTE
 
@@ -671,10 +671,18 @@ def _select_k(inputs, out_dir: Path, settings, runner, k_values, n_seeds: int) -
     ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")
-    X, _, _ = scaled_sample(FeatureSources(out_dir, ids, settings), settings,
-                            lambda objs: runner.compute(objs, "select-k: sampling pixels"), runner.batch_images)
+    X, _, _, void_below, X_void = void_split(FeatureSources(out_dir, ids, settings), settings,
+                                             lambda objs: runner.compute(objs, "select-k: sampling pixels"),
+                                             runner.batch_images)
     result = selectk.scan(X, k_values, settings, n_seeds)
-    result.update({"images": len(ids), "sample_pixels": int(X.shape[0]), "skipped": skipped + more})
+    result.update({"images": len(ids), "sample_pixels": int(X.shape[0] + X_void.shape[0]), "skipped": skipped + more})
+    if void_below is not None:
+        # the scan's k counts the phases NMF fits on the pixels that are no void; a run's n_components
+        # counts the void phase too, as n_components: auto does
+        result["void"] = {"below": round(float(void_below), 6),
+                          "sample_share": round(len(X_void) / max(len(X) + len(X_void), 1), 6)}
+        result["pixel_phases_recommended"] = result["recommended"]
+        result["recommended"] += 1
     io.atomic_write_text(out_dir / "select_k.json", json.dumps(result, indent=2))
     selectk.plot(result, out_dir / "select_k.png")
     return result

@@ -210,6 +210,20 @@ def test_select_k_command_writes_table_plot_and_recommendation(synth_dir, tmp_pa
     assert (tmp_path / "k" / "select_k.png").exists()
 
 
+def test_select_k_counts_the_void_phase_in_its_recommendation(tmp_path):
+    from bigseg import synth
+
+    images, _ = synth.write_family(tmp_path / "data", "pores", 3, seed=0, shape=(192, 256))
+    res = _run(["select-k", "--input", str(images), "--out", str(tmp_path / "k"), "--k-min", "2", "--k-max", "3",
+                "--seeds", "2", "--set", "resize=native", "--set", "sample_size=20000", "--quiet"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "k" / "select_k.json").read_text())
+    # the scan's k are the phases besides the voids; -k takes the voids too, as n_components auto does
+    assert data["void"]["sample_share"] > 0
+    assert data["recommended"] == data["pixel_phases_recommended"] + 1
+    assert "plus the void phase" in res.output and f"recommended k = {data['recommended']}" in res.output
+
+
 def test_physical_resize_uses_pixel_sizes_from_sidecar_and_tiff(synth_dir, tmp_path):
     import tifffile
 
