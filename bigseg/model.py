@@ -247,10 +247,14 @@ class Model:
         void = (np.float32(2 * VOID_SCORE) * acts[:1].astype(np.float32) - np.float32(VOID_SCORE))
         return np.concatenate([void, self._pixel_scores(acts[1:], 1)], axis=0)
 
+    def _rows_from(self, first: int) -> list[int]:
+        """The phase rows of H from row ``first`` on, counted from there (the void's row 0 left out when 1)."""
+        return [j - first for j in self.phases if j >= first]
+
     def _pixel_scores(self, acts, first: int = 0):
         """The scores of the phases other than the void of ``acts``, the activations of components ``first`` and up."""
         if self.centres is None:
-            return acts[[j - first for j in self.phases if j >= first]]
+            return acts[self._rows_from(first)]
         twice, shift = centre_terms(self.centres)
         acts = acts.astype(np.float32)
         # a sum in a fixed order of float32 products (not a BLAS product, whose order depends on the
@@ -275,7 +279,7 @@ class Model:
 
     def _pixel_memberships(self, acts, first: int = 0):
         if self.centres is None:
-            return activation_shares(acts[[j - first for j in self.phases if j >= first]])
+            return activation_shares(acts[self._rows_from(first)])
         z = self._pixel_scores(acts, first) / np.float32(2.0 * self.spread)
         e = np.exp(z - z.max(axis=0, keepdims=True))
         return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
