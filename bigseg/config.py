@@ -425,6 +425,14 @@ OPTIONS: dict[str, Option] = {
                              "segment", role="segment"),
     "spatial_sweeps": Option(5, _int(0, 50), "Jacobi sweeps of the coupled solve (also the tile halo)", "segment",
                              role="segment"),
+    "boundary_radius": Option("auto", _auto_or(_int(0, 50)),
+                              "half width (pixels, processing grid) of the bands the boundary-pixel step gives "
+                              "to the regions they part: a pixel on a part of its phase thinner than twice this, "
+                              "whose nearest other phase and the first other phase the opposite way differ (a "
+                              "rim between an island and its matrix), takes the nearer; a film between two "
+                              "grains of one phase or a precipitate in a matrix stays; voids never move. auto = "
+                              "twice the larger derivative sigma (the reach of the filters' answer to an edge); "
+                              "0 = off", "segment", role="segment"),
     # no role: names label the outputs and never change a label, so a model neither carries nor checks them
     "phase_names": Option(None, _optional(_phase_names),
                           "names of the phases in label order (darkest first), e.g. [matrix, austenite, pores], "

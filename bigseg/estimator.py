@@ -284,11 +284,13 @@ def segment_image(grey: np.ndarray, model: Model, settings: dict, pixel_size: fl
     labels : ndarray, uint8, shape grey.shape
         Phase labels at the image's own size: the phases' scores
         (``Model.phase_scores``: the phase rows of ``acts``, or the affine
-        nearest-centre scores) resampled bilinearly, then argmax
+        nearest-centre scores) with boundary pixels settled on the processing
+        grid (``regions.settled_maps``), resampled bilinearly, then argmax
         (``export.export_image``); boundary components label no pixel.
     """
     acts = image_activations(grey, model, settings, pixel_size, name)
-    return acts, labels_at(model.phase_scores(acts), grey.shape[:2])
+    scores = regions.settled_maps(model, acts, settings, memberships=False)[0]
+    return acts, labels_at(scores, grey.shape[:2])
 
 
 def memberships(acts: np.ndarray) -> np.ndarray:
@@ -614,6 +616,10 @@ class PhaseSegmenter:
         where W is all zero). With phases as centres in activation space: the
         posterior of a Gaussian mixture about the centres.
 
+        A pixel of a thin band between two regions (``boundary_radius``) has
+        its memberships of its band's phase and of the region it went to
+        exchanged, as its label was (``regions.settled_maps``).
+
         Returns
         -------
         ndarray, float32, shape (n_phases_, y, x)
@@ -622,7 +628,7 @@ class PhaseSegmenter:
         """
         model, settings = self._checked()
         grey, pixel_size, name = self._grey(image, settings)
-        return model.phase_memberships(image_activations(grey, model, settings, pixel_size, name))
+        return regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
 
     # --- persistence ---
     def save(self, path) -> None:

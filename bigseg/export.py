@@ -172,13 +172,14 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image"] + columns)
-    totals, speckle, transition_shares = np.zeros(k), {}, []
+    totals, speckle, transition_shares, band_shares = np.zeros(k), {}, [], []
     for image_id, rec in records:
         fr = rec["fractions"]
         w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
         totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
         speckle[image_id] = rec["speckle"]
         transition_shares.append(rec.get("transition_share"))
+        band_shares.append(rec.get("boundary_pixels"))
     io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
     shares = totals / max(totals.sum(), 1)
     names = list(model.phase_names)
@@ -188,10 +189,18 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     moved = [r for r in transition_shares if r is not None]
     summary["boundaries"] = {"components": len(model.transitions),
                              "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
-                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0}
+                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0,
+                             # pixels of thin bands between two phases given to them (regions.settle_boundaries)
+                             "band_pixel_share": _mean_share(band_shares)}
     # how pixels became phases: the components' own rows, or centres in activation space (regions.choose_assignment)
     summary["assignment"] = model.report.get("assignment", {"chosen": "components"})
     summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
     io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary
+
+
+def _mean_share(values) -> float:
+    """Mean of the per-image shares that were recorded (0 when none was)."""
+    known = [v for v in values if v is not None]
+    return round(float(np.mean(known)), 6) if known else 0.0

@@ -393,7 +393,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
         tiles = acts.to_delayed().tolist()
         fractions = dask.delayed(_store_and_export, pure=False)(tiles, act_arr, memb_arr, native, str(out_dir),
                                                                 image_id, lab_arr, model, list(names),
-                                                                root[f"images/{image_id}/0"])
+                                                                root[f"images/{image_id}/0"], settings)
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
     done_now = runner.compute_batches(ids, build, "segment",
@@ -433,7 +433,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
 
     Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
-    sides, so its rows come out exactly as in one whole-image graph; only the
+    sides, and the boundary step's halo more, so its rows come out exactly as in one whole-image graph; only the
     margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
     not by the image, whatever order the scheduler picks inside a band.
     """
@@ -448,7 +448,9 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
                                          "void_class")}
     (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
-    margin = features.segment_halo(settings)
+    # a settled label reads the labels within the boundary step's halo: their rows must come out exact too
+    margin = features.segment_halo(settings) + regions.boundary_halo(regions.boundary_radius(settings))
+    moved = 0
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
     names = model.phase_names
@@ -463,22 +465,37 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         acts = activations_graph(features.stack_features(pre, plane, settings, image_id), model.H, model.scale_lo,
                                  model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"],
                                  model.void_below)
-        acts = acts.transpose(2, 0, 1)[:, r0 - e0:r1 - e0]
-        rows = slice(r0, r1)
-        labels = model.phase_scores(acts).argmax(axis=0).astype(np.uint8)
-        stored = da.store(**store.store_args([acts, phase_memberships(model, acts), labels], [act_arr, memb_arr, lab_arr],
+        acts = acts.transpose(2, 0, 1)
+        scores, probs, before, after = settled_graph(model, acts, settings)
+        band_rows, rows = slice(r0 - e0, r1 - e0), slice(r0, r1)
+        labels = scores.argmax(axis=0).astype(np.uint8)
+        stored = da.store(**store.store_args([acts[:, band_rows], probs[:, band_rows].astype(np.float16),
+                                              labels[band_rows]], [act_arr, memb_arr, lab_arr],
                                              [(slice(None), rows), (slice(None), rows), (rows,)]),
                           lock=False, compute=False)
-        runner.compute([stored], f"segment {image_id}: rows {r0}-{r1} of {h}")
+        _, band_moved = runner.compute([stored, (before != after)[band_rows].sum()],
+                                       f"segment {image_id}: rows {r0}-{r1} of {h}")
+        moved += int(band_moved)
     # phases as centres are no component's activation: their panels show the memberships
     panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
     result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source)
-    _finish(result, str(out_dir), image_id, made_by)
+    _finish(dict(result, boundary_pixels=round(moved / max(h * w, 1), 6)), str(out_dir), image_id, made_by)
 
 
-def phase_memberships(model: Model, acts):
-    """Float16 memberships of ``(component, y, x)`` activations (lazy or held) as the store keeps them."""
-    return model.phase_memberships(acts).astype(np.float16)
+def settled_graph(model: Model, acts, settings):
+    """:func:`regions.settled_maps` of lazy activations ``(k, y, x)``: the settled labels per chunk grown by
+    :func:`regions.boundary_halo` (exact), the scores and memberships handed over pixel by pixel."""
+    import dask.array as da
+
+    radius = regions.boundary_radius(settings)
+    scores = model.phase_scores(acts)
+    before = scores.argmax(axis=0).astype(np.uint8)
+    fixed = () if model.void_below is None else (0,)
+    depth = regions.boundary_halo(radius)
+    after = da.map_overlap(regions.settle_boundaries, before, depth=depth, boundary="none", dtype=np.uint8,
+                           radius=radius, fixed=fixed) if depth else before
+    return (regions.hand_over(scores, before, after), regions.hand_over(model.phase_memberships(acts), before, after),
+            before, after)
 
 
 def _segment_whole(out_dir, image_id: str, model: Model, settings: dict, made_by: dict) -> dict:
@@ -505,24 +522,26 @@ def _segment_stored(out_dir, image_id: str, model: Model, settings: dict) -> dic
                                         "float16", names=names, colors=PALETTE)
     native = tuple(info["shape"])
     lab_arr = store.create_labels(root, image_id, native, n_phases, PALETTE, max(chunk, 512), names=names)
-    return _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, list(names), source)
+    return _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, list(names), source,
+                              settings)
 
 
-def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names=None, grey=None):
+def _store_and_export(tiles, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names, grey, settings):
     """Store one image's activations and memberships (every pyramid level), then export from the same
     array in memory. ``tiles``: the activations' blocks, nested as their grid."""
     acts = tiles[0][0][0] if len(tiles) == len(tiles[0]) == len(tiles[0][0]) == 1 else np.block(tiles)
     return _guard("segment", image_id, _store_then_export, acts, act_arr, memb_arr, native, out_dir, image_id,
-                  lab_arr, model, names, grey)
+                  lab_arr, model, names, grey, settings)
 
 
-def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names, grey):
+def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_arr, model, names, grey, settings):
+    scores, probs, before, after = regions.settled_maps(model, acts, settings)
     store.write_whole(act_arr, acts)
-    store.write_whole(memb_arr, phase_memberships(model, acts))
+    store.write_whole(memb_arr, probs.astype(np.float16))
     # phases as centres are no component's activation: their panels show the memberships
-    return export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey,
-                        scores=model.phase_scores(acts),
-                        panels=None if model.centres is None else model.phase_memberships(acts))
+    result = export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey, scores=scores,
+                          panels=None if model.centres is None else probs)
+    return dict(result, boundary_pixels=round(float((before != after).mean()), 6))
 
 
 def _finish(result, out_dir, image_id, made_by):

@@ -318,3 +318,150 @@ def fit_hooks(windows, settings) -> dict:
     return {"find_transitions": lambda H, lo, hi: find_transitions(feature_maps(), H, lo, hi, settings),
             "choose_assignment": lambda H, lo, hi, transitions, n_phases: choose_assignment(
                 activation_maps(feature_maps(), H, lo, hi, settings), transitions, n_phases, settings)}
+
+
+
+# --- boundary pixels: the bands a label map still holds -----------------------------------------
+
+def boundary_radius(settings) -> int:
+    """Radius (pixels, processing grid) of the boundary-pixel step: the ``boundary_radius`` setting.
+
+    ``auto`` is :func:`window_radius` of the derivative filters, the reach
+    over which the boundary components are judged too: a derivative filter
+    answers a step edge over about ``+-2 sigma``, so a band of a label that
+    the filters made of an edge is at most twice that wide.
+    """
+    value = settings.get("boundary_radius", "auto")
+    if value != "auto":
+        return int(value)
+    return window_radius([settings["gradient_sigma"], settings["laplacian_sigma"]])
+
+
+def boundary_halo(radius: int) -> int:
+    """Rows/columns a settled label depends on (:func:`settle_boundaries`): twice the radius."""
+    return 2 * int(radius) if radius > 0 else 0
+
+
+def _offsets(reach: int) -> np.ndarray:
+    """``(dy, dx)`` within ``reach`` pixels of the origin (origin left out), nearest first, then by dy, dx."""
+    r = int(reach)
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    d2 = dy * dy + dx * dx
+    keep = (d2 > 0) & (d2 <= r * r)
+    order = np.lexsort((dx[keep], dy[keep], d2[keep]))
+    return np.stack([dy[keep][order], dx[keep][order]], axis=1)
+
+
+def _nearest_other(labels, iy, ix, own, offsets):
+    """For pixels ``(iy, ix)`` of label ``own``: the label of the first of ``offsets`` that holds another
+    label, and that offset's index (-1 where none does; offsets outside the image are passed over)."""
+    h, w = labels.shape
+    found = np.full(iy.size, -1, np.int64)
+    at = np.full(iy.size, -1, np.int64)
+    todo = np.arange(iy.size)
+    for i, (dy, dx) in enumerate(offsets):
+        y, x = iy[todo] + dy, ix[todo] + dx
+        ok = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+        hit = np.zeros(todo.size, bool)
+        hit[ok] = labels[y[ok], x[ok]] != own[todo[ok]]
+        found[todo[hit]], at[todo[hit]] = labels[y[hit], x[hit]], i
+        todo = todo[~hit]
+        if todo.size == 0:
+            break
+    return found, at
+
+
+def _third_beyond(labels, iy, ix, own, near, toward, offsets):
+    """Whether a label other than ``own`` and ``near`` lies at one of ``offsets`` on the far side of each
+    pixel: a negative dot product with its ``toward`` (the offset of its nearest other label)."""
+    h, w = labels.shape
+    found = np.zeros(iy.size, bool)
+    for dy, dx in offsets:
+        y, x = iy + dy, ix + dx
+        ok = ~found & (y >= 0) & (y < h) & (x >= 0) & (x < w) & (toward[:, 0] * dy + toward[:, 1] * dx < 0)
+        there = labels[y[ok], x[ok]]
+        found[ok] = (there != own[ok]) & (there != near[ok])
+    return found
+
+
+def settle_boundaries(labels: np.ndarray, radius: int, fixed=()) -> np.ndarray:
+    """Give the pixels of thin bands that part two different phases to the nearer of the two.
+
+    A pixel moves when its label is thin there (no square of side
+    ``2 radius + 1`` of its label covers it; the image continues as its edge
+    pixels) and, within ``2 radius`` pixels, the nearest pixel of another
+    label (Euclidean; ties to the smaller ``(dy, dx)``) has a third label
+    beyond it (a label other than both, on the far side: a negative dot
+    product with the nearest one's offset): the pixel is on a band
+    between two regions, as a rim between an island and its matrix is. It takes the nearest one's label, so a band is split down its middle.
+    A film between two grains of one phase, a precipitate in a matrix and the
+    edge of a wide region stay. Labels in ``fixed`` (the void phase: decided
+    on its own level, not on the filters) never move. Every decision reads the
+    original labels within ``2 radius`` pixels (:func:`boundary_halo`), so
+    tiles grown by that halo agree exactly with the whole image.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (y, x)
+    radius : int
+        The band's half width (:func:`boundary_radius`); 0 leaves ``labels``.
+    fixed : iterable of int
+        Labels whose pixels never move.
+
+    Returns
+    -------
+    ndarray, shape (y, x), ``labels``' dtype
+        The settled labels (a copy).
+    """
+    labels = np.asarray(labels)
+    out = labels.copy()
+    if radius <= 0 or labels.size == 0:
+        return out
+    size, reach = 2 * radius + 1, 2 * radius
+    thin = np.zeros(labels.shape, bool)
+    for j in np.unique(labels):
+        if j in fixed:
+            continue
+        mine = labels == j
+        thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
+    iy, ix = np.nonzero(thin)
+    own = labels[iy, ix]
+    offsets = _offsets(reach)
+    near, at = _nearest_other(labels, iy, ix, own, offsets)
+    has = near >= 0
+    iy, ix, own, near, toward = iy[has], ix[has], own[has], near[has], offsets[at[has]]
+    move = _third_beyond(labels, iy, ix, own, near, toward, offsets)
+    out[iy[move], ix[move]] = near[move].astype(labels.dtype)
+    return out
+
+
+def hand_over(values, old, new):
+    """``values`` ``(n, y, x)`` with each pixel's entries at labels ``old`` and ``new`` exchanged.
+
+    Where ``old`` is the arg max, the arg max becomes ``new``, and the
+    values stay the pixel's own: a boundary pixel's scores or memberships
+    favour the region it went to by the margin they had favoured its band.
+    Pixel-wise; numpy and dask arrays alike.
+    """
+    index = np.arange(values.shape[0])[:, None, None]
+    at_old, at_new = index == old[None], index == new[None]
+    zero = np.zeros((), values.dtype)
+    v_old = np.where(at_old, values, zero).sum(axis=0, dtype=values.dtype)
+    v_new = np.where(at_new, values, zero).sum(axis=0, dtype=values.dtype)
+    moved = (old != new)[None]
+    return np.where(moved & at_old, v_new[None], np.where(moved & at_new, v_old[None], values))
+
+
+def settled_maps(model, acts, settings, memberships: bool = True):
+    """Phase scores, memberships and labels of activations ``(n_components, y, x)`` on their grid, boundary
+    pixels settled (:func:`settle_boundaries`; the void phase stays where it is).
+
+    Returns ``(scores, memberships or None, labels before, labels after)``: the
+    scores and memberships handed over (:func:`hand_over`), so their arg max is
+    the settled label and resampling the scores carries it to any grid.
+    """
+    scores = model.phase_scores(acts)
+    before = np.argmax(scores, axis=0).astype(np.uint8)
+    after = settle_boundaries(before, boundary_radius(settings), () if model.void_below is None else (0,))
+    probs = hand_over(model.phase_memberships(acts), before, after) if memberships else None
+    return hand_over(scores, before, after), probs, before, after

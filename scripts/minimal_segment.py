@@ -6,8 +6,9 @@ Reads a saved bigseg model (``model.json`` and ``model.npz``) with json and nump
 PIL decode, Rec. 601 grey, bottom rows cropped, scikit-image resize, normalisation and CLAHE, the
 feature bank with scipy.ndimage, the feature scaling, the exact NNLS of every pixel against H with the
 coupled sweeps (and, for a model with a void phase, each pixel's normalised level before CLAHE,
-smoothed at half a pixel, against the model's void threshold), then the scores resampled bilinearly to the image's size and the
-argmax, written as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings validation, no dask, no store.
+smoothed at half a pixel, against the model's void threshold), the pixels of thin bands between two
+phases handed to the nearer, then the scores resampled bilinearly to the image's size and the argmax,
+written as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings validation, no dask, no store.
 
 Its labels equal ``PhaseSegmenter.load(MODEL_DIR).predict(image)``, bit for bit: each step does
 bigseg's arithmetic in bigseg's order (``tests/test_scripts.py`` checks it). It covers the settings a
@@ -65,7 +66,10 @@ def load_model(folder) -> dict:
             "centres": None if centres is None else ((2 * centres).astype(np.float32),
                                                      (centres ** 2).sum(axis=1).astype(np.float32)),
             "l1": a * ratio, "l2": a * (1.0 - ratio),
-            "weight": float(s.get("spatial_weight", 2.0)), "sweeps": int(s.get("spatial_sweeps", 5))}
+            "weight": float(s.get("spatial_weight", 2.0)), "sweeps": int(s.get("spatial_sweeps", 5)),
+            # bigseg.regions.boundary_radius: auto is twice the larger derivative sigma, rounded up
+            "boundary_radius": max(1, int(np.ceil(2.0 * max(float(s["gradient_sigma"]), float(s["laplacian_sigma"])))))
+            if s.get("boundary_radius", "auto") == "auto" else int(s["boundary_radius"])}
 
 
 # --- one image ---------------------------------------------------------------------------------
@@ -237,7 +241,51 @@ def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
         # far above any other score where the level passes the test (bigseg.model.VOID_SCORE)
         scores = np.concatenate([np.float32(2.0 ** 21) * v - np.float32(2.0 ** 20), scores], axis=1)
     scores = np.ascontiguousarray(scores, np.float32)
+    if m["boundary_radius"] > 0:
+        scores = settle(scores, img.shape, m["boundary_radius"], () if m["void"] is None else (0,))
     return resample_argmax(scores, img.shape, np.arange(scores.shape[1], dtype=np.intp), grey.shape)
+
+
+def settle(scores: np.ndarray, grid, radius: int, fixed) -> np.ndarray:
+    """The ``(pixels, n)`` scores with each pixel of a thin band between two different phases handed to the
+    nearer one (bigseg.regions.settle_boundaries): its own and that phase's scores exchanged."""
+    from scipy import ndimage as ndi
+
+    labels = scores.argmax(axis=1).reshape(grid)
+    h, w = grid
+    size, reach = 2 * radius + 1, 2 * radius
+    thin = np.zeros(grid, bool)
+    for j in np.unique(labels):
+        if j not in fixed:
+            mine = labels == j
+            thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
+    dy, dx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
+    d2 = dy * dy + dx * dx
+    ring = (d2 > 0) & (d2 <= reach * reach)
+    order = np.lexsort((dx[ring], dy[ring], d2[ring]))
+    offsets = np.stack([dy[ring][order], dx[ring][order]], axis=1)
+
+    y, x = np.nonzero(thin)
+    own = labels[y, x]
+    near, toward, left = np.full(y.size, -1), np.zeros((y.size, 2), np.intp), np.arange(y.size)
+    for oy, ox in offsets:                      # the nearest pixel of another label
+        ty, tx = y[left] + oy, x[left] + ox
+        ok = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w)
+        hit = np.zeros(left.size, bool)
+        hit[ok] = labels[ty[ok], tx[ok]] != own[left[ok]]
+        near[left[hit]], toward[left[hit]] = labels[ty[hit], tx[hit]], (oy, ox)
+        left = left[~hit]
+    y, x, own, toward, near = y[near >= 0], x[near >= 0], own[near >= 0], toward[near >= 0], near[near >= 0]
+    move = np.zeros(y.size, bool)
+    for oy, ox in offsets:                      # a third label on the far side
+        ty, tx = y + oy, x + ox
+        ok = ~move & (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w) & (toward[:, 0] * oy + toward[:, 1] * ox < 0)
+        there = labels[ty[ok], tx[ok]]
+        move[ok] = (there != own[ok]) & (there != near[ok])
+    pixel = y[move] * w + x[move]
+    out = scores.copy()
+    out[pixel, own[move]], out[pixel, near[move]] = scores[pixel, near[move]], scores[pixel, own[move]]
+    return out
 
 
 def resample_argmax(W: np.ndarray, grid, phases, shape) -> np.ndarray:

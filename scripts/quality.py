@@ -6,7 +6,8 @@ Everything runs in memory through bigseg's own per-image functions, in the order
 (:func:`bigseg.features.feature_block`), the fit (:func:`bigseg.model.fit`: pixel
 sample, scaling, NMF and the boundary components found by
 :func:`bigseg.regions.find_transitions`), the coupled solve
-(:func:`bigseg.segment.spatial_block`) and the native-grid labels over the phase
+(:func:`bigseg.segment.spatial_block`), the boundary pixels settled
+(:func:`bigseg.regions.settled_maps`) and the native-grid labels over the phase
 components (:func:`bigseg.segment.labels_at`). The baselines are those of
 :mod:`bigseg.compare` (k-means and plain NMF on the same features, min-max scaled
 on a sample). Scores are :mod:`bigseg.evaluate`'s: one pooled confusion matrix per
@@ -102,16 +103,19 @@ def bigseg_labels(prepared, s):
     fitted = model.fit(arrays, features.feature_names(s), s, lambda objs: list(dask.compute(*objs)),
                        **regions.fit_hooks(lambda: [f for _, _, f, _ in prepared][:regions.TRANSITION_IMAGES], s))
     l1, l2 = model.regularisation(s, fitted.H.shape[1])
-    preds, moved = [], []
+    preds, moved, bands = [], [], []
     for _, shape, f, _ in prepared:
         acts = segment.spatial_block(f, fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
                                      s["spatial_sweeps"], fitted.void_below).transpose(2, 0, 1)
         moved.append(np.isin(acts.argmax(axis=0), fitted.transitions).mean())
-        preds.append(segment.labels_at(fitted.phase_scores(acts), shape))
+        scores, _, before, after = regions.settled_maps(fitted, acts, s, memberships=False)
+        bands.append((before != after).mean())
+        preds.append(segment.labels_at(scores, shape))
     notes = {"k": fitted.settings["n_components"], "boundary components": len(fitted.transitions),
              "between shares": fitted.report.get("between_shares"),
              "assignment": fitted.report.get("assignment"),
-             "boundary pixels": f"{np.mean(moved):.2%}", "void": fitted.report.get("void")}
+             "boundary pixels": f"{np.mean(moved):.2%}", "band pixels settled": f"{np.mean(bands):.2%}",
+             "void": fitted.report.get("void")}
     return preds, notes
 
 
@@ -159,7 +163,8 @@ def run_set(name, settings, methods, quick):
             preds, more = bigseg_labels(prepared, s)
             notes.update(more)
         elif m == "bigseg, no boundary step":
-            preds, _ = bigseg_labels(prepared, dict(s, transition_share=1.0))
+            # neither boundary step: no boundary components in the fit, no band pixels settled
+            preds, _ = bigseg_labels(prepared, dict(s, transition_share=1.0, boundary_radius=0))
         elif m in ("k-means", "plain NMF"):
             preds = baseline_labels(prepared, s, k, m)
         else:

@@ -69,7 +69,7 @@ def test_model_key_groups_come_from_the_schema():
     assert config.FIT_KEYS == ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter",
                                "tol", "init", "sample_size", "batch_size", "minibatch_fraction", "random_state",
                                "orthogonality", "transition_share", "assignment")
-    assert config.SEGMENT_KEYS == ("spatial_weight", "spatial_sweeps")
+    assert config.SEGMENT_KEYS == ("spatial_weight", "spatial_sweeps", "boundary_radius")
     assert config.MODEL_KEYS == config.MODEL_BOUND_KEYS + config.FIT_KEYS + config.SEGMENT_KEYS + ("crop_bottom",)
     assert all(o.role in config.ROLES + (None,) for o in config.OPTIONS.values())
     # where and how a run goes is never part of a model

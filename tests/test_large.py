@@ -115,6 +115,10 @@ def test_chunked_inputs_and_tiled_paths_end_to_end(tmp_path, monkeypatch, assign
     speckle = {d: json.loads((tmp_path / d / "records" / "segment" / "a_png.json").read_text())["speckle"]
                for d in ("whole", "tiled")}
     assert speckle["tiled"] == pytest.approx(speckle["whole"], abs=1e-12)     # band seams counted once
+    # the boundary-pixel step moved pixels on both paths, the same ones (the labels above are equal)
+    moved = {d: json.loads((tmp_path / d / "records" / "segment" / "a_png.json").read_text())["boundary_pixels"]
+             for d in ("whole", "tiled")}
+    assert 0 < moved["tiled"] == pytest.approx(moved["whole"], abs=1e-6)
     void = json.loads((tmp_path / "whole" / "model" / "model.json").read_text()).get("void_below")
     assert (void is not None) == (family == "pores") and (void is None or (ref == 0).any())
     whole_csv = (tmp_path / "whole" / "phase_fractions.csv").read_text()

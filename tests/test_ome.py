@@ -19,7 +19,7 @@ from ome_zarr_models.v05.labels import Labels
 from PIL import Image as PILImage
 from scipy import ndimage
 
-from bigseg import io, pipeline, store
+from bigseg import io, pipeline, regions, store
 from bigseg.cli import main
 from bigseg.demo import add_data_bar, synth_micrograph
 from bigseg.model import Model
@@ -154,7 +154,7 @@ def test_activations_are_placed_on_the_image(run_dir):
         # image pixel (i, j) sits at img_shift + img_scale * (i, j); in activation pixels that is:
         yy, xx = np.meshgrid(np.arange(native[0]), np.arange(native[1]), indexing="ij")
         coords = [(img_shift[a] + img_scale[a] * g - shift[a + 1]) / scale[a + 1] for a, g in enumerate((yy, xx))]
-        w = fitted.phase_scores(acts["0"][:])
+        w = regions.settled_maps(fitted, acts["0"][:], fitted.settings, memberships=False)[0]
         resampled = np.stack([ndimage.map_coordinates(c, coords, order=1, mode="nearest") for c in w])
         labels = root[f"images/{image_id}/labels/phases/0"][:]
         assert np.mean(resampled.argmax(axis=0) + 1 == labels) > 0.999, image_id
