@@ -376,11 +376,17 @@ def _third_beyond(labels, iy, ix, own, near, toward, offsets):
     pixel: a negative dot product with its ``toward`` (the offset of its nearest other label)."""
     h, w = labels.shape
     found = np.zeros(iy.size, bool)
+    todo = np.arange(iy.size)
     for dy, dx in offsets:
-        y, x = iy + dy, ix + dx
-        ok = ~found & (y >= 0) & (y < h) & (x >= 0) & (x < w) & (toward[:, 0] * dy + toward[:, 1] * dx < 0)
+        y, x = iy[todo] + dy, ix[todo] + dx
+        ok = (y >= 0) & (y < h) & (x >= 0) & (x < w) & (toward[todo, 0] * dy + toward[todo, 1] * dx < 0)
+        hit = np.zeros(todo.size, bool)
         there = labels[y[ok], x[ok]]
-        found[ok] = (there != own[ok]) & (there != near[ok])
+        hit[ok] = (there != own[todo[ok]]) & (there != near[todo[ok]])
+        found[todo[hit]] = True
+        todo = todo[~hit]
+        if todo.size == 0:
+            break
     return found
 
 
@@ -419,12 +425,14 @@ def settle_boundaries(labels: np.ndarray, radius: int, fixed=()) -> np.ndarray:
         return out
     size, reach = 2 * radius + 1, 2 * radius
     thin = np.zeros(labels.shape, bool)
+    kinds = np.zeros(labels.shape, np.uint8)
     for j in np.unique(labels):
-        if j in fixed:
-            continue
         mine = labels == j
-        thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
-    iy, ix = np.nonzero(thin)
+        # three labels within reach, the pixel's own among them: needed to lie between two others
+        kinds += ndi.maximum_filter(mine, 2 * reach + 1, mode="constant", cval=False)
+        if j not in fixed:
+            thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
+    iy, ix = np.nonzero(thin & (kinds >= 3))
     own = labels[iy, ix]
     offsets = _offsets(reach)
     near, at = _nearest_other(labels, iy, ix, own, offsets)
@@ -443,6 +451,12 @@ def hand_over(values, old, new):
     favour the region it went to by the margin they had favoured its band.
     Pixel-wise; numpy and dask arrays alike.
     """
+    if isinstance(values, np.ndarray):
+        out = values.copy()
+        yy, xx = np.nonzero(old != new)
+        a, b = old[yy, xx].astype(np.intp), new[yy, xx].astype(np.intp)
+        out[a, yy, xx], out[b, yy, xx] = values[b, yy, xx], values[a, yy, xx]
+        return out
     index = np.arange(values.shape[0])[:, None, None]
     at_old, at_new = index == old[None], index == new[None]
     zero = np.zeros((), values.dtype)

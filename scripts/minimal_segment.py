@@ -254,11 +254,13 @@ def settle(scores: np.ndarray, grid, radius: int, fixed) -> np.ndarray:
     labels = scores.argmax(axis=1).reshape(grid)
     h, w = grid
     size, reach = 2 * radius + 1, 2 * radius
-    thin = np.zeros(grid, bool)
+    thin, kinds = np.zeros(grid, bool), np.zeros(grid, np.uint8)
     for j in np.unique(labels):
+        mine = labels == j
+        kinds += ndi.maximum_filter(mine, 2 * reach + 1, mode="constant", cval=False)   # labels within reach
         if j not in fixed:
-            mine = labels == j
             thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
+    thin &= kinds >= 3
     dy, dx = np.mgrid[-reach:reach + 1, -reach:reach + 1]
     d2 = dy * dy + dx * dx
     ring = (d2 > 0) & (d2 <= reach * reach)
@@ -276,12 +278,15 @@ def settle(scores: np.ndarray, grid, radius: int, fixed) -> np.ndarray:
         near[left[hit]], toward[left[hit]] = labels[ty[hit], tx[hit]], (oy, ox)
         left = left[~hit]
     y, x, own, toward, near = y[near >= 0], x[near >= 0], own[near >= 0], toward[near >= 0], near[near >= 0]
-    move = np.zeros(y.size, bool)
+    move, left = np.zeros(y.size, bool), np.arange(y.size)
     for oy, ox in offsets:                      # a third label on the far side
-        ty, tx = y + oy, x + ox
-        ok = ~move & (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w) & (toward[:, 0] * oy + toward[:, 1] * ox < 0)
+        ty, tx = y[left] + oy, x[left] + ox
+        ok = (ty >= 0) & (ty < h) & (tx >= 0) & (tx < w) & (toward[left, 0] * oy + toward[left, 1] * ox < 0)
+        hit = np.zeros(left.size, bool)
         there = labels[ty[ok], tx[ok]]
-        move[ok] = (there != own[ok]) & (there != near[ok])
+        hit[ok] = (there != own[left[ok]]) & (there != near[left[ok]])
+        move[left[hit]] = True
+        left = left[~hit]
     pixel = y[move] * w + x[move]
     out = scores.copy()
     out[pixel, own[move]], out[pixel, near[move]] = scores[pixel, near[move]], scores[pixel, own[move]]

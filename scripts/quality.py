@@ -93,9 +93,9 @@ def score(preds, prepared, k, names):
     return evaluate.scores(cm, names)
 
 
-def bigseg_labels(prepared, s):
-    """bigseg's labels: the fit (sample, scaling, NMF, boundary components) and the coupled solve of
-    ``bigseg run``, on in-memory features."""
+def bigseg_fit(prepared, s):
+    """bigseg's fit (sample, scaling, NMF, boundary components, void phase, assignment) on in-memory
+    features, and each image's coupled activations ``(k, y, x)`` on its processing grid."""
     import dask
     import dask.array as da
 
@@ -103,18 +103,31 @@ def bigseg_labels(prepared, s):
     fitted = model.fit(arrays, features.feature_names(s), s, lambda objs: list(dask.compute(*objs)),
                        **regions.fit_hooks(lambda: [f for _, _, f, _ in prepared][:regions.TRANSITION_IMAGES], s))
     l1, l2 = model.regularisation(s, fitted.H.shape[1])
-    preds, moved, bands = [], [], []
-    for _, shape, f, _ in prepared:
-        acts = segment.spatial_block(f, fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
-                                     s["spatial_sweeps"], fitted.void_below).transpose(2, 0, 1)
-        moved.append(np.isin(acts.argmax(axis=0), fitted.transitions).mean())
-        scores, _, before, after = regions.settled_maps(fitted, acts, s, memberships=False)
+    acts = [segment.spatial_block(f, fitted.H, fitted.scale_lo, fitted.scale_hi, l1, l2, s["spatial_weight"],
+                                  s["spatial_sweeps"], fitted.void_below).transpose(2, 0, 1) for _, _, f, _ in prepared]
+    return fitted, acts
+
+
+def settled_labels(fitted, acts, prepared, s):
+    """Native-grid labels of the activations, boundary pixels settled as ``s`` says, and the share moved."""
+    preds, bands = [], []
+    for a, (_, shape, _, _) in zip(acts, prepared):
+        scores, _, before, after = regions.settled_maps(fitted, a, s, memberships=False)
         bands.append((before != after).mean())
         preds.append(segment.labels_at(scores, shape))
+    return preds, float(np.mean(bands))
+
+
+def bigseg_labels(prepared, s):
+    """bigseg's labels: the fit, the coupled solve and the settled boundary pixels of ``bigseg run``, on
+    in-memory features."""
+    fitted, acts = bigseg_fit(prepared, s)
+    moved = [np.isin(a.argmax(axis=0), fitted.transitions).mean() for a in acts]
+    preds, bands = settled_labels(fitted, acts, prepared, s)
     notes = {"k": fitted.settings["n_components"], "boundary components": len(fitted.transitions),
              "between shares": fitted.report.get("between_shares"),
              "assignment": fitted.report.get("assignment"),
-             "boundary pixels": f"{np.mean(moved):.2%}", "band pixels settled": f"{np.mean(bands):.2%}",
+             "boundary pixels": f"{np.mean(moved):.2%}", "band pixels settled": f"{bands:.2%}",
              "void": fitted.report.get("void")}
     return preds, notes
 

@@ -23,10 +23,13 @@ be re-made:
     two-sample t); and the same top-hat thresholded at multiples of the image's
     noise (Immerkaer's estimate).
 ``boundary-pixels``
-    the boundary rule applied to pixels or regions rather than components: a
-    pixel whose window holds two labels other than its own, on a part of its label
-    thinner than the window, or a connected region no deeper than a few pixels
-    that touches two other labels, takes the nearest other region's label.
+    the boundary rule applied to pixels or regions rather than components: bigseg
+    without and with its boundary-pixel step (``boundary_radius`` 0 to 3,
+    :func:`bigseg.regions.settle_boundaries`), and the two designs measured
+    before it, on the labels without it: a pixel whose window holds two labels
+    other than its own, on a part of its label thinner than the window, or a
+    connected region no deeper than a few pixels that touches two other labels,
+    takes the nearest other region's label.
 
 ``dark-mode``
     the voids' way out, now bigseg's ``void_class`` (:mod:`bigseg.voids`): pores
@@ -264,19 +267,27 @@ def detectors(name, k, names, items, s):
 
 
 def boundary_pixels(name, k, names, prepared, s):
-    preds, _ = quality.bigseg_labels(prepared, s)
-    print(_line(name, "bigseg", quality.score(preds, prepared, k, names)), flush=True)
-    rules = [(f"pixel boundary rule, radius {r}", thin_between, r, True) for r in (1, 2)]
-    rules += [(f"region boundary rule, depth {r}", thin_regions_between, r, False) for r in (2, 3)]
+    fitted, acts = quality.bigseg_fit(prepared, s)
+    n_phases = fitted.n_phases
+    for radius in (0, 1, 2, 3):
+        preds, share = quality.settled_labels(fitted, acts, prepared, dict(s, boundary_radius=radius))
+        what = "bigseg, no boundary pixels settled" if radius == 0 else \
+            f"bigseg, boundary_radius {radius}{' (auto)' if radius == regions.boundary_radius(s) else ''}"
+        print(_line(name, f"{what} ({share:.1%} moved)", quality.score(preds, prepared, k, names)), flush=True)
+        if radius == 0:
+            unsettled = preds
+    # the two designs measured before it, on the labels without it
+    rules = [(f"pixel rule, nearest kept, radius {r}", thin_between, r, True) for r in (1, 2)]
+    rules += [(f"region rule, depth {r}", thin_regions_between, r, False) for r in (2, 3)]
     for what, rule, radius, whole_pixels in rules:
         out, moved = [], 0
-        for pred, (_, shape, f, _) in zip(preds, prepared):
+        for pred, (_, shape, f, _) in zip(unsettled, prepared):
             # the window on the processing grid, carried to the native grid the labels live on
             r = radius * max(shape) / max(f.shape[:2])
-            new, m = rule(pred, k, max(1, int(round(r))) if whole_pixels else r)
+            new, m = rule(pred, n_phases, max(1, int(round(r))) if whole_pixels else r)
             out.append(new)
             moved += int(m.sum())
-        share = moved / sum(p.size for p in preds)
+        share = moved / sum(p.size for p in unsettled)
         print(_line(name, f"+ {what} ({share:.1%} moved)", quality.score(out, prepared, k, names)), flush=True)
 
 
