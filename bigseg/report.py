@@ -556,8 +556,11 @@ def _boundaries_section(summary) -> str:
     if not b:
         return '<p class="note">This run has no boundary summary.</p>'
     n = int(b.get("components") or 0)
+    bands = (f"<p>The boundary-pixel step gave {_pct(b.get('band_pixel_share'))} of the pixels, thin bands "
+             "between two phases, to the regions they part (mean over images; <code>boundary_radius</code>)."
+             "</p>") if b.get("band_pixel_share") is not None else ""
     if not n:
-        return ('<p class="note">No component lives on phase boundaries: every component is a phase.</p>')
+        return ('<p class="note">No component lives on phase boundaries: every component is a phase.</p>' + bands)
     rows = []
     for i, fp in enumerate(b.get("fingerprints") or []):
         top = sorted(fp.items(), key=lambda kv: -float(kv[1]))[:3] if isinstance(fp, dict) else []
@@ -566,7 +569,7 @@ def _boundaries_section(summary) -> str:
             f"solve and label none. They would have won {_pct(b.get('pixel_share'))} of the pixels "
             "(mean over images).</p>"
             + ("<table><tr><th>boundary</th><th>strongest features (H)</th></tr>" + "".join(rows) + "</table>"
-               if rows else ""))
+               if rows else "") + bands)
 
 
 _MODEL_KEYS = (

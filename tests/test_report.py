@@ -65,7 +65,7 @@ def _fake_run(out: Path, n: int = 30, k: int = 3, flagged=("img27", "img29")) ->
                      {"kind": "not_converged", "message": "the fit stopped", "suggestion": "raise max_iter"}],
         "skipped": [{"id": "bad<b>", "stage": "ingest", "error": "<script>document.title=2</script> unreadable"}],
         "boundaries": {"components": 1, "fingerprints": [{"intensity": 0.1, "gradient_s1": 0.9}],
-                       "pixel_share": 0.05},
+                       "pixel_share": 0.05, "band_pixel_share": 0.0123},
         "model": {"solver": "cd", "n_iter": 100, "converged": False, "relative_error": 0.13,
                   "n_components_auto": {"chosen": k,
                                         "scan": [{"k": 2, "stability": 0.9}, {"k": 3, "stability": 0.95}]}},
@@ -145,6 +145,7 @@ def test_report_is_self_contained_escaped_and_samples_large_collections(tmp_path
     assert re.search(r'<td class="k"[^>]*>max_iter</td><td class="v"[^>]*>400</td>', page)
     assert "chose 3 (stability k=2: 0.9, k=3: 0.95)" in page and "converged" in page
     assert "1 component(s) live on the boundaries" in page and "gradient_s1 0.90" in page and "5.0 %" in page
+    assert "boundary-pixel step gave 1.2 % of the pixels" in page
     assert page.count("<title>img") == 30 * (3 + 1) and "One bar per image" in page    # 3 segments and a label
     hexes = [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in PALETTE[:3]]
     assert all(f'fill="{h}"' in page for h in hexes)
