@@ -433,8 +433,8 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
 
     Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
-    sides, and the boundary step's halo more, so its rows come out exactly as in one whole-image graph; only the
-    margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
+    sides and the boundary-pixel step's halo, so its rows come out exactly as
+    in one whole-image graph; only the margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
     not by the image, whatever order the scheduler picks inside a band.
     """
     import dask.array as da
@@ -466,7 +466,7 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
                                  model.scale_hi, l1, l2, settings["spatial_weight"], settings["spatial_sweeps"],
                                  model.void_below)
         acts = acts.transpose(2, 0, 1)
-        scores, probs, before, after = settled_graph(model, acts, settings)
+        scores, probs, before, after = regions.settled_maps(model, acts, settings)
         band_rows, rows = slice(r0 - e0, r1 - e0), slice(r0, r1)
         labels = scores.argmax(axis=0).astype(np.uint8)
         stored = da.store(**store.store_args([acts[:, band_rows], probs[:, band_rows].astype(np.float16),
@@ -480,22 +480,6 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
     result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source)
     _finish(dict(result, boundary_pixels=round(moved / max(h * w, 1), 6)), str(out_dir), image_id, made_by)
-
-
-def settled_graph(model: Model, acts, settings):
-    """:func:`regions.settled_maps` of lazy activations ``(k, y, x)``: the settled labels per chunk grown by
-    :func:`regions.boundary_halo` (exact), the scores and memberships handed over pixel by pixel."""
-    import dask.array as da
-
-    radius = regions.boundary_radius(settings)
-    scores = model.phase_scores(acts)
-    before = scores.argmax(axis=0).astype(np.uint8)
-    fixed = () if model.void_below is None else (0,)
-    depth = regions.boundary_halo(radius)
-    after = da.map_overlap(regions.settle_boundaries, before, depth=depth, boundary="none", dtype=np.uint8,
-                           radius=radius, fixed=fixed) if depth else before
-    return (regions.hand_over(scores, before, after), regions.hand_over(model.phase_memberships(acts), before, after),
-            before, after)
 
 
 def _segment_whole(out_dir, image_id: str, model: Model, settings: dict, made_by: dict) -> dict:

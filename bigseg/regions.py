@@ -398,10 +398,11 @@ def settle_boundaries(labels: np.ndarray, radius: int, fixed=()) -> np.ndarray:
     pixels) and, within ``2 radius`` pixels, the nearest pixel of another
     label (Euclidean; ties to the smaller ``(dy, dx)``) has a third label
     beyond it (a label other than both, on the far side: a negative dot
-    product with the nearest one's offset): the pixel is on a band
-    between two regions, as a rim between an island and its matrix is. It takes the nearest one's label, so a band is split down its middle.
-    A film between two grains of one phase, a precipitate in a matrix and the
-    edge of a wide region stay. Labels in ``fixed`` (the void phase: decided
+    product with the nearest one's offset): the pixel is on a band between
+    two regions, as a rim between an island and its matrix is. It takes the
+    nearest one's label, so a band is split down its middle. A film between
+    two grains of one phase, a precipitate in a matrix and the edge of a wide
+    region stay. Labels in ``fixed`` (the void phase: decided
     on its own level, not on the filters) never move. Every decision reads the
     original labels within ``2 radius`` pixels (:func:`boundary_halo`), so
     tiles grown by that halo agree exactly with the whole image.
@@ -428,7 +429,8 @@ def settle_boundaries(labels: np.ndarray, radius: int, fixed=()) -> np.ndarray:
     kinds = np.zeros(labels.shape, np.uint8)
     for j in np.unique(labels):
         mine = labels == j
-        # three labels within reach, the pixel's own among them: needed to lie between two others
+        # only pixels with three labels within reach (their own among them) can lie between two others:
+        # the test below runs on those alone
         kinds += ndi.maximum_filter(mine, 2 * reach + 1, mode="constant", cval=False)
         if j not in fixed:
             thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
@@ -472,10 +474,20 @@ def settled_maps(model, acts, settings, memberships: bool = True):
 
     Returns ``(scores, memberships or None, labels before, labels after)``: the
     scores and memberships handed over (:func:`hand_over`), so their arg max is
-    the settled label and resampling the scores carries it to any grid.
+    the settled label and resampling the scores carries it to any grid. Numpy
+    and dask arrays alike: lazily, each chunk is settled grown by
+    :func:`boundary_halo` (exact: the chunks agree with the whole image).
     """
+    radius = boundary_radius(settings)
+    fixed = () if model.void_below is None else (0,)
     scores = model.phase_scores(acts)
-    before = np.argmax(scores, axis=0).astype(np.uint8)
-    after = settle_boundaries(before, boundary_radius(settings), () if model.void_below is None else (0,))
+    before = scores.argmax(axis=0).astype(np.uint8)
+    if isinstance(before, np.ndarray) or radius <= 0:
+        after = settle_boundaries(before, radius, fixed) if radius > 0 else before
+    else:
+        import dask.array as da
+
+        after = da.map_overlap(settle_boundaries, before, depth=boundary_halo(radius), boundary="none",
+                               dtype=np.uint8, radius=radius, fixed=fixed)
     probs = hand_over(model.phase_memberships(acts), before, after) if memberships else None
     return hand_over(scores, before, after), probs, before, after

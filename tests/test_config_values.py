@@ -124,6 +124,7 @@ def test_largest_resize_is_accepted():
     ("batch_size", 2 ** 20 + 1, 2 ** 20),
     ("max_iter", 100_001, 100_000),
     ("spatial_sweeps", 51, 50),
+    ("boundary_radius", 51, 50),
     ("clahe_kernel_size", 8193, 8192),
     ("variance_size", config.MAX_WINDOW + 2, config.MAX_WINDOW),
     ("closing_sizes", [config.MAX_WINDOW + 2], [config.MAX_WINDOW]),

@@ -187,3 +187,28 @@ def test_hand_over_moves_the_arg_max_and_keeps_each_pixels_values():
     lazy = regions.hand_over(da.from_array(scores, chunks=(4, 7, 9)), da.from_array(before, chunks=(7, 9)),
                              da.from_array(after, chunks=(7, 9)))
     np.testing.assert_array_equal(lazy.compute(), out)
+
+
+class _RowsModel:
+    """The part of a model settled_maps reads: phases as the activations' rows, no void."""
+    void_below = None
+
+    def phase_scores(self, acts):
+        return acts
+
+    def phase_memberships(self, acts):
+        return acts / acts.sum(axis=0)
+
+
+def test_settled_maps_of_chunked_activations_equal_the_whole():
+    import dask.array as da
+
+    lab = _speckled_map(seed=3)
+    rng = np.random.default_rng(3)
+    acts = (np.eye(4, dtype=np.float32)[lab].transpose(2, 0, 1) + 0.1 * rng.random((4,) + lab.shape)).astype(np.float32)
+    settings = {"boundary_radius": 2}
+    whole = regions.settled_maps(_RowsModel(), acts, settings)
+    assert (whole[2] != whole[3]).any() and np.array_equal(whole[0].argmax(axis=0), whole[3])
+    lazy = regions.settled_maps(_RowsModel(), da.from_array(acts, chunks=(4, 29, 37)), settings)
+    for a, b in zip(lazy, whole):
+        np.testing.assert_array_equal(a.compute(), b)
