@@ -426,15 +426,13 @@ def settle_boundaries(labels: np.ndarray, radius: int, fixed=()) -> np.ndarray:
         return out
     size, reach = 2 * radius + 1, 2 * radius
     thin = np.zeros(labels.shape, bool)
-    kinds = np.zeros(labels.shape, np.uint8)
     for j in np.unique(labels):
-        mine = labels == j
-        # only pixels with three labels within reach (their own among them) can lie between two others:
-        # the test below runs on those alone
-        kinds += ndi.maximum_filter(mine, 2 * reach + 1, mode="constant", cval=False)
         if j not in fixed:
+            mine = labels == j
             thin |= mine & ~ndi.maximum_filter(ndi.minimum_filter(mine, size, mode="nearest"), size, mode="nearest")
-    iy, ix = np.nonzero(thin & (kinds >= 3))
+    # only pixels with three labels within reach (their own among them) can lie between two others: the
+    # test below runs on those alone
+    iy, ix = np.nonzero(thin & (_presence(labels, int(labels.max()) + 1, reach).sum(axis=0) >= 3))
     own = labels[iy, ix]
     offsets = _offsets(reach)
     near, at = _nearest_other(labels, iy, ix, own, offsets)
