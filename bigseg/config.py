@@ -428,8 +428,8 @@ OPTIONS: dict[str, Option] = {
     "boundary_radius": Option("auto", _auto_or(_int(0, 50)),
                               "half width (pixels, processing grid) of the bands the boundary-pixel step gives "
                               "to the regions they part: a pixel on a part of its phase thinner than twice this, "
-                              "whose nearest other phase and the first other phase the opposite way differ (a "
-                              "rim between an island and its matrix), takes the nearer; a film between two "
+                              "whose nearest other phase has a third phase beyond it (a rim between an island "
+                              "and its matrix), takes the nearest; a film between two "
                               "grains of one phase or a precipitate in a matrix stays; voids never move. auto = "
                               "twice the larger derivative sigma (the reach of the filters' answer to an edge); "
                               "0 = off", "segment", role="segment"),

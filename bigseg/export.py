@@ -186,10 +186,9 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
                               "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
                                                                                      model.feature_names))]
-    moved = [r for r in transition_shares if r is not None]
     summary["boundaries"] = {"components": len(model.transitions),
                              "fingerprints": fingerprints(model.H[model.transitions], model.feature_names),
-                             "pixel_share": round(float(np.mean(moved)), 6) if moved else 0.0,
+                             "pixel_share": _mean_share(transition_shares),
                              # pixels of thin bands between two phases given to them (regions.settle_boundaries)
                              "band_pixel_share": _mean_share(band_shares)}
     # how pixels became phases: the components' own rows, or centres in activation space (regions.choose_assignment)
