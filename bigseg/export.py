@@ -25,6 +25,7 @@ import numpy as np
 from . import diagnose, io, viz
 from .model import fingerprints
 from .phases import csv_names
+from .safety import csv_row
 from .segment import labels_at
 
 #: the per-image picture folders; a new model clears them (with the records) before it segments
@@ -171,11 +172,11 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     columns = csv_names(model.phase_names)
     buf = _io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image"] + columns)
+    w.writerow(csv_row(["image"] + columns))
     totals, speckle, transition_shares, band_shares = np.zeros(k), {}, [], []
     for image_id, rec in records:
         fr = rec["fractions"]
-        w.writerow([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
+        w.writerow(csv_row([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)]))
         totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
         speckle[image_id] = rec["speckle"]
         transition_shares.append(rec.get("transition_share"))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .safety import temp_prefix
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 #: a folder with this suffix is one image (a Zarr array or an OME-Zarr image), not a folder of images
 ZARR_SUFFIX = ".zarr"
@@ -745,7 +747,7 @@ def atomic_write_bytes(path, data: bytes) -> None:
     """Write to a temporary name beside ``path``, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -877,7 +879,7 @@ def write_tiled_tiff(path, tiles, shape, dtype, tile: int = 256) -> None:
                 t = full
             yield np.ascontiguousarray(t, dtype=dtype)
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         tifffile.imwrite(tmp, padded(), shape=tuple(shape), dtype=dtype, tile=(tile, tile), compression="zlib",

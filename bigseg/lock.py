@@ -10,14 +10,26 @@ refusal can name the holder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
 
+from .safety import UnsafeFileError, check_output_folder, kind_of, remove_stale_temps
+
 LOCK_NAME = ".bigseg.lock"
+#: what bigseg writes directly in an output folder: none of these may be a symbolic link, nor hold one
+#: (checked once the lock is held, before anything is written)
+OUTPUT_ENTRIES = ("store.zarr", "records", "model", "labels", "color", "activations", "overlay", "summary.json",
+                  "phase_fractions.csv", "fingerprints.png", "report.html", "select_k.json", "select_k.png",
+                  "comparison.md", "comparison.json")
+#: the folders whose files a killed writer may have left half-written under a temporary name
+TEMP_FOLDERS = (".", "labels", "color", "activations", "overlay", "model", "records/ingest", "records/features",
+                "records/segment")
 #: folders this process holds, so a command that locks before starting its workers can call a
 #: function that locks again (flock on a second descriptor would refuse its own process)
 _held: set = set()
@@ -51,6 +63,10 @@ def output_lock(out_dir):
     Raises :class:`FolderBusyError` naming the holder when another process has
     it, and :class:`FolderNotWritableError` when the folder cannot be written
     (read-only, full, or not a folder), before any work starts.
+    Raises :class:`bigseg.safety.UnsafeFileError` naming the entry when the
+    lock file is a link, a hard link, a FIFO or a folder, or when an entry
+    bigseg writes (``OUTPUT_ENTRIES``) is or holds a symbolic link. Once held,
+    temporary files a killed run left (bigseg's own names only) are removed.
     """
     import fcntl
 
@@ -62,9 +78,9 @@ def output_lock(out_dir):
     path = out_dir / LOCK_NAME
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
     except OSError as exc:
         raise FolderNotWritableError(f"output folder {out_dir}: cannot write there ({exc.strerror or exc})") from None
+    fd = _open_lock_file(path)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -78,6 +94,10 @@ def output_lock(out_dir):
         except OSError as exc:   # a full disk fails here, before any work
             raise FolderNotWritableError(f"output folder {out_dir}: cannot write there "
                                          f"({exc.strerror or exc})") from None
+        # what lies in the folder is not trusted: a link there would carry writes (or deletions) elsewhere
+        check_output_folder(out_dir, OUTPUT_ENTRIES)
+        for sub in TEMP_FOLDERS:      # files a killed run was writing; only bigseg's own temporary names
+            remove_stale_temps(out_dir / sub)
         _held.add(key)
         try:
             yield
@@ -85,3 +105,29 @@ def output_lock(out_dir):
             _held.discard(key)
     finally:
         os.close(fd)   # closing the descriptor releases the flock
+
+
+def _open_lock_file(path: Path) -> int:
+    """A descriptor of the lock file, created if absent; refused, naming it, when it is a link, not a
+    regular file, or a file with other names (a hard link: writing the holder would change another file)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(f"lock file {path}: is a symbolic link; bigseg will not write through it; "
+                                  f"remove it") from None
+        if exc.errno == errno.EISDIR:
+            raise UnsafeFileError(f"lock file {path}: is a folder, not bigseg's lock file; remove it") from None
+        raise FolderNotWritableError(f"output folder {path.parent}: cannot write there "
+                                     f"({exc.strerror or exc})") from None
+    st = os.fstat(fd)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"is {kind_of(st.st_mode)}, not a regular file"
+    elif st.st_nlink > 1:
+        problem = f"has {st.st_nlink} hard links, so writing it would change another file"
+    if problem:
+        os.close(fd)
+        raise UnsafeFileError(f"lock file {path}: {problem}; remove it")
+    return fd

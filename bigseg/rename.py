@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import io, viz
 from .phases import check_names, csv_names, parse_assignments
+from .safety import csv_row
 
 #: the folders of drawn pictures whose legends or titles name the phases
 PICTURE_DIRS = ("overlay", "activations")
@@ -101,7 +102,7 @@ def relabel_tables(out_dir, model) -> None:
     if table.exists():
         first, sep, rest = table.read_text().partition("\n")
         buf = _io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(["image"] + columns)
+        csv.writer(buf, lineterminator="\n").writerow(csv_row(["image"] + columns))
         io.atomic_write_text(table, buf.getvalue() + rest)
     if (out_dir / "fingerprints.png").exists():
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())

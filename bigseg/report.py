@@ -21,6 +21,7 @@ from urllib.parse import quote
 import numpy as np
 
 from . import io
+from .safety import csv_value
 
 REPORT_NAME = "report.html"
 #: thumbnails shown before only the flagged images are added
@@ -218,7 +219,7 @@ def _read_fractions(path: Path, k: int) -> tuple[list[str], np.ndarray]:
     for row in rows[1:]:
         if not row:
             continue
-        ids.append(row[0])
+        ids.append(csv_value(row[0]))     # the image name as it is, without the formula guard
         vals = []
         for cell in row[1:1 + k]:
             try:

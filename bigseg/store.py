@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_text
+from .safety import refuse_links
 
 OME_VERSION = "0.5"
 #: images (and their labels, activations, memberships) over this many pixels on a side get a pyramid
@@ -640,6 +641,7 @@ def file_identity(path) -> dict | None:
 
 def clear_records(out_dir, stage: str) -> None:
     d = Path(out_dir) / "records" / stage
+    refuse_links(out_dir, [d])       # a linked folder's files are someone else's
     if d.exists():
         for f in d.glob("*.json"):
             f.unlink()
@@ -654,6 +656,9 @@ def clear_segmentation(out_dir, export_dirs) -> None:
     import shutil
 
     out_dir = Path(out_dir)
+    # nothing is deleted through a link: one would carry the deletion out of the folder
+    refuse_links(out_dir, [out_dir / "records" / "segment", out_dir / "store.zarr"]
+                 + [out_dir / name for name in export_dirs])
     clear_records(out_dir, "segment")
     for name in export_dirs:
         shutil.rmtree(out_dir / name, ignore_errors=True)
