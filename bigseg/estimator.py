@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import logging
 import os
 import warnings
@@ -26,7 +28,7 @@ import numpy as np
 from . import config, features, io, preprocess, regions, voids
 from .cluster import threaded_get
 from .model import Model, activation_shares, fit as fit_model, regularisation
-from .segment import activations_graph, labels_at, spatial_block
+from .segment import activations_graph, labels_at, resample_linear, spatial_block
 
 log = logging.getLogger("bigseg")
 
@@ -40,12 +42,29 @@ __all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activatio
 _CALL_TIME_KEYS = tuple(k for k in config.MODEL_KEYS if config.OPTIONS[k].role in ("segment", "kept"))
 
 
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before :meth:`PhaseSegmenter.fit` or :meth:`PhaseSegmenter.load`.
+def __getattr__(name):
+    # NotFittedError derives from scikit-learn's, made on first use: importing scikit-learn costs about a
+    # second a process, which 'bigseg run' and 'bigseg segment' (importing this module for its per-image
+    # functions) never need to pay
+    if name == "NotFittedError":
+        return _not_fitted_error()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    Derives from the same classes as scikit-learn's ``NotFittedError``, so code
-    catching either ``ValueError`` or ``AttributeError`` keeps working.
-    """
+
+@functools.cache
+def _not_fitted_error() -> type:
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+
+    class NotFittedError(SklearnNotFittedError):
+        """The estimator is used before :meth:`PhaseSegmenter.fit` or :meth:`PhaseSegmenter.load`.
+
+        A subclass of ``sklearn.exceptions.NotFittedError`` (so also of
+        ``ValueError`` and ``AttributeError``): code catching scikit-learn's
+        catches it.
+        """
+
+    NotFittedError.__module__, NotFittedError.__qualname__ = __name__, "NotFittedError"    # as pickle finds it
+    return NotFittedError
 
 
 # --- one image, from file or memory, to its grey pixels -----------------------------------
@@ -91,7 +110,7 @@ def read_grey(path, settings: dict, table: dict | None = None) -> tuple[np.ndarr
     return np.ascontiguousarray(grey), pixel_size, int(crop)
 
 
-def grey_array(image, settings: dict, name: str = "image") -> np.ndarray:
+def grey_array(image, settings: dict, name: str = "image", channel_axis: int | None = None) -> np.ndarray:
     """An in-memory image as the store would hold it: grey (Rec. 601 luma of RGB), uint8/uint16 kept,
     other types as float32.
 
@@ -99,10 +118,35 @@ def grey_array(image, settings: dict, name: str = "image") -> np.ndarray:
     only when ``crop_bottom`` is an integer. ``crop_bottom: auto`` (the default)
     looks for an SEM data bar in files only; crop arrays yourself, or set the
     number of rows.
+
+    Parameters
+    ----------
+    image : array_like
+        A 2-D grey image, or with ``channel_axis`` a 3-D colour image.
+    settings : dict
+        Validated settings: ``crop_bottom``.
+    name : str
+        What error messages call the image.
+    channel_axis : int, optional
+        The colour axis (3 or 4 long: RGB, RGBA) of a 3-D array, as scikit-image
+        takes it. A 3-D array without it is refused: it could as well be a
+        stack of grey images, which a list of 2-D arrays says unambiguously.
+
+    Raises
+    ------
+    ValueError
+        One line naming the image and its shape, when the array is not a 2-D
+        image or a 3-D one with the colour axis named.
     """
     arr = np.asarray(image)
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{name}: expected a 2-D grey or 3-D colour image, got an array of shape {arr.shape}")
+    if channel_axis is not None:
+        arr = _channels_last(arr, channel_axis, name)
+    elif arr.ndim == 3:
+        raise ValueError(f"{name}: a 3-D array of shape {arr.shape} is a stack or a colour image; pass a stack as "
+                         f"a list of 2-D images (list(stack)), a colour image with channel_axis=-1")
+    elif arr.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-D grey image (a list of them for several), got an array of "
+                         f"shape {arr.shape}")
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"{name}: expected numbers, got an array of dtype {arr.dtype}")
     grey = io._grey_values(io._to_grey(arr, name))
@@ -112,6 +156,21 @@ def grey_array(image, settings: dict, name: str = "image") -> np.ndarray:
     if isinstance(settings["crop_bottom"], int) and settings["crop_bottom"]:
         grey, _ = io.crop_rows(grey, settings["crop_bottom"], name)
     return np.ascontiguousarray(grey)
+
+
+def _channels_last(arr: np.ndarray, channel_axis, name: str) -> np.ndarray:
+    """A 3-D colour array with its named colour axis (3 or 4 long) moved last."""
+    if arr.ndim != 3:
+        raise ValueError(f"{name}: channel_axis={channel_axis} needs a 3-D colour image, got an array of "
+                         f"shape {arr.shape}")
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)) \
+            or not -3 <= channel_axis < 3:
+        raise ValueError(f"{name}: channel_axis must be an axis of the 3-D image (-1 for the last), "
+                         f"got {channel_axis!r}")
+    if arr.shape[channel_axis] not in (3, 4):
+        raise ValueError(f"{name}: channel_axis={channel_axis} has {arr.shape[channel_axis]} entries in an array of "
+                         f"shape {arr.shape}; a colour axis has 3 (RGB) or 4 (RGBA)")
+    return np.moveaxis(arr, channel_axis, -1)
 
 
 def processing_shape(native_shape, settings: dict, pixel_size: float | None = None,
@@ -323,7 +382,7 @@ def transition_windows(sources, compute) -> list[np.ndarray]:
 class _Input:
     """One image of a fit: an array held by reference, or a file read again whenever its pixels are needed."""
 
-    def __init__(self, item, index: int, settings: dict, table):
+    def __init__(self, item, index: int, settings: dict, table, channel_axis=None):
         self.settings = settings
         if isinstance(item, (str, os.PathLike)):
             self.path, self.name = Path(item), str(item)
@@ -333,7 +392,7 @@ class _Input:
             self.array = None
         else:
             self.path, self.name = None, f"image {index}"
-            grey = self.array = grey_array(item, settings, self.name)
+            grey = self.array = grey_array(item, settings, self.name, channel_axis)
             self.pixel_size = settings["pixel_size"]
         self.shape, self.dtype = grey.shape, grey.dtype
         processing_shape(self.shape, settings, self.pixel_size, self.name)    # fail before any fitting
@@ -382,21 +441,37 @@ def _expand(images) -> list:
 class PhaseSegmenter:
     """Unsupervised phase segmentation of micrographs with NMF, as ``bigseg run`` does it.
 
-    Every key of ``bigseg.config.OPTIONS`` (``configs/default.yaml``) is a
-    keyword parameter, stored as given and checked by :meth:`fit`,
-    :meth:`transform` and :meth:`predict` (``config.validate``), as
-    scikit-learn checks parameters in ``fit``.
+    Every key of the settings schema (``bigseg.config.OPTIONS``, described in
+    ``configs/default.yaml`` and ``bigseg config --help``) is a keyword
+    parameter of the same name and default (a list default is a tuple here),
+    stored as given and checked by :meth:`fit`, :meth:`transform` and
+    :meth:`predict` (``config.validate``), as scikit-learn checks parameters
+    in ``fit``. ``PhaseSegmenter(**bigseg.load_settings(path))`` takes a
+    settings file.
 
     Parameters
     ----------
-    n_components : int, default=5
+    n_components : int or 'auto', default=5
         Phases to find (components of the NMF); at most the number of features.
-    **settings
-        Any other setting, e.g. ``resize=512``, ``features="extended"``,
-        ``spatial_weight=2.0``, ``crop_bottom=0``. Settings only a run over a
-        folder uses (``cluster``, ``store_features``, ``chunk_memory``) are
-        accepted so that settings files load unchanged; the estimator always
-        computes in this process, on threads.
+    resize : int, 'native', 'physical' or (int, int), default=512
+        The processing grid: the longer side at this many pixels.
+    features : str or list of str, default='method'
+        The feature preset or list of feature kinds.
+    spatial_weight : float, default=2.0
+        Coupling of neighbouring pixels in the segmentation solve.
+    crop_bottom : 'auto' or int, default='auto'
+        Rows of an SEM data bar removed from files ('auto' detects it);
+        arrays are cropped only by a number of rows.
+    sample_size : int, default=200000
+        Pixels drawn across all images for the fit.
+    random_state : int, default=0
+        Seed of sampling and initialisation.
+    **other settings
+        Every other key of ``bigseg.config.OPTIONS``, each an explicit keyword
+        (``inspect.signature(PhaseSegmenter)`` lists them). Settings only a run
+        over a folder uses (``cluster``, ``store_features``,
+        ``chunk_memory``) are accepted so that settings files load unchanged;
+        the estimator always computes in this process, on threads.
 
     Attributes
     ----------
@@ -422,16 +497,30 @@ class PhaseSegmenter:
 
     Notes
     -----
-    Images are 2-D grey or 3-D colour arrays (Rec. 601 luma is used), or paths
-    to image files, read, greyed and cropped as ``bigseg ingest`` does
-    (``crop_bottom: auto`` finds an SEM data bar). Arrays are used as given:
-    they are cropped only when ``crop_bottom`` is an integer.
+    An image is a 2-D grey array, a 3-D colour array with its colour axis
+    named (``channel_axis=-1``, as scikit-image takes it; Rec. 601 luma is
+    used), or the path of an image file, read, greyed and cropped as
+    ``bigseg ingest`` does (``crop_bottom: auto`` finds an SEM data bar).
+    Arrays are used as given: they are cropped only when ``crop_bottom`` is an
+    integer. :meth:`predict`, :meth:`predict_proba` and :meth:`transform` take
+    one image and return one array, or take a list (or any iterable) of images
+    and return a list, one array per image. A 3-D array without
+    ``channel_axis`` is refused: a stack of images is a list of 2-D arrays.
 
-    :meth:`transform` and :meth:`predict_proba` return values on the
+    :meth:`predict` and :meth:`predict_proba` answer on the image's own
+    (cropped) grid, as ``bigseg run`` writes ``labels/<image>.png``: the
+    activations, or the memberships, interpolated bilinearly from the
     *processing grid* (the ``resize`` setting: the longer side is 512 pixels by
-    default), as ``store.zarr`` holds them; :meth:`predict` returns labels at
-    the image's own (cropped) size, interpolating the activations, exactly as
-    ``bigseg run`` writes ``labels/<image>.png``.
+    default). :meth:`transform` returns the activations on the processing
+    grid, as ``store.zarr`` holds them.
+
+    scikit-learn's conventions hold and its own checks run in the tests:
+    ``get_params``/``set_params``/``sklearn.base.clone``,
+    ``sklearn.utils.validation.check_is_fitted``, ``__sklearn_tags__``
+    (images in, so no 2-D ``(samples, features)`` input), and
+    :class:`NotFittedError` derives from scikit-learn's. The class does not
+    derive from ``sklearn.base.BaseEstimator``: that would import scikit-learn
+    (a second a process) wherever bigseg's per-image functions are used.
 
     Examples
     --------
@@ -446,19 +535,32 @@ class PhaseSegmenter:
     ((192, 256), dtype('uint8'))
     >>> seg.predict_proba(images[0]).shape
     (3, 192, 256)
+    >>> [m.shape for m in seg.predict(images)]
+    [(192, 256), (192, 256)]
     """
 
-    def __init__(self, n_components=5, **settings):
-        for key in settings:
-            if key not in config.OPTIONS:
-                raise TypeError(f"PhaseSegmenter got an unexpected keyword argument {key!r}"
-                                f"{_did_you_mean(key)}")
-        params = config.defaults()
-        params.update(settings, n_components=n_components)
+    def __init__(self, n_components=5, *, crop_bottom="auto", pixel_size=None, pixel_size_csv=None,
+                 max_image_pixels=2 ** 30, resize=512, target_pixel_size=None, normalize_percentiles=(0.0, 100.0),
+                 clahe=True, clahe_clip_limit=0.01, clahe_kernel_size=None, features="method", gradient_sigma=1.0,
+                 laplacian_sigma=1.0, variance_size=7, blur_sigmas=(2.0, 8.0), hessian_sigmas=(2.0,),
+                 structure_sigmas=(1.0, 4.0), local_std_sigmas=(8.0,), closing_sizes=(9, 17, 33),
+                 opening_sizes=(9, 17, 33), void_class="auto", truncate=4.0, chunk_size="auto",
+                 chunk_memory="auto", store_features="auto", feature_dtype="float16", feature_keep_bits=8,
+                 solver="cd", beta_loss="frobenius", alpha_W=0.0, alpha_H="same", l1_ratio=0.0, max_iter=400,
+                 tol=1e-4, init="auto", sample_size=200_000, batch_size=4096, minibatch_fraction=0.25,
+                 random_state=0, orthogonality=0.0, transition_share=0.75, assignment="auto",
+                 spatial_weight=2.0, spatial_sweeps=5, boundary_radius="auto", phase_names=None, cluster=None):
+        # one keyword per key of config.OPTIONS, with its default (tests/test_estimator.py checks the two agree),
+        # so get_params, clone and tab completion see every setting; stored as given, checked when used
+        given = locals()
         for key in config.OPTIONS:
-            setattr(self, key, params[key])
+            setattr(self, key, given[key])
 
     # --- parameters, as scikit-learn's BaseEstimator has them ---
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        return list(inspect.signature(cls.__init__).parameters)[1:]
+
     def get_params(self, deep=True):
         """Every setting of this estimator, by name (the same object as given, as ``sklearn.base.clone`` needs).
 
@@ -471,25 +573,39 @@ class PhaseSegmenter:
         -------
         dict
         """
-        return {key: getattr(self, key) for key in config.OPTIONS}
+        return {key: getattr(self, key) for key in self._get_param_names()}
 
     def set_params(self, **params):
         """Set settings by name; returns ``self``. Values are checked when next used, as in scikit-learn."""
+        names = self._get_param_names()
         for key in params:
-            if key not in config.OPTIONS:
+            if key not in names:
                 raise ValueError(f"Invalid parameter {key!r} for estimator {type(self).__name__}"
-                                 f"{_did_you_mean(key)}. Valid parameters are: {', '.join(config.OPTIONS)}.")
+                                 f"{_did_you_mean(key)}. Valid parameters are: {', '.join(names)}.")
         for key, value in params.items():
             setattr(self, key, value)
         return self
 
     def __repr__(self):
-        defaults = config.defaults()
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
         params = self.get_params()
         # n_components first, as the signature has it; then the other settings that differ from their default
         changed = [f"n_components={self.n_components!r}"] + [
             f"{k}={v!r}" for k, v in params.items() if k != "n_components" and not _same(v, defaults[k])]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+    def __sklearn_tags__(self):
+        """scikit-learn's tags: fitted before use, deterministic (seeded), no target; its input is images
+        (``two_d_array`` False: a 2-D array is one picture, not ``(samples, features)``)."""
+        from sklearn.utils import InputTags, Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False), transformer_tags=TransformerTags(),
+                    input_tags=InputTags(two_d_array=False), requires_fit=True, non_deterministic=False)
+
+    def __sklearn_is_fitted__(self) -> bool:
+        """Whether :meth:`fit` or :meth:`load` gave this estimator a model
+        (``sklearn.utils.validation.check_is_fitted`` asks)."""
+        return getattr(self, "model_", None) is not None
 
     def _settings(self) -> dict:
         settings = config.validate(self.get_params())
@@ -499,7 +615,7 @@ class PhaseSegmenter:
         return settings
 
     # --- fit ---
-    def fit(self, images, y=None):
+    def fit(self, images, y=None, *, channel_axis=None):
         """Fit the feature scaling and the NMF on a collection of images, as ``bigseg run`` does.
 
         Parameters
@@ -512,6 +628,9 @@ class PhaseSegmenter:
             needs its pixels, and arrays are kept by reference.
         y : None
             Ignored.
+        channel_axis : int, optional
+            The colour axis of 3-D arrays (``-1``: RGB or RGBA last); without
+            it a 3-D array is refused (:func:`grey_array`).
 
         Returns
         -------
@@ -519,7 +638,7 @@ class PhaseSegmenter:
         """
         settings = self._settings()
         table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
-        inputs = [_Input(item, i, settings, table) for i, item in enumerate(_expand(images))]
+        inputs = [_Input(item, i, settings, table, channel_axis) for i, item in enumerate(_expand(images))]
         if not inputs:
             raise ValueError("no image to fit on")
         from .cluster import Runner
@@ -556,79 +675,99 @@ class PhaseSegmenter:
     def _checked(self) -> tuple[Model, dict]:
         model = getattr(self, "model_", None)
         if model is None:
-            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(images) or "
+            raise _not_fitted_error()(f"this {type(self).__name__} is not fitted yet: call fit(images) or "
                                  f"{type(self).__name__}.load(path) first")
         settings = self._settings()
         model.check_settings(settings)   # a feature setting changed since the fit would compute other numbers
         return model, settings
 
-    def _grey(self, image, settings) -> tuple[np.ndarray, float | None, str]:
+    def _grey(self, image, settings, channel_axis=None, name="image") -> tuple[np.ndarray, float | None, str]:
         if isinstance(image, (str, os.PathLike)):
             table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
             grey, pixel_size, _ = read_grey(image, settings, table)
             return grey, pixel_size, str(image)
-        return grey_array(image, settings), settings["pixel_size"], "image"
+        return grey_array(image, settings, name, channel_axis), settings["pixel_size"], name
 
-    def transform(self, image):
-        """The phases' activations (the NMF's W) of one image, on the processing grid.
+    def _per_image(self, images, channel_axis, answer):
+        """``answer(model, settings, grey, pixel_size, name)`` of one image, or the list of answers of a list
+        or iterable of images (arrays or paths), in order."""
+        model, settings = self._checked()
+        if _one_image(images):
+            return answer(model, settings, *self._grey(images, settings, channel_axis))
+        return [answer(model, settings, *self._grey(item, settings, channel_axis, f"image {i}"))
+                for i, item in enumerate(images)]
+
+    def transform(self, images, *, channel_axis=None):
+        """The phases' activations (the NMF's W) of an image, on the processing grid.
 
         Parameters
         ----------
-        image : ndarray or path
-            A 2-D grey or 3-D colour array, or an image file.
+        images : ndarray, path, or list or iterable of them
+            One image (a 2-D grey array, a 3-D colour array with
+            ``channel_axis``, or an image file), or several.
+        channel_axis : int, optional
+            The colour axis of 3-D arrays (``-1``: RGB or RGBA last).
 
         Returns
         -------
-        ndarray, float32, shape (components, y, x)
+        ndarray, float32, shape (components, y, x); a list of them for several images
             One row per non-boundary component of H; with phases as H rows
             (``model_.centres`` is None) row ``i`` is phase ``i`` and belongs to
             ``components_[i]``; with phases as centres, the phases come from all
             of W (:meth:`predict_proba`). With a void phase (``model_.void_below``)
             row 0 is its test, 1 where the pixel is a void and 0 elsewhere.
-            ``(y, x)`` is the processing grid (``resize``), not necessarily the
-            image's size.
+            ``(y, x)`` is the processing grid (``resize``), as ``store.zarr``
+            holds it, not necessarily the image's size.
         """
-        model, settings = self._checked()
-        grey, pixel_size, name = self._grey(image, settings)
-        return image_activations(grey, model, settings, pixel_size, name)[model.phases]
+        return self._per_image(images, channel_axis, _activations)
 
-    def predict(self, image):
-        """Phase labels of one image at its own (cropped) size, equal to ``bigseg run``'s ``labels/`` PNG.
+    def predict(self, images, *, channel_axis=None):
+        """Phase labels of an image at its own (cropped) size, equal to ``bigseg run``'s ``labels/`` PNG.
 
         Parameters
         ----------
-        image : ndarray or path
-            A 2-D grey or 3-D colour array, or an image file.
+        images : ndarray, path, or list or iterable of them
+            One image (a 2-D grey array, a 3-D colour array with
+            ``channel_axis``, or an image file), or several.
+        channel_axis : int, optional
+            The colour axis of 3-D arrays (``-1``: RGB or RGBA last).
 
         Returns
         -------
-        ndarray, uint8, shape (rows, columns)
+        ndarray, uint8, shape (rows, columns); a list of them for several images
             Labels in ``range(n_phases_)``.
         """
-        model, settings = self._checked()
-        grey, pixel_size, name = self._grey(image, settings)
-        return segment_image(grey, model, settings, pixel_size, name)[1]
+        return self._per_image(images, channel_axis, _labels)
 
-    def predict_proba(self, image):
-        """Phase memberships of one image on the processing grid (``Model.phase_memberships``).
+    def predict_proba(self, images, *, channel_axis=None):
+        """Phase memberships of an image at its own (cropped) size, the grid of :meth:`predict`.
 
         With phases as H rows: W / sum(W) over the phase rows (equal shares
         where W is all zero). With phases as centres in activation space: the
-        posterior of a Gaussian mixture about the centres.
+        posterior of a Gaussian mixture about the centres
+        (``Model.phase_memberships``). They are computed on the processing
+        grid and interpolated bilinearly to the image's size, as the labels'
+        scores are; interpolation keeps them non-negative and summing to 1.
 
         A pixel of a thin band between two regions (``boundary_radius``) has
         its memberships of its band's phase and of the region it went to
         exchanged, as its label was (``regions.settled_maps``).
 
+        Parameters
+        ----------
+        images : ndarray, path, or list or iterable of them
+            One image (a 2-D grey array, a 3-D colour array with
+            ``channel_axis``, or an image file), or several.
+        channel_axis : int, optional
+            The colour axis of 3-D arrays (``-1``: RGB or RGBA last).
+
         Returns
         -------
-        ndarray, float32, shape (n_phases_, y, x)
-            Non-negative, summing to 1 over the first axis; its arg max is the
-            label on the processing grid.
+        ndarray, float32, shape (n_phases_, rows, columns); a list of them for several images
+            Non-negative, summing to 1 over the first axis; where one phase
+            clearly leads, it is the label :meth:`predict` gives.
         """
-        model, settings = self._checked()
-        grey, pixel_size, name = self._grey(image, settings)
-        return regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
+        return self._per_image(images, channel_axis, _memberships)
 
     # --- persistence ---
     def save(self, path) -> None:
@@ -647,12 +786,36 @@ class PhaseSegmenter:
     def load(cls, path) -> "PhaseSegmenter":
         """A fitted estimator from a model folder (:meth:`save`, or ``<out>/model`` of ``bigseg run``).
 
-        Its parameters are the model's settings, every other one at its default.
+        Its parameters are the model's settings (lists as tuples), every other one at its default.
         Raises ``bigseg.model.ModelError`` naming the file and field of a
         missing or damaged model.
         """
         model = Model.load(path)
-        return cls(**model.settings)._adopt(model)
+        # lists as tuples, as the signature's defaults are: a loaded estimator's parameters equal a new one's
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.settings.items()})._adopt(model)
+
+
+def _one_image(images) -> bool:
+    """Whether ``images`` is one image (a path, or an array or anything numpy reads as one) rather than a
+    list or iterable of images."""
+    if isinstance(images, (str, os.PathLike)):
+        return True
+    if isinstance(images, (list, tuple)):
+        return False
+    return hasattr(images, "__array__") or hasattr(images, "__array_interface__")
+
+
+def _activations(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
+    return image_activations(grey, model, settings, pixel_size, name)[model.phases]
+
+
+def _labels(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
+    return segment_image(grey, model, settings, pixel_size, name)[1]
+
+
+def _memberships(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
+    proba = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
+    return np.ascontiguousarray(resample_linear(proba, grey.shape[:2]), dtype=np.float32)
 
 
 def _did_you_mean(key: str) -> str:
@@ -661,6 +824,8 @@ def _did_you_mean(key: str) -> str:
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):    # a loaded list, a default tuple
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     try:
         return bool(a == b) and type(a) is type(b)
     except Exception:          # an array given as a value compares element-wise

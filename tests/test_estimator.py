@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,12 +148,18 @@ def test_phases_as_rows_label_by_the_winning_component():
     np.testing.assert_array_equal(memberships(all_acts[m.phases])[:, kept], seg.predict_proba(images[1])[:, kept])
 
 
-def test_a_resized_grid_gives_activations_there_and_labels_at_full_size():
+def test_a_resized_grid_gives_activations_there_and_labels_and_memberships_at_full_size():
     images = _islands()
     seg = PhaseSegmenter(n_components=3, **dict(QUICK, resize=128)).fit(images)
     assert seg.transform(images[0]).shape == (seg.n_phases_, 96, 128)
-    assert seg.predict_proba(images[0]).shape == (seg.n_phases_, 96, 128)
-    assert seg.predict(images[0]).shape == (192, 256)
+    labels, proba = seg.predict(images[0]), seg.predict_proba(images[0])
+    # predict and predict_proba answer on one grid, the image's
+    assert labels.shape == (192, 256) and proba.shape == (seg.n_phases_, 192, 256) and proba.dtype == np.float32
+    assert (proba >= 0).all()
+    np.testing.assert_allclose(proba.sum(axis=0), 1.0, rtol=1e-5)
+    top2 = np.sort(proba, axis=0)[-2:]
+    clear = top2[1] > top2[0] + 0.1
+    assert clear.mean() > 0.8 and np.array_equal(labels[clear], proba.argmax(axis=0)[clear])
 
 
 def test_chunked_computation_equals_one_block(fitted):
@@ -188,11 +195,73 @@ def test_a_tiled_tiff_is_read_as_the_array(fitted, tmp_path):
     assert np.array_equal(no_crop.predict(tmp_path / "tiled.tif"), seg.predict(grey16))
 
 
-def test_rgb_arrays_are_read_as_their_luma(fitted):
+def test_rgb_arrays_named_by_channel_axis_are_read_as_their_luma(fitted):
     seg, images = fitted
     grey8 = (images[0] * 255).round().astype(np.uint8)
     rgb = np.repeat(grey8[..., None], 3, axis=2)
-    assert np.array_equal(seg.predict(rgb), seg.predict(grey8))
+    assert np.array_equal(seg.predict(rgb, channel_axis=-1), seg.predict(grey8))
+    rgba = np.concatenate([rgb, np.full_like(rgb[..., :1], 255)], axis=2)
+    assert np.array_equal(seg.predict(rgba, channel_axis=2), seg.predict(grey8))
+    # channels first, named as such
+    np.testing.assert_array_equal(seg.predict_proba(np.moveaxis(rgb, 2, 0), channel_axis=0), seg.predict_proba(grey8))
+    refit = PhaseSegmenter(**seg.get_params()).fit([rgb, np.repeat(grey8[..., None], 3, axis=2)], channel_axis=-1)
+    assert refit.n_phases_ >= 2
+
+
+# --- (2b) stacks and lists: one answer per image -----------------------------------------------------------
+
+def test_a_list_or_iterable_of_images_gives_a_list_of_maps(fitted, tmp_path):
+    seg, images = fitted
+    one = [seg.predict(img) for img in images]
+    for many in (images, tuple(images), iter(images), (img for img in images)):
+        labels = seg.predict(many)
+        assert isinstance(labels, list) and len(labels) == 2
+        for got, expected in zip(labels, one):
+            assert np.array_equal(got, expected)
+    proba, acts = seg.predict_proba(images), seg.transform(images)
+    assert len(proba) == len(acts) == 2
+    np.testing.assert_array_equal(proba[1], seg.predict_proba(images[1]))
+    np.testing.assert_array_equal(acts[1], seg.transform(images[1]))
+    # paths and arrays mixed, in order; a single path is one image
+    paths = _write_pngs(tmp_path / "images", images)
+    mixed = seg.predict([paths[0], _png(paths[1])])
+    assert np.array_equal(mixed[0], seg.predict(paths[0])) and np.array_equal(mixed[1], seg.predict(_png(paths[1])))
+    assert isinstance(seg.predict(str(paths[0])), np.ndarray)
+    assert seg.predict([]) == []
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_a_3d_stack_is_refused_with_one_line_not_read_as_colour(fitted, n):
+    """A stack of 2, 3 or 4 images once came back as image 0's map, or blended into one grey image as RGB."""
+    seg, images = fitted
+    stack = np.stack([images[i % 2] for i in range(n)])
+    for method in (seg.predict, seg.predict_proba, seg.transform):
+        with pytest.raises(ValueError, match=r"^image: a 3-D array of shape \(%d, 192, 256\) is a stack or a colour "
+                                             r"image; pass a stack as a list of 2-D images \(list\(stack\)\), a "
+                                             r"colour image with channel_axis=-1$" % n):
+            method(stack)
+    # colour-shaped (last axis 3 or 4) but not named as colour: refused the same way
+    with pytest.raises(ValueError, match="3-D array of shape"):
+        seg.predict(np.moveaxis(stack, 0, -1))
+    with pytest.raises(ValueError, match="3-D array of shape"):
+        PhaseSegmenter(**seg.get_params()).fit([np.moveaxis(stack, 0, -1)])
+    # a list of the stack's images is what a stack means
+    labels = seg.predict(list(stack))
+    assert len(labels) == n and np.array_equal(labels[1], seg.predict(images[1]))
+
+
+def test_channel_axis_must_name_a_colour_axis(fitted):
+    seg, images = fitted
+    stack = np.stack(images)
+    with pytest.raises(ValueError, match=r"^image: channel_axis=-1 has 256 entries in an array of shape "
+                                         r"\(2, 192, 256\); a colour axis has 3 \(RGB\) or 4 \(RGBA\)$"):
+        seg.predict(stack, channel_axis=-1)
+    with pytest.raises(ValueError, match="channel_axis=-1 needs a 3-D colour image"):
+        seg.predict(images[0], channel_axis=-1)
+    with pytest.raises(ValueError, match="channel_axis must be an axis"):
+        seg.predict(np.repeat(images[0][..., None], 3, axis=2), channel_axis=3)
+    with pytest.raises(ValueError, match=r"^image 1: expected a 2-D grey image"):
+        seg.predict([images[0], images[0][0]])
 
 
 # --- (3) parameters, scikit-learn style ---------------------------------------------------------------------
@@ -219,7 +288,7 @@ def test_set_params_and_clone():
     assert twin.get_params() == seg.get_params()
     with pytest.raises(ValueError, match="Invalid parameter 'spatial_wieght'.*did you mean 'spatial_weight'"):
         seg.set_params(spatial_wieght=1.0)
-    with pytest.raises(TypeError, match="'resise'.*did you mean 'resize'"):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'resise'"):
         PhaseSegmenter(resise=256)
 
 
@@ -231,6 +300,116 @@ def test_clone_of_a_fitted_segmenter_is_unfitted(fitted):
     assert twin.get_params() == seg.get_params() and not hasattr(twin, "model_")
     with pytest.raises(NotFittedError, match="not fitted"):
         twin.predict(images[0])
+
+
+def test_the_signature_is_the_settings_schema():
+    """One keyword per setting, with the schema's default (a list default as a tuple): they cannot drift.
+    A key added to bigseg/config.py OPTIONS needs the same keyword in PhaseSegmenter.__init__."""
+    import inspect
+
+    params = inspect.signature(PhaseSegmenter).parameters
+    assert list(params) == ["n_components"] + [k for k in config.OPTIONS if k != "n_components"]
+    assert all(p.kind is p.KEYWORD_ONLY for name, p in params.items() if name != "n_components")
+    for key, option in config.OPTIONS.items():
+        default = params[key].default
+        assert default == (tuple(option.default) if isinstance(option.default, list) else option.default), key
+        assert config.validate({key: default})[key] == option.default, key
+    assert PhaseSegmenter().get_params() == {k: params[k].default for k in params}
+
+
+def test_not_fitted_is_scikit_learns_not_fitted(fitted):
+    import pickle
+
+    from sklearn.exceptions import NotFittedError as SklearnNotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    seg, images = fitted
+    assert issubclass(NotFittedError, SklearnNotFittedError)
+    assert pickle.loads(pickle.dumps(NotFittedError("x"))).__class__ is NotFittedError
+    unfitted = PhaseSegmenter(n_components=3)
+    with pytest.raises(SklearnNotFittedError):
+        check_is_fitted(unfitted)
+    for method in (unfitted.predict, unfitted.predict_proba, unfitted.transform, unfitted.save):
+        with pytest.raises(SklearnNotFittedError, match="not fitted yet: call fit"):
+            method(images[0]) if method != unfitted.save else method("never-written")
+    check_is_fitted(seg)        # no error
+    check_is_fitted(seg, ["model_", "components_", "n_phases_"])
+
+
+class _AsTabular(PhaseSegmenter):
+    """PhaseSegmenter claiming a ``(samples, features)`` input: scikit-learn's check_estimator runs no check at
+    all for an estimator whose tags say it takes no such array (PhaseSegmenter's say so: it takes images), so
+    this twin lets it run every check, and the ones that feed such arrays are expected to fail."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = True
+        return tags
+
+
+#: why each of scikit-learn's checks that fails here does: all of them fit on a (samples, features) array,
+#: which PhaseSegmenter.fit refuses (it takes a list of images; a 2-D array is one picture, far smaller than
+#: the features' halo). The checks that do apply pass (SKLEARN_CHECKS_PASSING); their image equivalents
+#: (fit returns self and leaves its parameters as given, pickling, idempotent fits, check_is_fitted) are
+#: tested with images in this file.
+_TABULAR = "fits on a (samples, features) array; fit takes a list of images"
+SKLEARN_EXPECTED_FAILURES = {name: _TABULAR for name in (
+    "check_fit_score_takes_y", "check_estimators_overwrite_params", "check_dont_overwrite_parameters",
+    "check_estimators_fit_returns_self", "check_readonly_memmap_input", "check_n_features_in_after_fitting",
+    "check_positive_only_tag_during_fit", "check_estimators_dtypes", "check_complex_data", "check_dtype_object",
+    "check_estimators_empty_data_messages", "check_pipeline_consistency", "check_estimators_nan_inf",
+    "check_estimator_sparse_tag", "check_estimator_sparse_array", "check_estimator_sparse_matrix",
+    "check_estimators_pickle", "check_f_contiguous_array_estimator", "check_transformer_data_not_an_array",
+    "check_transformer_general", "check_transformer_preserve_dtypes", "check_transformer_n_iter",
+    "check_methods_sample_order_invariance", "check_methods_subset_invariance", "check_fit2d_1sample",
+    "check_fit2d_1feature", "check_dict_unchanged", "check_fit_idempotent", "check_fit_check_is_fitted",
+    "check_n_features_in", "check_fit1d", "check_fit2d_predict1d")}
+SKLEARN_CHECKS_PASSING = {
+    "check_estimator_cloneable", "check_estimator_tags_renamed", "check_valid_tag_types", "check_estimator_repr",
+    "check_no_attributes_set_in_init", "check_estimators_unfitted", "check_do_not_raise_errors_in_init_or_set_params",
+    "check_mixin_order", "check_transformers_unfitted", "check_parameters_default_constructible",
+    "check_get_params_invariance", "check_set_params"}
+
+
+def test_scikit_learns_own_checks():
+    from sklearn.utils import get_tags
+    from sklearn.utils.estimator_checks import check_estimator
+
+    tags = get_tags(PhaseSegmenter())
+    assert tags.requires_fit and not tags.non_deterministic and not tags.input_tags.two_d_array
+    assert tags.transformer_tags is not None and not tags.target_tags.required
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(_AsTabular(n_components=2, resize="native", sample_size=1000),
+                                  expected_failed_checks=SKLEARN_EXPECTED_FAILURES, on_fail=None, on_skip=None)
+    status = {}
+    for r in results:
+        status.setdefault(r["check_name"], set()).add(r["status"])
+    failed = {name: [str(r["exception"])[:200] for r in results if r["check_name"] == name]
+              for name, found in status.items() if "failed" in found}
+    assert not failed
+    assert {name for name, found in status.items() if found == {"passed"}} == SKLEARN_CHECKS_PASSING
+    # an expected failure that passes is a list gone stale
+    assert {name for name, found in status.items() if "xfail" in found} == set(SKLEARN_EXPECTED_FAILURES)
+
+
+def test_fit_returns_self_and_keeps_its_parameters_as_given_and_pickles():
+    """The image equivalents of scikit-learn's fit checks that feed (samples, features) arrays."""
+    import pickle
+
+    from sklearn.base import clone
+
+    images = _islands()
+    seg = PhaseSegmenter(n_components=3, blur_sigmas=[2.0, 8.0], **QUICK)
+    before = copy.deepcopy(seg.get_params())
+    blur = seg.blur_sigmas
+    assert seg.fit(images) is seg
+    assert seg.get_params() == before and seg.blur_sigmas is blur
+    assert not any(k.startswith("_") or k.endswith("_") for k in vars(clone(seg)))
+    again = clone(seg).fit(images)              # fitting twice gives the same model
+    np.testing.assert_array_equal(again.model_.H, seg.model_.H)
+    back = pickle.loads(pickle.dumps(seg))
+    assert np.array_equal(back.predict(images[0]), seg.predict(images[0]))
 
 
 def test_values_are_checked_when_used_not_when_set(fitted):
