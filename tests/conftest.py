@@ -50,6 +50,31 @@ def raise_if_dask_computes(max_computes: int = 0):
         yield count
 
 
+#: set by .ci/run, which installs the [test-full] extra: a test that would skip for a package of that extra (or for
+#: Chromium) fails instead, so CI runs every test a new user's light [test] extra skips
+REQUIRE_FULL = os.environ.get("BIGSEG_REQUIRE_FULL", "") not in ("", "0")
+
+
+def missing(what: str) -> None:
+    """Skip the test for ``what`` (a package of the [test-full] extra, or Chromium), or fail it under
+    BIGSEG_REQUIRE_FULL=1."""
+    if REQUIRE_FULL:
+        pytest.fail(f"{what}; BIGSEG_REQUIRE_FULL=1 runs every test", pytrace=False)
+    pytest.skip(what, allow_module_level=True)
+
+
+def need(module: str, what: str):
+    """``module`` imported, for a test of ``what`` that needs a package of the [test-full] extra; where it is not
+    installed the test skips with the reason (the light [test] extra leaves it out), or fails under
+    BIGSEG_REQUIRE_FULL=1."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        missing(f"{what} needs {module.split('.')[0]} (pip install -e '.[test-full]'): {exc}")
+
+
 def bigseg_cmd():
     """The CLI as a subprocess command, from this interpreter."""
     return [sys.executable, "-m", "bigseg.cli"]

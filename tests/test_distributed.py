@@ -16,7 +16,7 @@ from conftest import bigseg_cmd, env_for_subprocess
 ARGS = ["--set", "resize=native", "--set", "chunk_size=96", "--set", "sample_size=20000", "-k", "4", "--quiet"]
 
 
-def _wait_for(path, seconds=60):
+def _wait_for(path, seconds=300):    # a guard against a hang, not a speed limit
     t0 = time.time()
     while time.time() - t0 < seconds:
         if path.exists() and path.stat().st_size:

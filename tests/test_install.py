@@ -191,3 +191,24 @@ def test_every_package_is_listed_for_the_wheel():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = set(setuptools.find_packages(str(ROOT), include=["bigseg", "bigseg.*"]))
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+
+
+#: the [test-full] extra's packages (import names): the README's light [test] leaves them out
+HEAVY_TEST_MODULES = ("napari", "napari_ome_zarr", "playwright", "ome_zarr_models", "dask_jobqueue")
+
+
+def test_the_test_extra_is_light_and_the_full_one_adds_the_viewer_browser_and_cluster_packages():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {key: {req.split(">")[0].split("[")[0].split("=")[0].strip().lower() for req in reqs}
+             for key, reqs in extras.items()}
+    heavy = {"napari-ome-zarr", "playwright", "ome-zarr-models", "dask-jobqueue", "napari"}
+    assert not names["test"] & heavy and "pytest" in names["test"]
+    assert "bigseg[test,cluster]" in extras["test-full"] and heavy - {"napari", "dask-jobqueue"} <= names["test-full"]
+    # no test module imports them at its top: a test needing one asks conftest.need, so under [test] it skips
+    # naming the package (and fails under BIGSEG_REQUIRE_FULL=1, as .ci/run sets it)
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            words = line.split()
+            if line[:1].isalpha() and words[0] in ("import", "from"):
+                assert words[1].split(".")[0] not in HEAVY_TEST_MODULES, f"{path.name}: {line}"

@@ -12,10 +12,6 @@ import pytest
 import tifffile
 import zarr
 from click.testing import CliRunner
-from ome_zarr_models.v05.bioformats2raw import BioFormats2RawAttrs
-from ome_zarr_models.v05.image import Image
-from ome_zarr_models.v05.image_label import ImageLabel
-from ome_zarr_models.v05.labels import Labels
 from PIL import Image as PILImage
 from scipy import ndimage
 
@@ -23,6 +19,7 @@ from bigseg import io, pipeline, regions, store
 from bigseg.cli import main
 from bigseg.demo import add_data_bar, synth_micrograph
 from bigseg.model import Model
+from conftest import need
 
 FAST = ["--set", "chunk_size=64", "--set", "sample_size=6000", "--set", "max_iter=100", "-k", "3", "--quiet"]
 PIXEL_SIZE = 0.05      # micrometres per pixel of synth00, from the sidecar table; the others have none
@@ -53,26 +50,36 @@ def _ome(group) -> dict:
     return group.attrs["ome"]
 
 
+def _ngff(module: str, name: str):
+    """An OME-NGFF 0.5 model class of ome-zarr-models (the [test-full] extra): its ``from_zarr`` or
+    ``model_validate`` validates a group; a test using it skips without the package."""
+    return getattr(need(f"ome_zarr_models.v05.{module}", "validating store.zarr as OME-NGFF 0.5"), name)
+
+
+def _napari_reader():
+    """napari-ome-zarr's reader (the [test-full] extra), without napari's GUI."""
+    return need("napari_ome_zarr._reader", "opening store.zarr with napari-ome-zarr").napari_get_reader
+
+
 def test_every_image_label_and_map_validates_as_ngff_05(run_dir):
     root = zarr.open_group(str(run_dir / "store.zarr"), mode="r")
     ids = _ids(run_dir)
     assert len(ids) == 6
     for image_id in ids:
-        image = Image.from_zarr(root[f"images/{image_id}"])       # checks its labels' levels too
+        image = _ngff("image", "Image").from_zarr(root[f"images/{image_id}"])       # checks its labels' levels too
         assert image.labels is not None and image.labels.label_paths == ["phases"]
-        Labels.from_zarr(root[f"images/{image_id}/labels"])
-        label = ImageLabel.from_zarr(root[f"images/{image_id}/labels/phases"])
+        _ngff("labels", "Labels").from_zarr(root[f"images/{image_id}/labels"])
+        label = _ngff("image_label", "ImageLabel").from_zarr(root[f"images/{image_id}/labels/phases"])
         assert label.ome_attributes.image_label.source.image == "../../"
         for group in ("activations", "memberships"):
-            Image.from_zarr(root[f"{group}/{image_id}"])
-    attrs = BioFormats2RawAttrs.model_validate(_ome(root))
+            _ngff("image", "Image").from_zarr(root[f"{group}/{image_id}"])
+    attrs = _ngff("bioformats2raw", "BioFormats2RawAttrs").model_validate(_ome(root))
     assert attrs.bioformats2raw_layout == 3 and attrs.version == "0.5"
     assert _ome(root["OME"])["series"] == [f"images/{i}" for i in ids]
 
 
 def test_the_root_opens_whole_in_napari_ome_zarr(run_dir):
-    from napari_ome_zarr._reader import napari_get_reader
-
+    napari_get_reader = _napari_reader()
     root = zarr.open_group(str(run_dir / "store.zarr"), mode="r")
     ids = _ids(run_dir)
     reader = napari_get_reader(str(run_dir / "store.zarr"))
@@ -174,6 +181,7 @@ def _mean_levels(img, n):
 def test_pyramids_on_a_montage_segmented_band_by_band(tmp_path, monkeypatch):
     """Thresholds lowered so a 360x420 frame counts as a montage: read band by band (tiled TIFF) or whole
     (PNG), segmented in bands whose seams fall off the coarse grids, every level written in the same graph."""
+    validate = _ngff("image", "Image").from_zarr        # before the run: without the package the test skips at once
     img01, _ = synth_micrograph((360, 420), seed=5)
     grey = np.round(add_data_bar(img01) * 255).astype(np.uint8)
     inp = tmp_path / "in"
@@ -191,7 +199,7 @@ def test_pyramids_on_a_montage_segmented_band_by_band(tmp_path, monkeypatch):
     shapes = [(360, 420), (180, 210), (90, 105), (45, 53)]       # halved until the longer side <= 100
     for image_id in ("whole", "banded"):
         group = root[f"images/{image_id}"]
-        Image.from_zarr(group)
+        validate(group)
         datasets = _ome(group)["multiscales"][0]["datasets"]
         assert [d["path"] for d in datasets] == ["0", "1", "2", "3"]
         levels = [group[str(n)][:] for n in range(4)]
@@ -204,7 +212,7 @@ def test_pyramids_on_a_montage_segmented_band_by_band(tmp_path, monkeypatch):
             np.testing.assert_allclose(shift, [(2.0 ** n - 1) / 2] * 2)       # a mean's centre
         for path in (f"images/{image_id}/labels/phases", f"activations/{image_id}", f"memberships/{image_id}"):
             g = root[path]
-            Image.from_zarr(g)
+            validate(g)
             full = g["0"][:]
             assert len(_ome(g)["multiscales"][0]["datasets"]) == 4, path
             for n in range(1, 4):
@@ -215,8 +223,7 @@ def test_pyramids_on_a_montage_segmented_band_by_band(tmp_path, monkeypatch):
                 assert not shift.any()                                # a stride keeps pixel 0's centre
         lab = root[f"images/{image_id}/labels/phases/0"][:]
         np.testing.assert_array_equal(lab, io.read_label_mask(out / "labels" / f"{image_id}.tif") + 1)
-    from napari_ome_zarr._reader import napari_get_reader
-
+    napari_get_reader = _napari_reader()
     layers = napari_get_reader(str(out / "store.zarr"))()
     assert sorted(kind for _, _, kind in layers) == ["image", "image", "labels", "labels"]
     assert all([d.shape for d in data] == shapes for data, _, _ in layers)
@@ -275,8 +282,8 @@ def test_store_args_compute_each_block_once_and_fill_every_level(tmp_path, monke
         np.testing.assert_array_equal(root[f"activations/a/{n}"][:], acts[:, ::f, ::f])
         np.testing.assert_array_equal(root[f"images/a/labels/phases/{n}"][:], labels[::f, ::f] + 1)
     np.testing.assert_array_equal(lab_arr[:], labels)          # read back as phase indices
-    Image.from_zarr(root["images/a"])
-    Image.from_zarr(root["activations/a"])
+    _ngff("image", "Image").from_zarr(root["images/a"])
+    _ngff("image", "Image").from_zarr(root["activations/a"])
     # a whole-array write through the labels fills the pyramid too, and so does write_whole, without a graph
     lab_arr[...] = 2 - labels
     store.write_whole(act_arr, acts[::-1])
@@ -301,4 +308,4 @@ def test_index_lists_ingested_images_and_rename_follows(run_dir, tmp_path):
     label = _ome(root["images/synth00/labels/phases"])["image-label"]
     assert [p["name"] for p in label["properties"]] == ["unassigned"] + new
     assert store.rename_phases(root, new) == 0
-    ImageLabel.from_zarr(root["images/synth00/labels/phases"])
+    _ngff("image_label", "ImageLabel").from_zarr(root["images/synth00/labels/phases"])
