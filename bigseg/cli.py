@@ -122,11 +122,11 @@ def _settings(config, sets, n_components=None, base=None):
 
 
 def _explicit_keys(config, sets, overrides):
-    import yaml
+    from .config import read_config_file
 
     keys = set(overrides)
     if config:
-        keys |= set((yaml.safe_load(Path(config).read_text()) or {}).keys())
+        keys |= set(read_config_file(config))
     keys |= {s.split("=", 1)[0].strip() for s in sets}
     return keys
 
@@ -370,7 +370,10 @@ def evaluate(pred_dir, label_dir, n_classes, json_out):
     res = _guarded(lambda: evaluate_dirs(pred_dir, label_dir, n_classes))
     click.echo(format_report(res))
     if json_out:
-        atomic_write_text(json_out, json.dumps(res, indent=2))
+        try:
+            atomic_write_text(json_out, json.dumps(res, indent=2))
+        except OSError as exc:     # a folder not writable, a full disk: the path the user gave, not a temporary one
+            raise click.ClickException(f"--json {json_out}: cannot write there ({exc.strerror or exc})") from None
 
 
 @main.command(epilog=_examples("bigseg compare --input images/ --labels masks/ --out comparison -k 5",

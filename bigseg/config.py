@@ -22,6 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from .nnls import MAX_EXACT_K
+from .safety import excerpt, read_text, short_name
 
 
 class ConfigError(ValueError):
@@ -48,11 +49,11 @@ class Option:
 def _int(lo=None, hi=None):
     def check(key, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(v)}")
         if isinstance(v, float) and not math.isfinite(v):
             raise ConfigError(f"{key}: expected a finite integer, got {v}")
         if int(v) != v:
-            raise ConfigError(f"{key}: expected an integer, got {v!r}")
+            raise ConfigError(f"{key}: expected an integer, got {excerpt(v)}")
         v = int(v)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             raise ConfigError(f"{key}: must be in [{lo}, {hi if hi is not None else 'inf'}], got {v}")
@@ -63,7 +64,7 @@ def _int(lo=None, hi=None):
 def _float(lo=None, hi=None, lo_open=False):
     def check(key, v):
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {v!r}")
+            raise ConfigError(f"{key}: expected a number, got {excerpt(v)}")
         try:
             v = float(v)
         except OverflowError:      # an int beyond float's range
@@ -82,20 +83,20 @@ def _float(lo=None, hi=None, lo_open=False):
 def _choice(*choices):
     def check(key, v):
         if v not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {v!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {excerpt(v)}")
         return v
     return check
 
 
 def _text(key, v):
     if not isinstance(v, str) or not v:
-        raise ConfigError(f"{key}: expected a non-empty string, got {v!r}")
+        raise ConfigError(f"{key}: expected a non-empty string, got {excerpt(v)}")
     return v
 
 
 def _texts(key, v):
     if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-        raise ConfigError(f"{key}: expected a list of strings, got {v!r}")
+        raise ConfigError(f"{key}: expected a list of strings, got {excerpt(v)}")
     return list(v)
 
 
@@ -105,7 +106,7 @@ def _phase_names(key, v):
     from .phases import check_names
 
     if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: expected a list of names, one per phase in label order, got {v!r}")
+        raise ConfigError(f"{key}: expected a list of names, one per phase in label order, got {excerpt(v)}")
     try:
         return check_names(v, len(v), key)
     except ValueError as exc:
@@ -116,7 +117,7 @@ def _memory(key, v):
     import re
 
     if not isinstance(v, str) or not re.fullmatch(r"\s*\d+(\.\d+)?\s*[KMGT]i?B\s*", v, re.IGNORECASE):
-        raise ConfigError(f"{key}: expected a size such as '16GiB' or '64GB', got {v!r}")
+        raise ConfigError(f"{key}: expected a size such as '16GiB' or '64GB', got {excerpt(v)}")
     return v.strip()
 
 
@@ -134,9 +135,9 @@ def _bytes(key, v):
         try:
             n = int(parse_bytes(_memory(key, v)))
         except OverflowError:          # hundreds of digits read as a float overflow to inf
-            raise ConfigError(f"{key}: size {v!r} is not a finite number of bytes") from None
+            raise ConfigError(f"{key}: size {excerpt(v)} is not a finite number of bytes") from None
     if n > MAX_BYTES:
-        raise ConfigError(f"{key}: at most {MAX_BYTES} bytes (1 EiB), got {v!r}")
+        raise ConfigError(f"{key}: at most {MAX_BYTES} bytes (1 EiB), got {excerpt(v)}")
     return n
 
 
@@ -147,25 +148,38 @@ def _walltime(key, v):
         # YAML 1.1 reads an unquoted 01:30:00 as sexagesimal seconds (5400); give it back as written
         return f"{v // 3600:02d}:{v // 60 % 60:02d}:{v % 60:02d}"
     if not isinstance(v, str) or not re.fullmatch(r"(\d+-)?\d{1,3}(:\d{2}){0,2}", v):
-        raise ConfigError(f"{key}: expected a SLURM time such as '02:00:00' or '1-00:00:00', got {v!r}")
+        raise ConfigError(f"{key}: expected a SLURM time such as '02:00:00' or '1-00:00:00', got {excerpt(v)}")
     return v
+
+
+def _script_line(check):
+    """``check``, and then no control character (a newline would start a line of the job script of its
+    own) and no ``#SBATCH`` (a directive of its own inside a value)."""
+    def inner(key, v):
+        v = check(key, v)
+        for text in ([v] if isinstance(v, str) else v):
+            if any(ord(c) < 32 or ord(c) == 127 for c in text) or "#SBATCH" in text.upper():
+                raise ConfigError(f"{key}: {excerpt(text)} holds a control character or '#SBATCH'; each value "
+                                  f"is one line of the job script, written as given")
+        return v
+    return inner
 
 
 #: keys of the ``cluster`` section, each with its checker; passed to dask-jobqueue's SLURMCluster
 CLUSTER_KEYS = {
     "type": _choice("slurm"),
-    "queue": _text,
-    "account": _text,
+    "queue": _script_line(_text),
+    "account": _script_line(_text),
     "cores": _int(1),
     "processes": _int(1),
     "memory": _memory,
     "walltime": _walltime,
     "jobs": _int(1),
-    "interface": _text,
-    "local_directory": _text,
-    "log_directory": _text,
-    "job_extra_directives": _texts,
-    "job_script_prologue": _texts,
+    "interface": _script_line(_text),
+    "local_directory": _script_line(_text),
+    "log_directory": _script_line(_text),
+    "job_extra_directives": _script_line(_texts),
+    "job_script_prologue": _script_line(_texts),
 }
 CLUSTER_REQUIRED = ("type", "cores", "memory")
 
@@ -175,13 +189,13 @@ def _cluster(key, v):
         return None
     if not isinstance(v, dict):
         raise ConfigError(f"{key}: expected a mapping (type: slurm, queue, cores, memory, walltime, jobs, ...) "
-                          f"or null, got {v!r}")
+                          f"or null, got {excerpt(v)}")
     out = {"jobs": 1, "walltime": "01:00:00"}
     for sub, value in v.items():
         if sub not in CLUSTER_KEYS:
             near = difflib.get_close_matches(str(sub), CLUSTER_KEYS, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"unknown setting {key}.{sub}{hint}; allowed: {', '.join(CLUSTER_KEYS)}")
+            raise ConfigError(f"unknown setting {key}.{short_name(str(sub))}{hint}; allowed: {', '.join(CLUSTER_KEYS)}")
         out[sub] = CLUSTER_KEYS[sub](f"{key}.{sub}", value)
     missing = [k for k in CLUSTER_REQUIRED if k not in out]
     if missing:
@@ -203,7 +217,7 @@ def _auto_or(check):
 
 def _bool(key, v):
     if not isinstance(v, bool):
-        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+        raise ConfigError(f"{key}: expected true or false, got {excerpt(v)}")
     return v
 
 
@@ -234,24 +248,24 @@ def _resize(key, v):
         try:
             v = [int(p) for p in v.lower().split("x")]
         except ValueError:
-            raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}") from None
+            raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {excerpt(v)}") from None
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {v!r}")
+        raise ConfigError(f"{key}: expected 'native', 'physical', N, HxW or [H, W]; got {excerpt(v)}")
     return [_int(8, MAX_RESIZE_SIDE)(key, p) for p in v]
 
 
 def _path(key, v):
     if not isinstance(v, str) or not v:
-        raise ConfigError(f"{key}: expected a file path, got {v!r}")
+        raise ConfigError(f"{key}: expected a file path, got {excerpt(v)}")
     return v
 
 
 def _percentiles(key, v):
     if not isinstance(v, (list, tuple)) or len(v) != 2:
-        raise ConfigError(f"{key}: expected [low, high] percentiles, got {v!r}")
+        raise ConfigError(f"{key}: expected [low, high] percentiles, got {excerpt(v)}")
     lo, hi = (_float(0, 100)(key, p) for p in v)
     if lo >= hi:
-        raise ConfigError(f"{key}: low percentile must be below high, got {v!r}")
+        raise ConfigError(f"{key}: low percentile must be below high, got {excerpt(v)}")
     return [lo, hi]
 
 
@@ -272,14 +286,14 @@ def _too_many(key, v):
 
 def _sigmas(key, v):
     if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: expected a non-empty list of positive numbers, got {v!r}")
+        raise ConfigError(f"{key}: expected a non-empty list of positive numbers, got {excerpt(v)}")
     _too_many(key, v)
     return [_float(0, MAX_SIGMA, lo_open=True)(key, s) for s in v]
 
 
 def _odd_sizes(key, v):
     if not isinstance(v, (list, tuple)) or not v:
-        raise ConfigError(f"{key}: expected a non-empty list of odd window sides >= 3, got {v!r}")
+        raise ConfigError(f"{key}: expected a non-empty list of odd window sides >= 3, got {excerpt(v)}")
     _too_many(key, v)
     sizes = [_int(3, MAX_WINDOW)(key, s) for s in v]
     even = [s for s in sizes if s % 2 == 0]
@@ -452,12 +466,12 @@ def _features_check(key, v):
         return v
     if not isinstance(v, (list, tuple)) or not v:
         raise ConfigError(f"{key}: expected a preset ({', '.join(FEATURE_PRESETS)}) or a non-empty list from "
-                          f"{', '.join(FEATURE_NAMES)}; got {v!r}")
+                          f"{', '.join(FEATURE_NAMES)}; got {excerpt(v)}")
     bad = [f for f in v if f not in FEATURE_NAMES]
     if bad:
-        raise ConfigError(f"{key}: unknown feature {bad[0]!r}; allowed: {', '.join(FEATURE_NAMES)}")
+        raise ConfigError(f"{key}: unknown feature {excerpt(bad[0])}; allowed: {', '.join(FEATURE_NAMES)}")
     if len(set(v)) != len(v):
-        raise ConfigError(f"{key}: features listed twice in {v!r}")
+        raise ConfigError(f"{key}: features listed twice in {excerpt(v)}")
     return list(v)
 
 
@@ -487,10 +501,13 @@ def defaults() -> dict[str, Any]:
     return {k: (list(o.default) if isinstance(o.default, list) else o.default) for k, o in OPTIONS.items()}
 
 
-def _unknown(key: str) -> ConfigError:
-    near = difflib.get_close_matches(key, OPTIONS, n=1)
+def _unknown(key) -> ConfigError:
+    # YAML reads unquoted yes, no, on, off and numbers as other types than strings
+    near = difflib.get_close_matches(key, OPTIONS, n=1) if isinstance(key, str) else []
     hint = f" (did you mean {near[0]!r}?)" if near else ""
-    return ConfigError(f"unknown setting {key!r}{hint}; allowed: {', '.join(OPTIONS)}")
+    if not isinstance(key, str):
+        hint = f" (YAML reads this key as a {type(key).__name__}, not as text: setting names are words)"
+    return ConfigError(f"unknown setting {excerpt(key)}{hint}; allowed: {', '.join(OPTIONS)}")
 
 
 def validate(settings: dict[str, Any]) -> dict[str, Any]:
@@ -522,7 +539,7 @@ def validate(settings: dict[str, Any]) -> dict[str, Any]:
     n_features = len(feature_names(out))
     if out["n_components"] != "auto" and out["n_components"] > n_features:
         # NNDSVD and the exact solve both need at least as many features as components
-        raise ConfigError(f"n_components: {out['n_components']} components but features {out['features']!r} "
+        raise ConfigError(f"n_components: {out['n_components']} components but features {excerpt(out['features'])} "
                           f"compute only {n_features}; lower n_components or add features")
     return out
 
@@ -567,18 +584,119 @@ def _one_line(exc) -> str:
     return " ".join(f"{problem}{where}".split())
 
 
+#: deepest nesting of lists and mappings a settings value may have (the schema's deepest is 3)
+MAX_YAML_DEPTH = 32
+#: most values a settings file or ``--set`` value may stand for once every alias is expanded: a file of
+#: aliases of aliases ("billion laughs") stands for 10^9 from a few lines
+MAX_YAML_VALUES = 100_000
+#: largest settings file read
+MAX_CONFIG_BYTES = 2**20
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML document bigseg will not read (too deep, too large once expanded, a key given twice)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with its nesting bounded and every mapping's keys checked to differ."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        # the composer recurses per level: bounded here, a 50,000-deep list is one line, not a RecursionError
+        if self._depth >= MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep", self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    again = key in seen
+                    seen.add(key)
+                except TypeError:        # an unhashable key: PyYAML's own error names it
+                    continue
+                if again:
+                    raise _Refused(None, None, f"the key {excerpt(key)} is given twice (which one holds?)",
+                                   key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded(node, memo: dict) -> tuple[int, int]:
+    """How many values ``node`` stands for with every alias expanded (shared nodes counted each time), and
+    how deep it nests then."""
+    key = id(node)
+    if key not in memo:
+        memo[key] = (1, 1)     # a node that holds itself counts once here; the depth bound stops it anyway
+        children = node.value if isinstance(node, yaml.SequenceNode) else \
+            [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else []
+        sizes = [_expanded(child, memo) for child in children]
+        memo[key] = (1 + sum(n for n, _ in sizes), 1 + max((d for _, d in sizes), default=0))
+    return memo[key]
+
+
+def read_yaml(text: str):
+    """``text`` read as YAML by the safe loader, bounded: at most ``MAX_YAML_DEPTH`` levels deep, at most
+    ``MAX_YAML_VALUES`` values with aliases expanded, no key twice in one mapping. Raises ``yaml.YAMLError``
+    (one line by :func:`_one_line`) otherwise."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            size, depth = _expanded(node, {})
+        except RecursionError:         # aliases of deep values nested in each other
+            size, depth = 0, MAX_YAML_DEPTH + 1
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(None, None, f"nested more than {MAX_YAML_DEPTH} levels deep once its aliases are "
+                           f"expanded", node.start_mark)
+        if size > MAX_YAML_VALUES:
+            raise _Refused(None, None, f"stands for {size} values once its aliases are expanded, more than the "
+                           f"{MAX_YAML_VALUES} settings may have (aliases of aliases?)", node.start_mark)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_config_file(path) -> dict:
+    """The mapping a settings file holds, unchecked: read bounded (a regular file of at most
+    ``MAX_CONFIG_BYTES``, UTF-8) and by :func:`read_yaml`. Raises ``ConfigError`` in one line naming it."""
+    try:
+        text = read_text(path, "config", MAX_CONFIG_BYTES)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:          # not a regular file, too large, not UTF-8
+        raise ConfigError(str(exc)) from None
+    try:
+        raw = read_yaml(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {_one_line(exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of key: value")
+    return raw
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``key=value`` with the value read as YAML (so numbers, lists and null work)."""
     if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got {text!r}")
+        raise ConfigError(f"--set expects key=value, got {excerpt(text)}")
     key, raw = text.split("=", 1)
     key = key.strip()
     if key not in OPTIONS:
         raise _unknown(key)
     try:
-        value = yaml.safe_load(raw)
+        value = read_yaml(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot read value {raw!r}: {_one_line(exc)}") from None
+        raise ConfigError(f"{key}: cannot read value {excerpt(raw)}: {_one_line(exc)}") from None
     return key, value
 
 
@@ -588,16 +706,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {path} is not valid YAML: {_one_line(exc)}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {path} must be a mapping of key: value")
+        raw = read_config_file(path)
         for key in raw:
             if key not in OPTIONS:
                 err = _unknown(key)
@@ -848,7 +957,7 @@ class Settings(Mapping):
         return sorted(set(super().__dir__()) | set(self._items))
 
     def __repr__(self):
-        changed = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if _norm(v) != _norm(OPTIONS[k].default))
+        changed = ", ".join(f"{k}={excerpt(v)}" for k, v in self.to_dict().items() if _norm(v) != _norm(OPTIONS[k].default))
         return f"{type(self).__name__}({changed})"
 
 

@@ -9,11 +9,14 @@ with each cluster mapped to its majority class, and the adjusted Rand index.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from .io import IMAGE_SUFFIXES, read_label_mask
+from .io import IMAGE_SUFFIXES, ImageReadError, read_label_mask
+
+log = logging.getLogger("bigseg")
 
 
 def confusion(truth: np.ndarray, pred: np.ndarray, n_classes: int, n_clusters: int) -> np.ndarray:
@@ -84,43 +87,105 @@ def resize_nearest(pred: np.ndarray, shape) -> np.ndarray:
     return pred[np.minimum(ry, pred.shape[0] - 1)][:, np.minimum(rx, pred.shape[1] - 1)]
 
 
+def prediction_dir(pred_dir) -> Path:
+    """The folder of label maps: ``pred_dir`` itself, or its ``labels/`` when it is a run's output folder."""
+    pred_dir = Path(pred_dir)
+    labels = pred_dir / "labels"
+    if labels.is_dir() and not labels.is_symlink() and not any(_images_in(pred_dir)):
+        return labels
+    return pred_dir
+
+
+def _images_in(folder) -> list[Path]:
+    return [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def pair_files(pred_dir, label_dir) -> tuple[list[tuple[str, Path, Path]], list[str]]:
     """(stem, prediction, mask) for every stem in both folders, and stems only in the masks."""
-    preds = {p.stem: p for p in Path(pred_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in Path(label_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    preds = {p.stem: p for p in _images_in(prediction_dir(pred_dir))}
+    masks = {p.stem: p for p in _images_in(label_dir)}
     pairs = [(s, preds[s], masks[s]) for s in sorted(masks) if s in preds]
     return pairs, sorted(set(masks) - set(preds))
 
 
-#: more distinct values than this in one mask means it is an image, not a class-index mask
+#: more distinct values than this in one mask or label map means it is a picture, not class indices; also
+#: the largest class index either may hold (a class count beyond it allocates a confusion matrix of GiB)
 MAX_CLASSES = 64
+#: the smallest side a prediction of another size than its mask may have to be compared after a resize
+MIN_RESIZED_SIDE = 8
 
 
-def _mask(path) -> np.ndarray:
+def _label_map(path, what: str, n_classes: int | None = None) -> np.ndarray:
+    """A mask (``what="mask"``) or prediction read and checked to be class indices; one line naming the file
+    otherwise: colour pictures (an overlay, coloured masks), grey micrographs, or indices beyond the bound."""
     try:
-        return read_label_mask(path)
+        arr = read_label_mask(path)
+    except ValueError:
+        raise
+    except ImageReadError as exc:     # not a regular file, too large: already one line naming it
+        raise ValueError(str(exc)) from None
     except Exception as exc:   # one line naming the file, whatever the reader raised
-        raise ValueError(f"{path}: unreadable mask ({type(exc).__name__}: {exc})") from None
+        raise ValueError(f"{path}: unreadable {what} ({type(exc).__name__}: {' '.join(str(exc).split())})") \
+            from None
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.ndim != 2 or arr.dtype.kind not in "ui":
+        raise ValueError(f"{path}: a {arr.dtype} image of shape {arr.shape} is no {what} of class indices "
+                         f"(a label map is one integer channel: 0, 1, ... per class)")
+    if arr.size == 0:
+        raise ValueError(f"{path}: empty {what}")
+    top, bottom = int(arr.max()), int(arr.min())
+    if n_classes is not None and top >= n_classes:
+        raise ValueError(f"{path}: holds class {top}, but --n-classes is {n_classes}")
+    distinct = np.unique(arr).size
+    if distinct > max(MAX_CLASSES, n_classes or 0):
+        raise ValueError(f"{path}: holds {distinct} distinct values, not class indices (a {what} stores 0, 1, "
+                         f"... per class); a micrograph or a picture? check the folder")
+    if bottom < 0 or (n_classes is None and top >= MAX_CLASSES):
+        raise ValueError(f"{path}: holds the value {bottom if bottom < 0 else top}, no class index (they run "
+                         f"0 to {MAX_CLASSES - 1} here; give --n-classes for more)")
+    return arr
+
+
+def _matched(pred: np.ndarray, truth: np.ndarray, pred_path, mask_path) -> np.ndarray:
+    """``pred`` on the mask's grid: as is when the shapes agree; resized (nearest) only when it is the same
+    picture at another scale; refused naming both files otherwise (transposed, cropped otherwise, tiny)."""
+    if pred.shape == truth.shape:
+        return pred
+    (ph, pw), (th, tw) = pred.shape, truth.shape
+    if ph * tw != pw * th or min(ph, pw) < MIN_RESIZED_SIDE:
+        why = "transposed" if (ph, pw) == (tw, th) else "another aspect ratio" if ph * tw != pw * th else "too small"
+        raise ValueError(f"{pred_path}: {ph} x {pw} pixels (rows x columns) against {th} x {tw} in the mask "
+                         f"{mask_path} ({why}): they do not show the same pixels; segment with the crop the masks "
+                         f"were drawn on (crop_bottom) or check the pairing")
+    log.warning("%s: %d x %d pixels resized (nearest) to the mask's %d x %d", pred_path, ph, pw, th, tw)
+    return resize_nearest(pred, truth.shape)
 
 
 def evaluate_dirs(pred_dir, label_dir, n_classes: int | None = None, class_names=None) -> dict:
-    """Pooled scores of every label PNG in ``pred_dir`` that has a mask of the same stem."""
+    """Pooled scores of every label map in ``pred_dir`` (or in its ``labels/``, for a run's output folder)
+    that has a mask of the same stem.
+
+    Raises ``ValueError`` in one line naming the file for a mask or
+    prediction that is no map of class indices (colour, more than
+    ``MAX_CLASSES`` values or indices) or one that shows other pixels than its
+    mask (transposed, another aspect ratio).
+    """
+    if n_classes is not None and n_classes > MAX_CLASSES ** 2:
+        raise ValueError(f"--n-classes {n_classes}: at most {MAX_CLASSES ** 2} classes")
     pairs, missing = pair_files(pred_dir, label_dir)
     if not pairs:
-        raise FileNotFoundError(f"no prediction in {pred_dir} has a mask of the same name in {label_dir}")
-    loaded = [(_mask(m), _mask(p)) for _, p, m in pairs]
-    for (_, _, m), (truth, _) in zip(pairs, loaded):
-        if n_classes is not None and truth.max() >= n_classes:
-            raise ValueError(f"{m}: holds class {int(truth.max())}, but --n-classes is {n_classes}")
-        distinct = np.unique(truth).size
-        if n_classes is None and distinct > MAX_CLASSES:
-            raise ValueError(f"{m}: holds {distinct} distinct values, not class indices (a mask stores 0, 1, "
-                             f"... per class); check --labels, or give --n-classes")
+        raise FileNotFoundError(f"no prediction in {prediction_dir(pred_dir)} has a mask of the same name in "
+                                f"{label_dir}")
+    loaded = []
+    for _, p, m in pairs:
+        truth = _label_map(m, "mask", n_classes)
+        loaded.append((truth, _matched(_label_map(p, "prediction"), truth, p, m)))
     n_cls = n_classes or int(max(t.max() for t, _ in loaded)) + 1
     n_clu = int(max(p.max() for _, p in loaded)) + 1
     cm = np.zeros((n_cls, n_clu), np.int64)
     for truth, pred in loaded:
-        cm += confusion(truth, resize_nearest(pred, truth.shape), n_cls, n_clu)
+        cm += confusion(truth, pred, n_cls, n_clu)
     out = scores(cm, class_names)
     out.update({"images": len(pairs), "missing_predictions": missing, "confusion": cm.tolist()})
     return out

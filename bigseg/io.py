@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import temp_prefix
+from .safety import MAX_TEXT_BYTES, UnsafeFileError, check_regular, excerpt, read_text, short_name, temp_prefix
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 #: a folder with this suffix is one image (a Zarr array or an OME-Zarr image), not a folder of images
@@ -53,6 +53,8 @@ def find_images(inputs) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         text = str(item)
+        if not text.strip():      # Path("") is the current folder: an empty --input is a slip, not a choice
+            raise FileNotFoundError("an input is empty (--input ''); give a file, a folder or a quoted glob")
         p = Path(text)
         if p.is_dir() and p.suffix.lower() != ZARR_SUFFIX:
             found += sorted(q for q in p.iterdir() if _is_image(q))
@@ -63,9 +65,9 @@ def find_images(inputs) -> list[Path]:
             matches = sorted(Path(m) for m in glob.glob(text, recursive=True))
             found += [m for m in matches if _is_image(m)]
             if not matches:
-                raise FileNotFoundError(f"input pattern {text!r} matches no file")
+                raise FileNotFoundError(f"input pattern {excerpt(text)} matches no file")
         else:
-            raise FileNotFoundError(f"input {text!r} is neither a file, a folder nor a glob")
+            raise FileNotFoundError(f"input {excerpt(text)} is neither a file, a folder nor a glob")
     unique, seen = [], set()
     for f in found:
         key = f.resolve()
@@ -100,7 +102,25 @@ def _is_image(p: Path) -> bool:
 
 def _refuse_broken_link(path: Path, source: str) -> None:
     if path.is_symlink() and not path.exists():
-        raise ImageReadError(f"{source}: broken symbolic link to {os.readlink(path)}")
+        raise ImageReadError(f"{source}: broken symbolic link to {short_name(os.readlink(path), 240)}")
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """Largest image file read for a limit of ``max_pixels``: four 32-bit channels a pixel, and room for
+    metadata; anything larger is no image bigseg would decode."""
+    return int(max_pixels) * 16 + 2**26
+
+
+def check_image_file(path, source: str, max_pixels: int = MAX_IMAGE_PIXELS, what: str = "image") -> None:
+    """Refuse, before it is opened, an image that is no regular file (a device such as ``/dev/urandom``,
+    a FIFO, which would block) or larger than any image of ``max_pixels`` pixels; the message names it."""
+    _refuse_broken_link(Path(path), source)
+    try:
+        check_regular(path, what, max_file_bytes(max_pixels))
+    except UnsafeFileError as exc:
+        raise ImageReadError(str(exc)) from None
+    except OSError as exc:
+        raise ImageReadError(f"{source}: cannot read ({exc.strerror or exc})") from None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -399,7 +419,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
     path = Path(path)
     source = str(path)
     pixel_size = pixel_size_source = None
-    _refuse_broken_link(path, source)
+    check_image_file(path, source, max_pixels)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -484,7 +504,7 @@ def is_chunked_input(path) -> bool:
     path = Path(path)
     if path.is_dir():
         return path.suffix.lower() == ZARR_SUFFIX
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if path.suffix.lower() not in (".tif", ".tiff") or not path.is_file():   # a FIFO would block the open
         return False
     try:
         import tifffile
@@ -514,6 +534,8 @@ class ChunkedImage:
         self._store = None
         self._tiff = None
         path = Path(path)
+        if not path.is_dir():
+            check_image_file(path, self.source, max_pixels)
         _refuse_broken_link(path, self.source)
         try:
             if path.is_dir():
@@ -696,26 +718,39 @@ def read_pixel_sizes(path) -> dict[str, float]:
 
     path = Path(path)
     try:
-        rows = list(csv.DictReader(path.read_text().splitlines()))
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would hide the first column's name
+        text = read_text(path, "pixel_size_csv", MAX_TEXT_BYTES)
     except OSError as exc:
-        raise FileNotFoundError(f"pixel_size_csv {path}: {exc}") from None
+        raise FileNotFoundError(f"pixel_size_csv {path}: {exc.strerror or exc}") from None
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise ValueError(f"pixel_size_csv {path}: not a readable CSV table ({exc})") from None
     if not rows or not {"image", "pixel_size_um"} <= set(rows[0]):
         raise ValueError(f"pixel_size_csv {path}: needs the columns image,pixel_size_um")
-    out = {}
+    out, lines = {}, {}
     for n, row in enumerate(rows, start=2):
         try:
             value = float(row["pixel_size_um"])
         except (TypeError, ValueError):
             value = -1.0
-        if not value > 0:
-            raise ValueError(f"pixel_size_csv {path}, line {n}: pixel_size_um {row['pixel_size_um']!r} "
+        if not 0 < value < math.inf:
+            raise ValueError(f"pixel_size_csv {path}, line {n}: pixel_size_um {excerpt(row['pixel_size_um'])} "
                              f"is not a positive number")
-        out[Path(row["image"]).stem] = value
+        if not row["image"]:
+            raise ValueError(f"pixel_size_csv {path}, line {n}: no image name")
+        stem = Path(row["image"]).stem
+        if stem in out and out[stem] != value:
+            raise ValueError(f"pixel_size_csv {path}, lines {lines[stem]} and {n}: image {excerpt(stem)} has two "
+                             f"pixel sizes ({out[stem]:g} and {value:g} um); keep one row")
+        out[stem] = value
+        lines.setdefault(stem, n)
     return out
 
 
 def read_label_mask(path) -> np.ndarray:
     """A class-index mask (any channel count with identical channels) as uint8/uint16 2-D."""
+    check_image_file(path, str(path), what="mask")
     if Path(path).suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
@@ -726,6 +761,11 @@ def read_label_mask(path) -> np.ndarray:
         with Image.open(path) as im:
             arr = np.asarray(im)
     if arr.ndim == 3:
+        colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+        if np.any(colour != colour[..., :1]):
+            raise ValueError(f"{path}: a colour picture ({arr.shape[-1]} channels that differ), not a map of "
+                             f"class indices (one channel: 0, 1, ... per class); coloured masks show classes, "
+                             f"index masks store them")
         arr = arr[..., 0]
     return arr
 

@@ -621,11 +621,14 @@ def file_identity(path) -> dict | None:
     as ingesting it.
     """
     import hashlib
+    import stat
 
     path = Path(path)
     digest = hashlib.sha256()
     try:
         st = path.stat()
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            return None     # a device or FIFO is never hashed (it may never end): reading it refuses it by name
         if path.is_dir():
             for f in sorted(p for p in path.rglob("*") if p.is_file()):
                 fs = f.stat()

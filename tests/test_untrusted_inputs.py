@@ -1,0 +1,246 @@
+"""Inputs that could hang a run, exhaust its memory, end in a traceback or score garbage: each is refused at
+once with one line naming the file or key. Every bad file is made here."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from bigseg import config, evaluate, io
+from bigseg.cli import main
+
+FAST = ["--set", "resize=native", "--set", "chunk_size=64", "--set", "sample_size=3000", "--set", "max_iter=60",
+        "-k", "2", "--quiet"]
+#: a YAML flow list that stands for 9^8 (43 million) strings from one line
+LAUGHS = ("[&a [lol,lol,lol,lol,lol,lol,lol,lol,lol], "
+          + ", ".join(f"&{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in zip("abcdefg", "bcdefgh")) + "]")
+
+
+def _invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _error(res, exit_code=None) -> str:
+    """The single ``Error:`` line of a command that failed, checked to be short and alone."""
+    assert "Traceback" not in res.output and res.exception is None or isinstance(res.exception, SystemExit), \
+        res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1, res.output
+    assert len(lines[0]) < 1500, lines[0][:2000]     # the list of allowed keys is the longest part
+    if exit_code is not None:
+        assert res.exit_code == exit_code, res.output
+    return lines[0]
+
+
+# --- files that never end or block ---------------------------------------------------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+def test_a_config_that_is_a_device_is_refused_unread(device):
+    line = _error(_invoke("config", device))
+    assert device in line and "character device" in line
+
+
+@pytest.mark.timeout(60)
+def test_a_config_that_is_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "settings.yaml"
+    os.mkfifo(fifo)
+    line = _error(_invoke("config", fifo))
+    assert str(fifo) in line and "FIFO" in line
+
+
+@pytest.mark.timeout(60)
+def test_a_config_larger_than_any_settings_file_is_refused(tmp_path):
+    big = tmp_path / "big.yaml"
+    big.write_text("# " + "x" * (config.MAX_CONFIG_BYTES + 10) + "\n")
+    assert str(big) in _error(_invoke("config", big))
+
+
+@pytest.mark.timeout(60)
+def test_pixel_size_csv_that_is_a_device_is_refused_by_name(tmp_path, synth_dir):
+    res = _invoke("run", "--input", synth_dir / "images", "--out", tmp_path / "o", "--set",
+                  "pixel_size_csv=/dev/zero", *FAST)
+    line = _error(res, 1)
+    assert "pixel_size_csv /dev/zero" in line and "character device" in line
+
+
+@pytest.mark.timeout(60)
+def test_an_input_that_is_a_device_or_fifo_is_skipped_by_name_without_hashing_it(tmp_path):
+    fifo = tmp_path / "pipe.tif"
+    os.mkfifo(fifo)
+    for item in ("/dev/urandom", fifo):
+        res = _invoke("run", "--input", item, "--out", tmp_path / "o", *FAST)
+        line = _error(res, 1)
+        assert "every input was skipped" in line and str(item) in line, line
+
+
+def test_an_empty_input_is_refused_not_taken_as_the_current_folder(tmp_path):
+    line = _error(_invoke("run", "--input", "", "--out", tmp_path / "o", *FAST), 1)
+    assert "--input ''" in line
+
+
+def test_a_mask_that_is_a_device_is_refused_by_name(tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "m").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "p" / "a.png")
+    fifo = tmp_path / "m" / "a.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="FIFO"):
+        evaluate.evaluate_dirs(tmp_path / "p", tmp_path / "m")
+
+
+# --- YAML that explodes, nests too deep, or says a key twice -----------------------------
+
+@pytest.mark.timeout(60)
+def test_billion_laughs_in_a_config_or_a_set_is_refused_quickly_in_one_short_line(tmp_path):
+    cfg = tmp_path / "laughs.yaml"
+    cfg.write_text(f"phase_names: {LAUGHS}\n")
+    t = time.perf_counter()
+    assert "aliases" in _error(_invoke("config", cfg))
+    for key in ("phase_names", "blur_sigmas", "features"):
+        assert "aliases" in _error(_invoke("config", "--set", f"{key}={LAUGHS}"))
+    assert time.perf_counter() - t < 20
+
+
+def test_a_deeply_nested_yaml_value_is_one_line_not_a_recursion_error(tmp_path):
+    cfg = tmp_path / "deep.yaml"
+    cfg.write_text("features: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    line = _error(_invoke("config", cfg))
+    assert "nested more than" in line and str(cfg) in line
+    assert "nested more than" in _error(_invoke("config", "--set", "blur_sigmas=" + "[" * 50_000))
+
+
+def test_a_key_given_twice_is_refused_naming_it(tmp_path):
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text("n_components: 3\nresize: 256\nn_components: 4\n")
+    line = _error(_invoke("config", cfg))
+    assert "'n_components' is given twice" in line and "line 3" in line
+
+
+@pytest.mark.parametrize("text, shown", [("yes: 1\n", "True"), ("1: 2\n", "1"), ("null: 2\n", "None")])
+def test_keys_yaml_reads_as_no_text_are_one_line(tmp_path, text, shown):
+    cfg = tmp_path / "keys.yaml"
+    cfg.write_text(text)
+    line = _error(_invoke("config", cfg))
+    assert f"unknown setting {shown}" in line and "not as text" in line
+
+
+def test_a_latin1_config_is_one_line_naming_the_file(tmp_path):
+    cfg = tmp_path / "latin.yaml"
+    cfg.write_bytes("# r\u00e9glages\nresize: 256\n".encode("latin-1"))
+    line = _error(_invoke("run", cfg, "--input", tmp_path, "--out", tmp_path / "o"))
+    assert str(cfg) in line and "not UTF-8" in line and "line 1" in line
+
+
+def test_values_quoted_in_messages_are_bounded(tmp_path):
+    long_name = "x" * 100_000
+    line = _error(_invoke("config", "--set", f"resize={long_name}"))
+    assert "..." in line
+    line = _error(_invoke("run", "--input", tmp_path / long_name[:200], "--out", tmp_path / "o"))
+    assert "..." in line
+
+
+# --- pixel_size_csv as spreadsheets write it ----------------------------------------------
+
+def test_pixel_size_csv_with_a_byte_order_mark_is_read(tmp_path):
+    table = tmp_path / "px.csv"
+    table.write_bytes("image,pixel_size_um\r\na.tif,0.5\r\n".encode("utf-8-sig"))
+    assert io.read_pixel_sizes(table) == {"a": 0.5}
+
+
+def test_pixel_size_csv_rows_that_disagree_are_refused_naming_the_image(tmp_path):
+    table = tmp_path / "px.csv"
+    table.write_text("image,pixel_size_um\na.tif,0.5\nb.tif,1\na.png,0.7\n")
+    with pytest.raises(ValueError, match=r"lines 2 and 4: image 'a' has two pixel sizes"):
+        io.read_pixel_sizes(table)
+    table.write_text("image,pixel_size_um\na.tif,0.5\na.tif,0.5\n")
+    assert io.read_pixel_sizes(table) == {"a": 0.5}
+
+
+# --- evaluate: only label maps, on the same pixels -----------------------------------------
+
+def _folders(tmp_path):
+    p, m = tmp_path / "p", tmp_path / "m"
+    p.mkdir()
+    m.mkdir()
+    return p, m
+
+
+def _two_class(shape=(20, 30)):
+    a = np.zeros(shape, np.uint8)
+    a[:, shape[1] // 2:] = 1
+    return a
+
+
+def test_a_uint16_mask_holding_65535_is_refused_not_allocated(tmp_path):
+    p, m = _folders(tmp_path)
+    mask = _two_class().astype(np.uint16)
+    mask[0, 0] = 65535
+    Image.fromarray(mask).save(m / "a.png")
+    Image.fromarray(_two_class()).save(p / "a.png")
+    line = _error(_invoke("evaluate", p, "--labels", m), 1)
+    assert str(m / "a.png") in line and "65535" in line
+
+
+def test_evaluate_json_to_an_unwritable_path_is_one_line_naming_it(tmp_path):
+    p, m = _folders(tmp_path)
+    Image.fromarray(_two_class()).save(m / "a.png")
+    Image.fromarray(_two_class()).save(p / "a.png")
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "scores.json"
+    line = _error(_invoke("evaluate", p, "--labels", m, "--json", target), 1)
+    assert str(target) in line
+
+
+@pytest.mark.parametrize("picture", ["rgb", "grey micrograph", "overlay"])
+def test_predictions_that_are_no_label_maps_are_refused(tmp_path, picture):
+    p, m = _folders(tmp_path)
+    Image.fromarray(_two_class()).save(m / "a.png")
+    rng = np.random.default_rng(0)
+    if picture == "grey micrograph":
+        arr = rng.integers(0, 256, (20, 30)).astype(np.uint8)
+    else:
+        arr = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(arr).save(p / "a.png")
+    line = _error(_invoke("evaluate", p, "--labels", m), 1)
+    assert str(p / "a.png") in line and ("colour" in line or "distinct values" in line)
+
+
+def test_coloured_masks_are_refused(tmp_path):
+    p, m = _folders(tmp_path)
+    colours = np.array([[255, 0, 0], [0, 0, 255]], np.uint8)
+    Image.fromarray(colours[_two_class()]).save(m / "a.png")
+    Image.fromarray(_two_class()).save(p / "a.png")
+    line = _error(_invoke("evaluate", p, "--labels", m), 1)
+    assert str(m / "a.png") in line and "colour" in line
+
+
+def test_a_run_folder_is_taken_as_its_labels(tmp_path):
+    p, m = _folders(tmp_path)
+    (p / "labels").mkdir()
+    (p / "overlay").mkdir()
+    Image.fromarray(_two_class()).save(m / "a.png")
+    Image.fromarray(1 - _two_class()).save(p / "labels" / "a.png")
+    Image.fromarray(np.full((20, 30, 3), [9, 80, 200], np.uint8)).save(p / "overlay" / "a.png")
+    assert evaluate.evaluate_dirs(p, m)["mean_iou"] == 1.0
+
+
+@pytest.mark.parametrize("shape, why", [((30, 20), "transposed"), ((1, 1), "another aspect ratio"),
+                                        ((18, 30), "another aspect ratio")])
+def test_predictions_showing_other_pixels_than_their_mask_are_refused_by_name(tmp_path, shape, why):
+    p, m = _folders(tmp_path)
+    Image.fromarray(_two_class()).save(m / "a.png")
+    Image.fromarray(_two_class(shape)).save(p / "a.png")
+    line = _error(_invoke("evaluate", p, "--labels", m), 1)
+    assert str(p / "a.png") in line and why in line
+
+
+@pytest.mark.parametrize("key, value", [("queue", "normal\n#SBATCH --uid=0"), ("account", "a#SBATCH"),
+                                        ("job_extra_directives", ["--qos=x\nrm -rf ~"])])
+def test_cluster_values_that_would_add_lines_to_the_job_script_are_refused(key, value):
+    cluster = {"type": "slurm", "cores": 4, "memory": "8GiB", key: value}
+    with pytest.raises(config.ConfigError, match=f"cluster.{key}: .*control character or '#SBATCH'"):
+        config.validate({"cluster": cluster})
