@@ -233,8 +233,7 @@ def image_features(grey: np.ndarray, settings: dict, pixel_size: float | None = 
     The in-memory twin of :func:`lazy_features`: the same numbers (the chunked
     features have exact halos), without a dask graph, for an image whose
     features fit in memory. :func:`image_activations` takes this path for an
-    image of one chunk; ``bigseg compare``'s baselines and
-    ``scripts/feature_ceiling.py`` take it for every image.
+    image of one chunk; ``bigseg compare``'s baselines take it for every image.
 
     Parameters
     ----------

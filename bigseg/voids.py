@@ -14,16 +14,16 @@ already smooth at), on whose sample the fit looks for the mode
 (:data:`PIXEL_SIGMA`), on which each pixel is decided. The smoothing serves to
 see the mode above the detector's noise; it would also spread each void's edge
 over a few pixels, so a pixel is a void by its own level, with only its
-single-pixel noise taken out (``scripts/rare_class_study.py --parts
-void-decision``). Where a mode exists, the pixels below its threshold
-become one phase, label 0, and NMF fits the other phases on the remaining pixels.
+single-pixel noise taken out (docs/method.md: how the defaults were chosen).
+Where a mode exists, the pixels below its threshold become one phase, label 0,
+and NMF fits the other phases on the remaining pixels.
 
 The test has no constant tuned on one set: the Tukey fence (Q1 - 1.5 IQR,
 the conventional outlier fence), bins of a tenth of the IQR smoothed by
 [1, 2, 1] / 4, and a dip of :data:`DIP` times and three Poisson standard
-deviations between the mode's peak and the fence. ``scripts/rare_class_study.py
---parts dark-mode-trigger`` counts where it fires: every collection with pores
-and MetalDAM (cracks), none of 39 others.
+deviations between the mode's peak and the fence. It fires on every collection
+with pores that was tried and on MetalDAM (cracks), and on none of 39 others
+(docs/method.md).
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def test_chunked_computation_equals_one_block(fitted):
 
 
 def test_in_memory_features_equal_the_lazy_ones():
-    """image_features, which compare's baselines and feature_ceiling.py read, is lazy_features in one block:
+    """image_features, which compare's baselines read, is lazy_features in one block:
     a resized grid, a native one cut into chunks with halos, and the extended bank."""
     from bigseg.estimator import image_features, lazy_features
 

@@ -1,19 +1,58 @@
-"""The README's Python examples run as written (in a scratch folder)."""
+"""The README and docs/ are a user's documents: their Python examples run as written (in a scratch folder),
+their links resolve, and they say what is, not how it came to be."""
 
 import re
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    assert len(blocks) >= 2
+def _run_python_blocks(path: Path, tmp_path, monkeypatch) -> int:
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for i, code in enumerate(blocks):
-        exec(compile(code, f"README.md python block {i + 1}", "exec"), namespace)
+        exec(compile(code, f"{path.name} python block {i + 1}", "exec"), namespace)
+    return len(blocks)
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    assert _run_python_blocks(README, tmp_path, monkeypatch) >= 2
     assert (tmp_path / "islands-model" / "model.json").is_file()
+
+
+@pytest.mark.parametrize("page", [p.name for p in DOCS])
+def test_docs_python_examples_run(page, tmp_path, monkeypatch):
+    _run_python_blocks(ROOT / "docs" / page, tmp_path, monkeypatch)
+
+
+def test_readme_is_a_users_document():
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 300
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    assert headings[0] == "Quick start"
+    for needed in ("Install", "A first run on your images", "Python", "Outputs", "Reading the maps", "Limits",
+                   "Citing", "Licence", "Where to ask"):
+        assert needed in headings, needed
+    for name in ("LICENSE", "CITATION.cff"):
+        assert (ROOT / name).is_file()
+    assert "BSD 3-Clause" in (ROOT / "LICENSE").read_text() and "the bigseg authors" in (ROOT / "LICENSE").read_text()
+
+
+@pytest.mark.parametrize("page", ["README.md"] + [f"docs/{p.name}" for p in DOCS])
+def test_documents_link_to_what_exists_and_name_no_work_history(page):
+    text = (ROOT / page).read_text(encoding="utf-8")
+    for target in re.findall(r"\]\(([^)#]+)\)", text):
+        if "://" not in target:
+            assert ((ROOT / page).parent / target).exists(), f"{page} links to {target}, which does not exist"
+    for pattern in (r"\bIssue \d+", r"\bissue #?\d+", r"\bstop \d+", r"\bsession\b", r"previous stop"):
+        assert not re.search(pattern, text, re.I), f"{page}: {pattern}"
+    for script in re.findall(r"scripts/(\w+\.py)", text):
+        assert (ROOT / "scripts" / script).is_file(), f"{page} names scripts/{script}, which does not exist"
 
 
 def _quick_start() -> list[str]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bigseg import config, demo, io
+from bigseg import demo, io
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
@@ -13,21 +13,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
     return demo.make_dataset(tmp_path_factory.mktemp("demo"), n_images=4, seed=3)
-
-
-def test_feature_ceiling_learns_the_synthetic_phases(demo_data):
-    import feature_ceiling
-
-    images, labels = demo_data
-    pairs = [(f, labels / f"{f.stem}.png") for f in io.find_images([images])]
-    s = feature_ceiling._feature_settings(config.validate({"resize": [128, 128]}), "method+closing")
-    assert s["features"] == ["intensity", "gradient", "laplacian", "variance", "blur", "closing"]
-    res = feature_ceiling.ceiling(pairs, s, n_classes=4, per_image=1500, seed=0)
-    assert set(res) == {"plain", "balanced"}
-    # the demo's phases differ in grey level and texture, so a supervised model on
-    # these features separates them far better than chance (0.25 accuracy for 4 even classes)
-    assert res["plain"]["majority_accuracy"] > 0.7
-    assert res["plain"]["mean_iou"] > 0.4
 
 
 @pytest.mark.parametrize("assignment, family", [("components", "demo"), ("centres", "demo"),
@@ -84,45 +69,3 @@ def test_minimal_script_refuses_what_it_does_not_compute(tmp_path):
         minimal_segment.load_model(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["settings"]["features"] == "extended"
-
-
-def test_rare_class_study_pieces_on_crafted_maps():
-    import numpy as np
-    import rare_class_study as study
-
-    # a 2-px rim (label 2) between a left region (0) and a right region (1) goes to the two regions;
-    # a 2-px film of label 2 between two grains of one label (0) stays: it is between one label only
-    rim = np.zeros((40, 60), np.int64)
-    rim[:, 30:] = 1
-    rim[:, 28:30] = 2
-    out, moved = study.thin_between(rim, 3, 2)
-    assert (out != 2).all() and moved.sum() == 2 * 40
-    assert (out[:, :29] == 0).all() and (out[:, 29:] == 1).all()
-    film = np.zeros((40, 60), np.int64)
-    film[:, 28:30] = 2
-    out, moved = study.thin_between(film, 3, 2)
-    assert not moved.any() and (out == film).all()
-
-    # the top-hat detector finds a small bright disc in a noisy flat field, and not a long bright line
-    rng = np.random.default_rng(0)
-    img = 0.5 + 0.02 * rng.standard_normal((64, 64))
-    img[study.disc(2).nonzero()[0] + 20, study.disc(2).nonzero()[1] + 20] += 0.4
-    img[50:53, 5:60] += 0.4
-    found = study.tophat_mad(img, 4, 4)
-    assert found[22, 22] and not found[51, 30]
-    assert found.sum() < 40
-
-
-def test_rare_class_study_region_rule_moves_thin_regions_only():
-    import numpy as np
-    import rare_class_study as study
-
-    # the region rule: a thin region between two labels goes; a thick one between them stays
-    labels = np.zeros((40, 60), np.int64)
-    labels[:, 30:] = 1
-    labels[:, 28:30] = 2
-    out, moved = study.thin_regions_between(labels, 3, 2)
-    assert (out != 2).all() and moved.sum() == 80
-    labels[:, 20:30] = 2
-    out, moved = study.thin_regions_between(labels, 3, 2)
-    assert not moved.any()

@@ -78,7 +78,7 @@ def test_a_void_phase_appears_on_pores_and_takes_label_0(pores):
     assert m.void_below is not None and 0 < m.void_below < 0.5
     assert m.n_phases == 3 and m.phase_names[0] == voids.VOID_NAME and 0 not in m.transitions
     assert m.settings["n_components"] == 3 and m.report["void"]["sample_share"] > 0
-    # the pores and cracks, not the matrix: without the void phase their IoU is near 0 (README)
+    # the pores and cracks, not the matrix: without the void phase their IoU is near 0 (docs/quality.md)
     assert _void_iou(seg, pairs) > 0.35
 
 
