@@ -434,6 +434,12 @@ OPTIONS: dict[str, Option] = {
                          "in how much of each); auto: on a few images of the fit, the one whose maps are more "
                          "coherent regions (a phase is a region), never centres of which one lives on boundaries",
                          "fit", role="fit"),
+    "n_constituents": Option(0, _int(0, MAX_EXACT_K),
+                             "microconstituents fitted after the phases (0 = off): regions made of several phases "
+                             "at a scale (fine particles of one phase in another, a smooth region of one phase), "
+                             "found by NMF on each pixel's phase memberships averaged in windows whose scales come "
+                             "from the collection's own phase regions (mean intercept length); written to "
+                             "constituents/ beside labels/, which it never changes", "fit", role="fit"),
     # segment
     "spatial_weight": Option(2.0, _float(0), "graph-Laplacian coupling of neighbouring pixels' activations (0 = off)",
                              "segment", role="segment"),

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config, features, io, preprocess, regions, voids
+from . import config, constituents, features, io, preprocess, regions, voids
 from .cluster import threaded_get
 from .model import Model, activation_shares, fit as fit_model, regularisation
 from .segment import activations_graph, labels_at, resample_linear, spatial_block
@@ -34,7 +34,7 @@ log = logging.getLogger("bigseg")
 
 __all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activations", "memberships",
            "read_grey", "grey_array", "processing_shape", "lazy_features", "image_features",
-           "transition_windows"]
+           "transition_windows", "fit_constituents", "constituent_activations"]
 
 #: what a model keeps of the settings that :meth:`PhaseSegmenter.predict` reads from the estimator at call
 #: time (the segment stage's coupling and how files are cropped); :meth:`PhaseSegmenter.save` writes their
@@ -357,15 +357,16 @@ def memberships(acts: np.ndarray) -> np.ndarray:
     return activation_shares(np.asarray(acts, dtype=np.float32))
 
 
-def transition_windows(sources, compute) -> list[np.ndarray]:
+def transition_windows(sources, compute, images: int = regions.TRANSITION_IMAGES) -> list[np.ndarray]:
     """In-memory features of a few images spread over the collection, each at most a window
-    of ``regions.TRANSITION_WINDOW`` pixels a side (its centre): what decides which components are boundaries.
+    of ``regions.TRANSITION_WINDOW`` pixels a side (its centre): what decides which components are boundaries
+    (``images`` of them), and what the microconstituents are fitted on (:func:`fit_constituents`).
 
     ``compute`` evaluates a list of dask objects (``cluster.Runner.compute``);
     ``bigseg run`` and :meth:`PhaseSegmenter.fit` both decide with it.
     """
     n = len(sources)
-    picks = sorted(set(np.linspace(0, n - 1, min(n, regions.TRANSITION_IMAGES)).round().astype(int).tolist()))
+    picks = sorted(set(np.linspace(0, n - 1, min(n, images)).round().astype(int).tolist()))
     windows = []
     for i in picks:
         arr = sources[i]
@@ -374,6 +375,43 @@ def transition_windows(sources, compute) -> list[np.ndarray]:
                       + regions.TRANSITION_WINDOW) for s in arr.shape[:2]]
         windows.append(arr[cuts[0], cuts[1]])
     return [np.asarray(w, dtype=np.float32) for w in compute(windows)]
+
+
+def fit_constituents(model: Model, sources, compute, settings: dict) -> Model:
+    """``model`` with its microconstituent level fitted (``n_constituents`` > 0; else unchanged).
+
+    The level is fitted on the settled phase memberships and labels of a few
+    images spread over the collection (:func:`transition_windows`,
+    ``constituents.FIT_IMAGES`` of them), computed with ``model`` exactly as
+    segmenting computes them; the phases themselves are not touched.
+    ``bigseg run`` and :meth:`PhaseSegmenter.fit` both call it after the phases' fit.
+    """
+    n = int(settings.get("n_constituents", 0))
+    model.constituents = None
+    if not n:
+        return model
+    memberships_, labels = [], []
+    for feats in transition_windows(sources, compute, constituents.FIT_IMAGES):
+        _, probs, _, after = regions.settled_maps(model, block_activations(feats, model, settings), settings)
+        memberships_.append(probs)
+        labels.append(after)
+    model.constituents = constituents.fit(memberships_, labels, n, settings, list(model.phase_names))
+    model.report["constituents"] = model.constituents["report"]
+    level = model.constituents["report"]
+    log.info("constituents: %d at window scales %s px (mean intercept of the phases %.2f px): %s",
+             n, level["sigmas"], level["mean_intercept"], ", ".join(model.constituents["names"]))
+    if level["adds_nothing"]:
+        log.warning("constituents: every constituent is one smooth phase: the collection has no region that "
+                    "mixes phases at the scales measured, so the level adds nothing to the phases")
+    return model
+
+
+def constituent_activations(probs, model: Model, settings: dict):
+    """Constituent activations ``(n_constituents, y, x)`` of settled phase memberships ``(n_phases, y, x)``
+    (numpy, or dask chunk by chunk with exact halos: ``constituents.lazy_activations``)."""
+    if isinstance(probs, np.ndarray):
+        return constituents.activations(probs, model.constituents, settings["truncate"])
+    return constituents.lazy_activations(probs, model.constituents, settings["truncate"])
 
 
 # --- the images of a fit, streamed -----------------------------------------------------------
@@ -649,6 +687,7 @@ class PhaseSegmenter:
                           batch_images=runner.batch_images,
                           **regions.fit_hooks(lambda: transition_windows(sources, compute), settings))
         model.report["images"] = len(inputs)
+        fit_constituents(model, sources, compute, settings)
         if settings["phase_names"] is not None:    # names only: the fit is the same without them
             from .rename import set_names
 
@@ -668,6 +707,7 @@ class PhaseSegmenter:
         self.n_phases_ = model.n_phases
         self.n_features_in_ = len(model.feature_names)
         self.feature_names_in_ = np.asarray(model.feature_names, dtype=object)
+        self.constituent_names_ = None if model.constituents is None else list(model.constituents["names"])
         return self
 
     # --- one image ---
@@ -767,6 +807,27 @@ class PhaseSegmenter:
             clearly leads, it is the label :meth:`predict` gives.
         """
         return self._per_image(images, channel_axis, _memberships)
+
+    def predict_constituents(self, image):
+        """Microconstituent labels of one image at its own (cropped) size, equal to ``bigseg run``'s
+        ``constituents/`` PNG (``n_constituents`` > 0 at the fit).
+
+        Each pixel's phase memberships (:meth:`predict_proba`) averaged in windows
+        at the level's scales, solved against the constituents' H
+        (:mod:`bigseg.constituents`), resampled bilinearly, then arg max. The
+        phase labels (:meth:`predict`) do not depend on it.
+
+        Returns
+        -------
+        ndarray, uint8, shape (rows, columns)
+            Labels in ``range(n_constituents)``; ``constituent_names_`` names them.
+        """
+        model, settings = self._checked()
+        if model.constituents is None:
+            raise NotFittedError(f"this {type(self).__name__} has no constituents: fit it with n_constituents > 0")
+        grey, pixel_size, name = self._grey(image, settings)
+        probs = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
+        return labels_at(constituent_activations(probs, model, settings), grey.shape[:2])
 
     # --- persistence ---
     def save(self, path) -> None:

@@ -28,8 +28,10 @@ from .phases import csv_names
 from .safety import csv_row
 from .segment import labels_at
 
+#: the per-image picture folders of the microconstituents (``n_constituents`` > 0): labels, colour, overlay
+CONSTITUENT_DIRS = ("constituents", "constituents_color", "constituents_overlay")
 #: the per-image picture folders; a new model clears them (with the records) before it segments
-EXPORT_DIRS = ("labels", "color", "activations", "overlay")
+EXPORT_DIRS = ("labels", "color", "activations", "overlay") + CONSTITUENT_DIRS
 #: longest side of the activation panels: larger images get a strided view
 PANEL_MAX_SIDE = 1024
 
@@ -43,7 +45,7 @@ def _names(names, k: int) -> list[str]:
     return list(names) if names is not None else [f"phase {i}" for i in range(k)]
 
 
-def write_overlay(out_dir, image_id: str, grey, labels, names) -> None:
+def write_overlay(out_dir, image_id: str, grey, labels, names, folder: str = "overlay") -> None:
     """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend.
 
     ``grey`` and ``labels`` are arrays or zarr arrays at the image's own size;
@@ -53,10 +55,10 @@ def write_overlay(out_dir, image_id: str, grey, labels, names) -> None:
     step = viz.overlay_step(labels.shape)
     view = (slice(None, None, step), slice(None, None, step))
     picture = viz.overlay_picture(viz.to_uint8(np.asarray(grey[view])), np.asarray(labels[view]))
-    io.atomic_write_bytes(Path(out_dir) / "overlay" / f"{image_id}.png", viz.overlay_png(picture, names))
+    io.atomic_write_bytes(Path(out_dir) / folder / f"{image_id}.png", viz.overlay_png(picture, names))
 
 
-def write_label_pngs(out_dir, image_id: str, labels: np.ndarray) -> None:
+def write_label_pngs(out_dir, image_id: str, labels: np.ndarray, folders=("labels", "color")) -> None:
     """``labels/<id>.png`` (8-bit grey: the label itself) and ``color/<id>.png`` (palette ``viz.PALETTE``).
 
     Up to ``len(viz.PALETTE)`` phases the colour picture's indices are the
@@ -65,12 +67,12 @@ def write_label_pngs(out_dir, image_id: str, labels: np.ndarray) -> None:
     labels = np.asarray(labels, dtype=np.uint8)
     n = len(viz.PALETTE)
     data = io.png_data(labels)
-    io.atomic_write_bytes(Path(out_dir) / "labels" / f"{image_id}.png", io.encode_png(labels, data=data))
+    io.atomic_write_bytes(Path(out_dir) / folders[0] / f"{image_id}.png", io.encode_png(labels, data=data))
     if labels.size and int(labels.max()) >= n:
         colour, data = labels % n, None
     else:
         colour = labels
-    io.atomic_write_bytes(Path(out_dir) / "color" / f"{image_id}.png",
+    io.atomic_write_bytes(Path(out_dir) / folders[1] / f"{image_id}.png",
                           io.encode_png(colour, palette=viz.PALETTE, data=data))
 
 
@@ -111,6 +113,26 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
             "pixels": int(labels.size), "speckle": diagnose.speckle_rate(labels),
             "transition_share": round(moved, 6)}
+
+
+def export_constituents(scores: np.ndarray, native_shape, out_dir, image_id: str, names, grey=None,
+                        labels_zarr=None) -> dict:
+    """Write one image's microconstituents: ``constituents/`` (uint8 0..m-1, the ``labels/`` contract),
+    ``constituents_color/`` and ``constituents_overlay/`` (with a legend of ``names``).
+
+    ``scores`` ``(m, y, x)`` on the processing grid (``constituents.activations``)
+    are resampled bilinearly to ``native_shape``, then arg max, as the phase
+    labels are. Returns ``{"constituent_fractions": {"constituent_i": share}}``.
+    """
+    labels = labels_at(scores, native_shape)
+    if labels_zarr is not None:
+        labels_zarr[...] = labels
+    write_label_pngs(out_dir, image_id, labels, CONSTITUENT_DIRS[:2])
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels, list(names), CONSTITUENT_DIRS[2])
+    m = scores.shape[0]
+    counts = np.bincount(labels.ravel(), minlength=m)[:m]
+    return {"constituent_fractions": {f"constituent_{i}": float(c) / labels.size for i, c in enumerate(counts)}}
 
 
 def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
@@ -195,9 +217,44 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     # how pixels became phases: the components' own rows, or centres in activation space (regions.choose_assignment)
     summary["assignment"] = model.report.get("assignment", {"chosen": "components"})
     summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
+    if model.constituents is not None:
+        summary["constituents"] = write_constituent_table(out_dir, records, model)
+        if model.constituents["report"].get("adds_nothing"):
+            summary["warnings"].append({
+                "kind": "constituents_add_nothing",
+                "message": "every microconstituent is one smooth phase: no region of the collection mixes phases "
+                           "at the window scales measured",
+                "suggestion": "the phases say all there is; set n_constituents: 0, or fewer constituents"})
     io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
     io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     return summary
+
+
+def write_constituent_table(out_dir, records, model) -> dict:
+    """``constituent_fractions.csv`` (one row per image, a column per constituent) and what ``summary.json``
+    says of the level: each constituent's name, column, share of all pixels and fingerprint (its mean
+    share and variation of every phase at every window scale), the scales and how they were measured."""
+    from .constituents import fingerprints as level_fingerprints
+
+    level = model.constituents
+    m = len(level["names"])
+    columns = csv_names(level["names"])
+    buf = _io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image"] + columns)
+    totals = np.zeros(m)
+    for image_id, rec in records:
+        fr = rec.get("constituent_fractions")
+        if fr is None:       # an image the level was not written for (a montage segmented band by band)
+            continue
+        w.writerow([image_id] + [f"{fr[f'constituent_{i}']:.6f}" for i in range(m)])
+        totals += np.array([fr[f"constituent_{i}"] for i in range(m)]) * rec["pixels"]
+    io.atomic_write_text(Path(out_dir) / "constituent_fractions.csv", buf.getvalue())
+    shares = totals / max(totals.sum(), 1)
+    prints = level_fingerprints(level, model.phase_names)
+    return {"scales_px": list(level["sigmas"]), "fit": level["report"],
+            "items": [{"index": i, "name": level["names"][i], "column": columns[i],
+                       "share": round(float(shares[i]), 6), "fingerprint": prints[i]} for i in range(m)]}
 
 
 def _mean_share(values) -> float:

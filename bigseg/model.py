@@ -38,11 +38,14 @@ MAX_PNG_BYTES = 16 * 2 ** 20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: the arrays of model.npz, each one float vector or matrix
 MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
-#: arrays a model may hold besides: the phase centres of a model whose phases are not H rows
-OPTIONAL_ARRAYS = ("centres",)
+#: arrays a model may hold besides: the phase centres of a model whose phases are not H rows, and the
+#: microconstituent level (:mod:`bigseg.constituents`): its H, its features' scaling and its fingerprints
+CONSTITUENT_ARRAYS = ("constituent_H", "constituent_centres", "constituent_lo", "constituent_hi",
+                      "constituent_profiles")
+OPTIONAL_ARRAYS = ("centres",) + CONSTITUENT_ARRAYS
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
 MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
-                "transitions", "phase_names", "spread", "void_below")
+                "transitions", "phase_names", "spread", "void_below", "constituents")
 #: streamed feature blocks evaluated per compute call of the minibatch fit
 BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
@@ -197,6 +200,11 @@ class Model:
     #: (``segment.spatial_block``); ``centres``, when any, are then over components 1 and up.
     #: None: no void phase
     void_below: float | None = None
+    #: the microconstituent level (``n_constituents`` > 0, :func:`bigseg.constituents.fit`): ``H``,
+    #: ``centres``, ``lo``, ``hi``, ``profiles`` (arrays), ``sigmas`` (the window scales, processing pixels), ``names``
+    #: and ``report``. None: no constituents. It reads the phase memberships only, so the phases' labels
+    #: are the same with or without it
+    constituents: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         if self.phase_names is None:
@@ -318,6 +326,9 @@ class Model:
             arrays = dict(H=self.H.astype(np.float64), scale_lo=self.scale_lo, scale_hi=self.scale_hi)
             if self.centres is not None:
                 arrays["centres"] = np.asarray(self.centres, np.float64)
+            if self.constituents is not None:
+                for name in CONSTITUENT_ARRAYS:
+                    arrays[name] = np.asarray(self.constituents[name.removeprefix("constituent_")], np.float64)
             np.savez(tmp / "model.npz", **arrays)
             meta = {"format": MODEL_FORMAT, "bigseg_version": __version__, "n_components": self.n_components,
                     "feature_names": list(self.feature_names), "settings": self.settings, "report": self.report,
@@ -327,6 +338,8 @@ class Model:
                 meta["spread"] = float(self.spread)
             if self.void_below is not None:
                 meta["void_below"] = float(self.void_below)
+            if self.constituents is not None:
+                meta["constituents"] = {key: self.constituents[key] for key in ("sigmas", "names", "report")}
             (tmp / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
             (tmp / "fingerprints.png").write_bytes(self.fingerprint_png())
             mask = os.umask(0)
@@ -381,12 +394,14 @@ class Model:
         # absent in models saved before names were kept: Model computes them from the fingerprints
         phase_names = _check_phase_names(meta_path, meta["phase_names"], n_phases) \
             if "phase_names" in meta else None
+        constituents = _check_constituents(arr_path, meta_path, arrays, meta.get("constituents"), settings,
+                                           n_phases)
         figure = _read_regular(png_path, MAX_PNG_BYTES)      # absent in models saved before it was kept
         if figure is not None and not figure.startswith(PNG_SIGNATURE):
             raise ModelError(f"{png_path}: not a PNG image")
         return cls(H=H, scale_lo=lo, scale_hi=hi, feature_names=names, settings=settings, report=report,
                    transitions=transitions, phase_names=phase_names, figure=figure, centres=centres, spread=spread,
-                   void_below=void_below)
+                   void_below=void_below, constituents=constituents)
 
 
 # --- reading a model: every check names the file and the field -----------------------
@@ -636,6 +651,55 @@ def _check_centres(arr_path: Path, meta_path: Path, centres, spread, rows: int):
             or not spread > 0):
         raise ModelError(f"{meta_path}: field 'spread' must be a positive number with phase centres; got {spread!r}")
     return centres, float(spread)
+
+
+def _check_constituents(arr_path: Path, meta_path: Path, arrays: dict, meta, settings: dict, n_phases: int):
+    """The microconstituent level (absent: none), checked against ``settings.n_constituents`` and the phases."""
+    wanted = int(settings.get("n_constituents", 0))
+    present = [a for a in CONSTITUENT_ARRAYS if a in arrays]
+    if not wanted:
+        if present or meta is not None:
+            raise ModelError(f"{meta_path}: settings.n_constituents is 0 but the model holds a constituent level")
+        return None
+    if len(present) != len(CONSTITUENT_ARRAYS) or not isinstance(meta, dict):
+        missing = [a for a in CONSTITUENT_ARRAYS if a not in arrays]
+        raise ModelError(f"{arr_path if missing else meta_path}: settings.n_constituents is {wanted} but "
+                         f"{repr(missing[0]) + ' is missing' if missing else 'field constituents is missing'}")
+    sigmas, names = meta.get("sigmas"), meta.get("names")
+    if (not isinstance(sigmas, list) or not 1 <= len(sigmas) <= 8
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and 0 < v <= 4096
+                       for v in sigmas)):
+        raise ModelError(f"{meta_path}: field 'constituents.sigmas' must list 1 to 8 window scales in (0, 4096] pixels")
+    n_features = 2 * n_phases * len(sigmas)
+    H = arrays["constituent_H"]
+    if H.ndim != 2 or H.shape != (wanted, n_features) or not np.isfinite(H).all() or (H < 0).any() \
+            or not (H > 0).any(axis=1).all():
+        raise ModelError(f"{arr_path}: 'constituent_H' must be {wanted} non-negative, non-zero rows over "
+                         f"{n_features} window features; got shape {H.shape}")
+    for name in ("constituent_lo", "constituent_hi"):
+        if arrays[name].shape != (n_features,) or not np.isfinite(arrays[name]).all():
+            raise ModelError(f"{arr_path}: {name!r} must hold {n_features} finite values")
+    if not (arrays["constituent_hi"] > arrays["constituent_lo"]).all():
+        raise ModelError(f"{arr_path}: 'constituent_hi' must exceed 'constituent_lo' for every feature")
+    centres = arrays["constituent_centres"]
+    if centres.shape != (wanted, wanted) or not np.isfinite(centres).all() or (centres < 0).any():
+        raise ModelError(f"{arr_path}: 'constituent_centres' must be {wanted} non-negative centres over the "
+                         f"{wanted} rows of 'constituent_H'; got shape {centres.shape}")
+    profiles = arrays["constituent_profiles"]
+    if profiles.shape != (wanted, n_features) or not np.isfinite(profiles).all():
+        raise ModelError(f"{arr_path}: 'constituent_profiles' must be {wanted} rows of {n_features} finite values")
+    from .phases import check_names
+
+    try:
+        names = check_names(names, wanted, "field 'constituents.names'")
+    except ValueError as exc:
+        raise ModelError(f"{meta_path}: {exc}") from None
+    report = meta.get("report", {})
+    if not isinstance(report, dict):
+        raise ModelError(f"{meta_path}: field 'constituents.report' must be a mapping")
+    return {"H": H.astype(np.float64), "centres": centres.astype(np.float64), "lo": arrays["constituent_lo"].astype(np.float32),
+            "hi": arrays["constituent_hi"].astype(np.float32), "profiles": profiles.astype(np.float64),
+            "sigmas": [float(v) for v in sigmas], "names": names, "report": report}
 
 
 def centre_terms(centres) -> tuple[np.ndarray, np.ndarray]:

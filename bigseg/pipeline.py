@@ -20,7 +20,7 @@ import numpy as np
 
 from . import __version__, clahe, estimator, features, io, preprocess, regions, rename, store
 from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound, resolved_store_features
-from .export import EXPORT_DIRS, export_image, export_large, write_tables
+from .export import EXPORT_DIRS, export_constituents, export_image, export_large, write_tables
 from .lock import output_lock
 from .report import write_report
 from .model import Model, ModelError, fit, regularisation, void_split
@@ -288,6 +288,10 @@ def model_digest(model: Model) -> str:
         digest.update(np.ascontiguousarray(arr, dtype=np.float64).tobytes())
     digest.update(json.dumps([list(model.feature_names), model_bound(model.settings), list(model.transitions),
                               model.void_below], sort_keys=True).encode())
+    if model.constituents is not None:     # a model without them hashes as before
+        for key in ("H", "centres", "lo", "hi"):
+            digest.update(np.ascontiguousarray(model.constituents[key], dtype=np.float64).tobytes())
+        digest.update(json.dumps(model.constituents["sigmas"]).encode())
     return digest.hexdigest()
 
 
@@ -311,10 +315,18 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
             existing.check_settings(settings)
             asked = dict(existing.settings, n_components="auto") if "n_components_auto" in existing.report \
                 else existing.settings
-            if (all(_same(asked.get(k), settings[k]) for k in FIT_KEYS)
+            level = "n_constituents"      # absent from models saved before the level existed: 0
+            if (all(_same(asked.get(k), settings[k]) for k in FIT_KEYS if k != level)
                     and existing.report.get("inputs") == seen):
-                log.info("reusing the fitted model in %s", model_dir)
-                return existing
+                if asked.get(level, 0) == settings[level]:
+                    log.info("reusing the fitted model in %s", model_dir)
+                    return existing
+                # the phases are the same: only the constituent level is fitted again (their labels stay)
+                log.info("reusing the fitted phases in %s; fitting the constituent level", model_dir)
+                existing.settings = dict(existing.settings, **{level: settings[level]})
+                existing.report.pop("constituents", None)
+                return _with_constituents(out_dir, existing, FeatureSources(out_dir, ids, settings), settings,
+                                          runner)
     sources = FeatureSources(out_dir, ids, settings)
     model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
                 log=log.info, batch_images=runner.batch_images,
@@ -322,13 +334,21 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
                     sources, lambda objs: runner.compute(objs, "fit: boundaries")), settings))
     model.report["images"] = len(ids)
     model.report["inputs"] = seen
-    adopt_model(out_dir, model)
+    model = _with_constituents(out_dir, model, sources, settings, runner)
     r = model.report
     log.info("fit (%s): relative error %.4f, %d iterations, converged=%s", r["solver"], r["relative_error"],
              r["n_iter"], r["converged"])
     if model.transitions:
         log.info("%d component(s) live on phase boundaries (between shares %s): they explain edges and label no "
                  "pixel; %d phases", len(model.transitions), r.get("between_shares"), model.n_phases)
+    return model
+
+
+def _with_constituents(out_dir, model: Model, sources, settings, runner) -> Model:
+    """``model`` with its microconstituent level fitted (``n_constituents``; the API's
+    ``estimator.fit_constituents``), made the folder's model."""
+    estimator.fit_constituents(model, sources, lambda objs: runner.compute(objs, "fit: constituents"), settings)
+    adopt_model(out_dir, model)
     return model
 
 
@@ -442,6 +462,9 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     out_dir = Path(out_dir)
     source = root[f"images/{image_id}/0"]
     h, w = (int(v) for v in source.shape)
+    if model.constituents is not None:
+        log.warning("%s: segmented band by band; its microconstituents are not written (an image of one "
+                    "graph is)", image_id)
     chunk = features.chunk_side((h, w), settings)
     k, n_phases = model.n_components, model.n_phases
     l1, l2 = regularisation(model.settings, model.H.shape[1])
@@ -525,6 +548,14 @@ def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_a
     # phases as centres are no component's activation: their panels show the memberships
     result = export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey, scores=scores,
                           panels=None if model.centres is None else probs)
+    if model.constituents is not None:
+        # the second level reads the settled memberships only: the phase labels above are done already
+        level = model.constituents
+        arr = store.create_labels(store.open_root(Path(out_dir) / "store.zarr"), image_id, native,
+                                  len(level["names"]), PALETTE, max(lab_arr.chunks[0], 512), names=level["names"],
+                                  name=store.CONSTITUENTS_NAME)
+        result.update(export_constituents(estimator.constituent_activations(probs, model, settings), native,
+                                          out_dir, image_id, level["names"], grey, arr))
     return dict(result, boundary_pixels=round(float((before != after).mean()), 6))
 
 

@@ -320,8 +320,14 @@ class PhaseLabels:
                 arr[target] = stored[local]
 
 
-def create_labels(root, image_id: str, shape, n_components: int, colors, chunk: int, names=None) -> PhaseLabels:
-    """The OME image-label of one image's phases, same size and levels as the image.
+#: the name of the OME image-label of the microconstituents (``n_constituents`` > 0), beside the phases'
+CONSTITUENTS_NAME = "constituents"
+
+
+def create_labels(root, image_id: str, shape, n_components: int, colors, chunk: int, names=None,
+                  name: str = LABELS_NAME) -> PhaseLabels:
+    """The OME image-label of one image's phases (or, with ``name`` :data:`CONSTITUENTS_NAME`, of its
+    microconstituents, added beside the phases'), same size and levels as the image.
 
     ``colors`` are RGB per phase (cycled), ``names`` one per phase (default
     ``phase i``): the image-label's ``colors`` and ``properties`` give each
@@ -331,12 +337,17 @@ def create_labels(root, image_id: str, shape, n_components: int, colors, chunk: 
     img = root[f"images/{image_id}"]
     px = img.attrs["bigseg"].get("pixel_size")
     levels = len(img.attrs["ome"]["multiscales"][0]["datasets"])
-    # (bigseg writes one label image per image: the labels group is made afresh with it, metadata included)
-    labels = img.create_group("labels", overwrite=True,
-                              attributes={"ome": {"version": OME_VERSION, "labels": [LABELS_NAME]}})
-    ome = _multiscales(LABELS_NAME, _yx_axes(px), [px or 1.0, px or 1.0], levels, "stride")
-    ome["image-label"] = _image_label(n_components, colors, names)
-    grp = labels.create_group(LABELS_NAME, attributes={"ome": ome})
+    if name == LABELS_NAME:
+        # the phases' label image comes first: the labels group is made afresh with it, metadata included
+        labels = img.create_group("labels", overwrite=True,
+                                  attributes={"ome": {"version": OME_VERSION, "labels": [LABELS_NAME]}})
+    else:
+        labels = img["labels"]
+        listed = [n for n in labels.attrs["ome"]["labels"] if n != name] + [name]
+        labels.attrs.update({"ome": {"version": OME_VERSION, "labels": listed}})
+    ome = _multiscales(name, _yx_axes(px), [px or 1.0, px or 1.0], levels, "stride")
+    ome["image-label"] = _image_label(n_components, colors, names, "phase" if name == LABELS_NAME else "constituent")
+    grp = labels.create_group(name, overwrite=True, attributes={"ome": ome})
     return PhaseLabels(_level_arrays(grp, shape, "uint8", (chunk, chunk), levels, ("y", "x"), fill_value=UNASSIGNED))
 
 
@@ -345,14 +356,14 @@ def phase_names(names, k: int) -> list[str]:
     return names if len(names) == k else [f"phase {i}" for i in range(k)]
 
 
-def _image_label(k: int, colors, names) -> dict:
+def _image_label(k: int, colors, names, kind: str = "phase") -> dict:
     names = phase_names(names, k)
     colors = [[int(v) for v in c][:3] for c in colors] or [[255, 255, 255]]
     return {
         "colors": [{"label-value": UNASSIGNED, "rgba": [0, 0, 0, 0]}]
                   + [{"label-value": i + 1, "rgba": colors[i % len(colors)] + [255]} for i in range(k)],
         "properties": [{"label-value": UNASSIGNED, "name": "unassigned"}]
-                      + [{"label-value": i + 1, "name": names[i], "phase": i} for i in range(k)],
+                      + [{"label-value": i + 1, "name": names[i], kind: i} for i in range(k)],
         "source": {"image": "../../"},
     }
 

@@ -19,6 +19,12 @@ plus scan-line jitter), and a slight blur like the probe's:
 * ``pores``: a matrix with a second phase, pores and cracks whose edges are
   bright. Classes: matrix, second phase, defect (pores and cracks); the bright
   pore edges belong to the matrix.
+* ``constituents``: two phases arranged as four microconstituents: grains of
+  smooth dark matrix, grains of smooth bright phase, grains of fine bright
+  particles in the dark matrix (spheroidite-like), and a bright film along the
+  boundaries between matrix grains (a carbide network). Classes are the
+  constituents, not the phases: a pixel method splits the particle grains into
+  their particles and their matrix (:mod:`bigseg.constituents`).
 * ``twoscale``: one dual-phase material (matrix, islands with a fine internal
   texture, small carbides) imaged at two magnifications (half of the images at
   twice the scale). Classes: matrix, island, carbide.
@@ -46,6 +52,13 @@ FAMILIES = {
     "pores": ("matrix", "second", "defect"),
     "twoscale": ("matrix", "island", "carbide"),
     "demo": ("matrix", "grains", "lamellae", "precipitates"),
+}
+
+
+#: families whose truth is microconstituents (regions of several phases), not phases: scored on a run's
+#: ``constituents/`` (:mod:`bigseg.constituents`), kept apart from the phase families above
+CONSTITUENT_FAMILIES = {
+    "constituents": ("matrix", "bright", "particles in matrix", "network"),
 }
 
 
@@ -138,16 +151,8 @@ def lamellar(shape=SHAPE, seed: int = 0, scale: float = 1.0):
     """
     rng = np.random.default_rng(seed)
     n = max(4, int(shape[0] * shape[1] / (3500 * scale * scale)))
-    seeds = np.stack([rng.uniform(0, shape[0], n), rng.uniform(0, shape[1], n)], axis=1)
-    # a slightly wavy Voronoi: distances on a warped grid
+    grain = _grains(shape, n, rng, 4 * scale)
     yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
-    wy, wx = (4 * scale * _smooth_field(shape, 12 * scale, rng) for _ in range(2))
-    grain = np.zeros(shape, np.int32)
-    best = np.full(shape, np.inf)
-    for i, (sy, sx) in enumerate(seeds):
-        d = (yy + wy - sy) ** 2 + (xx + wx - sx) ** 2
-        closer = d < best
-        grain[closer], best[closer] = i, d[closer]
     pearlite = rng.random(n) < 0.45
     labels = pearlite[grain].astype(np.uint8)
     boundary = ndi.morphological_gradient(grain, size=3) > 0
@@ -221,13 +226,61 @@ def twoscale(shape=SHAPE, seed: int = 0):
     return acquire(clean, rng), labels
 
 
+def _grains(shape, n, rng, warp: float):
+    """A slightly wavy Voronoi tessellation of ``n`` grains: the grain index of every pixel (distances on
+    a grid warped by up to about ``warp`` pixels)."""
+    seeds = np.stack([rng.uniform(0, shape[0], n), rng.uniform(0, shape[1], n)], axis=1)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float64)
+    wy, wx = (warp * _smooth_field(shape, 3 * warp, rng) for _ in range(2))
+    grain = np.zeros(shape, np.int32)
+    best = np.full(shape, np.inf)
+    for i, (sy, sx) in enumerate(seeds):
+        d = (yy + wy - sy) ** 2 + (xx + wx - sx) ** 2
+        closer = d < best
+        grain[closer], best[closer] = i, d[closer]
+    return grain
+
+
+def constituents(shape=SHAPE, seed: int = 0, particles: bool = True):
+    """Two phases as four microconstituents: smooth matrix, smooth bright phase, fine bright particles in
+    the matrix, and a bright network between matrix grains.
+
+    The particles (radius 1.5-2.5 px, about 7 px apart) and the network are the
+    bright phase, so the pixel phases are two; the truth is the constituents.
+    With ``particles=False`` the particle grains are smooth matrix: a
+    collection without mixed regions.
+
+    Returns ``(image, labels)`` with 0 matrix, 1 bright, 2 particles in matrix, 3 network.
+    """
+    rng = np.random.default_rng(seed)
+    n = max(4, int(shape[0] * shape[1] / 6000))
+    grain = _grains(shape, n, rng, 4.0)
+    # every kind in fixed proportions (two fifths matrix, two fifths particles, one fifth bright), shuffled
+    kind = rng.permutation(np.resize(np.array([0, 2, 1, 0, 2] if particles else [0, 1, 0, 0, 1]), n))
+    labels = kind[grain].astype(np.uint8)
+    boundary = ndi.morphological_gradient(grain, size=3) > 0
+    between_matrix = (ndi.minimum_filter(labels, size=3) == 0) & (ndi.maximum_filter(labels, size=3) == 0)
+    network = ndi.binary_dilation(boundary, iterations=1) & between_matrix
+    labels[network] = 3
+    bright = (labels == 1) | network
+    if particles:
+        region = labels == 2
+        m = int(region.sum() / 45)
+        cy, cx = rng.integers(0, shape[0], m * 3), rng.integers(0, shape[1], m * 3)
+        keep = region[cy, cx]
+        bright |= _discs(shape, zip(cy[keep][:m], cx[keep][:m]), rng.uniform(1.5, 2.5, m)) & region
+    fine = _smooth_field(shape, 1.0, rng)
+    clean = np.where(bright, 0.78 + 0.02 * fine, 0.32 + 0.02 * fine)
+    return acquire(clean, rng), labels
+
+
 def demo(shape=SHAPE, seed: int = 0):
     """The built-in demo's micrograph (:func:`bigseg.demo.synth_micrograph`), without its data bar."""
     return demo_micrograph(shape, seed)
 
 
 GENERATORS = {"islands": islands, "textured": textured, "lamellar": lamellar, "pores": pores, "twoscale": twoscale,
-              "demo": demo}
+              "constituents": constituents, "demo": demo}
 
 
 def family(name: str, n_images: int = 4, seed: int = 0, shape=SHAPE) -> list[tuple[np.ndarray, np.ndarray]]:

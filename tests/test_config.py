@@ -68,7 +68,7 @@ def test_physical_resize_needs_a_target_pixel_size():
 def test_model_key_groups_come_from_the_schema():
     assert config.FIT_KEYS == ("n_components", "solver", "beta_loss", "alpha_W", "alpha_H", "l1_ratio", "max_iter",
                                "tol", "init", "sample_size", "batch_size", "minibatch_fraction", "random_state",
-                               "orthogonality", "transition_share", "assignment")
+                               "orthogonality", "transition_share", "assignment", "n_constituents")
     assert config.SEGMENT_KEYS == ("spatial_weight", "spatial_sweeps", "boundary_radius")
     assert config.MODEL_KEYS == config.MODEL_BOUND_KEYS + config.FIT_KEYS + config.SEGMENT_KEYS + ("crop_bottom",)
     assert all(o.role in config.ROLES + (None,) for o in config.OPTIONS.values())

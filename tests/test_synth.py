@@ -15,7 +15,7 @@ def test_family_is_deterministic_and_complete(name):
         assert ia.shape == la.shape == shape
         assert np.array_equal(ia, ib) and np.array_equal(la, lb)
         assert 0.0 <= ia.min() and ia.max() <= 1.0
-        assert la.max() < len(synth.FAMILIES[name])
+        assert la.max() < len({**synth.FAMILIES, **synth.CONSTITUENT_FAMILIES}[name])
     assert not np.array_equal(a[0][0], synth.family(name, 1, seed=4, shape=shape)[0][0])
 
 
@@ -50,3 +50,13 @@ def test_textured_islands_differ_by_texture_more_than_by_brightness():
     assert abs(img[inner].mean() - img[matrix].mean()) < 0.08
     rough = ndi.uniform_filter((img - ndi.gaussian_filter(img, 3)) ** 2, 5)
     assert rough[inner].mean() > 1.8 * rough[matrix].mean()
+
+
+def test_constituent_family_has_mixed_regions_only_when_asked():
+    img, lab = synth.constituents((192, 256), seed=1)
+    assert set(np.unique(lab)) == {0, 1, 2, 3}
+    inside = lab == 2
+    # the particle grains hold both phases: bright particles in the dark matrix
+    assert img[inside].std() > 2 * img[lab == 0].std()
+    _, plain = synth.constituents((192, 256), seed=1, particles=False)
+    assert 2 not in np.unique(plain)
