@@ -503,6 +503,11 @@ class PhaseSegmenter:
         Pixels drawn across all images for the fit.
     random_state : int, default=0
         Seed of sampling and initialisation.
+    n_constituents : int, default=0
+        Microconstituents fitted after the phases (0 = off): regions made of
+        several phases at scales measured on the collection
+        (:mod:`bigseg.constituents`); :meth:`predict_constituents` labels
+        them. The phases and their labels do not depend on it.
     **other settings
         Every other key of ``bigseg.config.OPTIONS``, each an explicit keyword
         (``inspect.signature(PhaseSegmenter)`` lists them). Settings only a run
@@ -531,6 +536,9 @@ class PhaseSegmenter:
     feature_names_in_ : ndarray of str
         Their names (``features.feature_names``; the void levels after them in
         the stored stack are no NMF feature).
+    constituent_names_ : list of str or None
+        The microconstituents' names (from their fingerprints, e.g. "fine
+        particles of <phase> in <phase>"), or None with ``n_constituents=0``.
 
     Notes
     -----
@@ -585,7 +593,7 @@ class PhaseSegmenter:
                  chunk_memory="auto", store_features="auto", feature_dtype="float16", feature_keep_bits=8,
                  solver="cd", beta_loss="frobenius", alpha_W=0.0, alpha_H="same", l1_ratio=0.0, max_iter=400,
                  tol=1e-4, init="auto", sample_size=200_000, batch_size=4096, minibatch_fraction=0.25,
-                 random_state=0, orthogonality=0.0, transition_share=0.75, assignment="auto",
+                 random_state=0, orthogonality=0.0, transition_share=0.75, assignment="auto", n_constituents=0,
                  spatial_weight=2.0, spatial_sweeps=5, boundary_radius="auto", phase_names=None, cluster=None):
         # one keyword per key of config.OPTIONS, with its default (tests/test_estimator.py checks the two agree),
         # so get_params, clone and tab completion see every setting; stored as given, checked when used
@@ -808,26 +816,33 @@ class PhaseSegmenter:
         """
         return self._per_image(images, channel_axis, _memberships)
 
-    def predict_constituents(self, image):
-        """Microconstituent labels of one image at its own (cropped) size, equal to ``bigseg run``'s
+    def predict_constituents(self, images, *, channel_axis=None):
+        """Microconstituent labels of an image at its own (cropped) size, equal to ``bigseg run``'s
         ``constituents/`` PNG (``n_constituents`` > 0 at the fit).
 
-        Each pixel's phase memberships (:meth:`predict_proba`) averaged in windows
-        at the level's scales, solved against the constituents' H
-        (:mod:`bigseg.constituents`), resampled bilinearly, then arg max. The
-        phase labels (:meth:`predict`) do not depend on it.
+        Each pixel's settled phase memberships on the processing grid averaged
+        in windows at the level's scales, solved against the constituents' H
+        and scored against their centres (:mod:`bigseg.constituents`),
+        resampled bilinearly, then arg max. The phase labels (:meth:`predict`)
+        do not depend on it.
+
+        Parameters
+        ----------
+        images : ndarray, path, or list or iterable of them
+            One image (a 2-D grey array, a 3-D colour array with
+            ``channel_axis``, or an image file), or several.
+        channel_axis : int, optional
+            The colour axis of 3-D arrays (``-1``: RGB or RGBA last).
 
         Returns
         -------
-        ndarray, uint8, shape (rows, columns)
+        ndarray, uint8, shape (rows, columns); a list of them for several images
             Labels in ``range(n_constituents)``; ``constituent_names_`` names them.
         """
-        model, settings = self._checked()
+        model, _ = self._checked()
         if model.constituents is None:
-            raise NotFittedError(f"this {type(self).__name__} has no constituents: fit it with n_constituents > 0")
-        grey, pixel_size, name = self._grey(image, settings)
-        probs = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
-        return labels_at(constituent_activations(probs, model, settings), grey.shape[:2])
+            raise _not_fitted_error()(f"this {type(self).__name__} has no constituents: fit it with n_constituents > 0")
+        return self._per_image(images, channel_axis, _constituents)
 
     # --- persistence ---
     def save(self, path) -> None:
@@ -876,6 +891,11 @@ def _labels(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
 def _memberships(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
     proba = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
     return np.ascontiguousarray(resample_linear(proba, grey.shape[:2]), dtype=np.float32)
+
+
+def _constituents(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
+    probs = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
+    return labels_at(constituent_activations(probs, model, settings), grey.shape[:2])
 
 
 def _did_you_mean(key: str) -> str:

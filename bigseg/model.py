@@ -697,7 +697,8 @@ def _check_constituents(arr_path: Path, meta_path: Path, arrays: dict, meta, set
     report = meta.get("report", {})
     if not isinstance(report, dict):
         raise ModelError(f"{meta_path}: field 'constituents.report' must be a mapping")
-    return {"H": H.astype(np.float64), "centres": centres.astype(np.float64), "lo": arrays["constituent_lo"].astype(np.float32),
+    return {"H": H.astype(np.float64), "centres": centres.astype(np.float64),
+            "lo": arrays["constituent_lo"].astype(np.float32),
             "hi": arrays["constituent_hi"].astype(np.float32), "profiles": profiles.astype(np.float64),
             "sigmas": [float(v) for v in sigmas], "names": names, "report": report}
 
