@@ -147,19 +147,30 @@ def _label_map(path, what: str, n_classes: int | None = None) -> np.ndarray:
     return arr
 
 
-def _matched(pred: np.ndarray, truth: np.ndarray, pred_path, mask_path) -> np.ndarray:
-    """``pred`` on the mask's grid: as is when the shapes agree; resized (nearest) only when it is the same
-    picture at another scale; refused naming both files otherwise (transposed, cropped otherwise, tiny)."""
+#: a prediction and its mask of one width whose heights differ by at most this share are one frame with
+#: another crop of the SEM data bar at the bottom (MetalDAM's masks: 65 rows cropped, 66 for two of them)
+MAX_CROP_SHARE = 0.1
+
+
+def _matched(pred: np.ndarray, truth: np.ndarray, pred_path, mask_path) -> tuple[np.ndarray, np.ndarray]:
+    """``pred`` and ``truth`` on one grid: as they are when the shapes agree; their common top rows when
+    only the bottom crop differs (a warning names the file); ``pred`` resized (nearest) when it is the same
+    picture at another scale; refused naming both files otherwise (transposed, another aspect, tiny)."""
     if pred.shape == truth.shape:
-        return pred
+        return pred, truth
     (ph, pw), (th, tw) = pred.shape, truth.shape
+    if pw == tw and abs(ph - th) <= MAX_CROP_SHARE * th:
+        rows = min(ph, th)
+        log.warning("%s: %d rows against %d in the mask %s (another crop of the data bar?); the top %d rows are "
+                    "compared", pred_path, ph, th, mask_path, rows)
+        return pred[:rows], truth[:rows]
     if ph * tw != pw * th or min(ph, pw) < MIN_RESIZED_SIDE:
         why = "transposed" if (ph, pw) == (tw, th) else "another aspect ratio" if ph * tw != pw * th else "too small"
         raise ValueError(f"{pred_path}: {ph} x {pw} pixels (rows x columns) against {th} x {tw} in the mask "
                          f"{mask_path} ({why}): they do not show the same pixels; segment with the crop the masks "
                          f"were drawn on (crop_bottom) or check the pairing")
     log.warning("%s: %d x %d pixels resized (nearest) to the mask's %d x %d", pred_path, ph, pw, th, tw)
-    return resize_nearest(pred, truth.shape)
+    return resize_nearest(pred, truth.shape), truth
 
 
 def evaluate_dirs(pred_dir, label_dir, n_classes: int | None = None, class_names=None) -> dict:
@@ -179,8 +190,8 @@ def evaluate_dirs(pred_dir, label_dir, n_classes: int | None = None, class_names
                                 f"{label_dir}")
     loaded = []
     for _, p, m in pairs:
-        truth = _label_map(m, "mask", n_classes)
-        loaded.append((truth, _matched(_label_map(p, "prediction"), truth, p, m)))
+        pred, truth = _matched(_label_map(p, "prediction"), _label_map(m, "mask", n_classes), p, m)
+        loaded.append((truth, pred))
     n_cls = n_classes or int(max(t.max() for t, _ in loaded)) + 1
     n_clu = int(max(p.max() for _, p in loaded)) + 1
     cm = np.zeros((n_cls, n_clu), np.int64)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import MAX_TEXT_BYTES, UnsafeFileError, check_regular, excerpt, read_text, short_name, temp_prefix
+from .safety import (MAX_TEXT_BYTES, UnsafeFileError, check_regular, excerpt, links_under, read_text, short_name,
+                     temp_prefix)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 #: a folder with this suffix is one image (a Zarr array or an OME-Zarr image), not a folder of images
@@ -539,6 +540,7 @@ class ChunkedImage:
         _refuse_broken_link(path, self.source)
         try:
             if path.is_dir():
+                _refuse_linked_zarr(path, self.source)
                 node = zarr.open(str(path), mode="r")
                 node, pixel_size = _zarr_image(node, self.source)
                 self.pixel_size = _plausible_pixel_size(pixel_size, "ome-zarr", self.source) if pixel_size else None
@@ -587,6 +589,7 @@ class ChunkedImage:
         self.shape = tuple(shape[1:]) if self._layout == "cyx" else tuple(shape[:2])
         try:
             _check_pixels(self.source, self.shape[0], self.shape[1], max_pixels)
+            _refuse_missing_chunks(node, self.source)
         except ImageReadError:
             self.close()
             raise
@@ -631,6 +634,24 @@ def _grey_values(grey: np.ndarray) -> np.ndarray:
     return grey
 
 
+def _refuse_linked_zarr(path: Path, source: str) -> None:
+    """A Zarr input holding a link is refused: it may lead anywhere (a device, another image's chunk)."""
+    link = links_under(path)
+    if link:
+        raise ImageReadError(f"{source}: {link[0]} is a symbolic link; bigseg reads no part of a Zarr image "
+                             f"through a link (copy the data into the folder)")
+
+
+def _refuse_missing_chunks(arr, source: str) -> None:
+    """A Zarr input with a chunk missing is refused: it would read as the fill value, a blank square nobody
+    can tell from the specimen."""
+    missing = int(arr.nchunks) - int(arr.nchunks_initialized)
+    if missing:
+        raise ImageReadError(f"{source}: {missing} of {arr.nchunks} chunks of the image are missing and would "
+                             f"read as {arr.fill_value} (a blank square); copy the folder again, or write it with "
+                             f"every chunk stored (write_empty_chunks=True)")
+
+
 def _zarr_image(node, source: str):
     """The full-resolution array of a Zarr array or OME-Zarr image group, and its pixel size (um) if stated."""
     if not hasattr(node, "groups"):
@@ -660,12 +681,32 @@ def detect_data_bar_banded(image: "ChunkedImage", search_fraction: float = 0.25,
         return 0
     scale = 1.0
     if image.dtype != np.uint8:
-        top = max(float(np.max(image.rows(r, r + BAND_ROWS))) for r in range(0, h, BAND_ROWS))
-        scale = 255.0 / max(top, 1.0)
+        bands = (image.rows(r, r + BAND_ROWS) for r in range(0, h, BAND_ROWS))
+        bounds = [(float(np.min(b)), float(np.max(b))) for b in bands]
+        scale = _level_scale(min(lo for lo, _ in bounds), max(hi for _, hi in bounds))
     start = max(1, int(h * (1 - search_fraction)))
-    std = np.concatenate([image.rows(r, min(r + BAND_ROWS, h)).astype(np.float32).std(axis=1)
+    std = np.concatenate([_row_texture(image.rows(r, min(r + BAND_ROWS, h)))
                           for r in range(start - 1, h, BAND_ROWS)]) * scale
     return _bar_top(std, start - 1, h, flat_std)
+
+
+def _level_scale(lo: float, hi: float) -> float:
+    """Factor that maps the value range ``lo..hi`` of a non-8-bit image onto 255 grey levels (a signed or
+    offset 16-bit image, a float image: what matters is the contrast, not the largest value)."""
+    return 255.0 / max(hi - lo, 1e-6) if hi > lo else 1.0
+
+
+#: width of the median taken along each row before its texture is measured
+ROW_MEDIAN = 5
+
+
+def _row_texture(rows: np.ndarray) -> np.ndarray:
+    """Standard deviation of each row after a median of ``ROW_MEDIAN`` pixels along it: JPEG ringing on the
+    one-pixel line framing a data bar (a re-saved or CMYK JPEG) is no texture, a micrograph's rows keep theirs."""
+    from scipy.ndimage import median_filter
+
+    rows = np.asarray(rows, dtype=np.float32)
+    return median_filter(rows, size=(1, ROW_MEDIAN), mode="nearest").std(axis=1)
 
 
 def _bar_top(std: np.ndarray, first: int, h: int, flat_std: float) -> int:
@@ -687,12 +728,11 @@ def detect_data_bar(grey: np.ndarray, search_fraction: float = 0.25, flat_std: f
     grey = np.asarray(grey)
     if grey.ndim != 2 or grey.shape[0] < 8:
         return 0
-    # flat_std is in 8-bit grey levels: other types are scaled so their maximum reads 255
-    scale = 255.0 / max(float(np.max(grey)), 1.0) if grey.dtype != np.uint8 else 1.0
-    g = grey.astype(np.float32)
-    h = g.shape[0]
+    # flat_std is in 8-bit grey levels: other types are scaled so that their value range spans 255
+    scale = _level_scale(float(np.min(grey)), float(np.max(grey))) if grey.dtype != np.uint8 else 1.0
+    h = grey.shape[0]
     start = max(1, int(h * (1 - search_fraction)))
-    return _bar_top(g[start - 1:].std(axis=1) * scale, start - 1, h, flat_std)
+    return _bar_top(_row_texture(grey[start - 1:]) * scale, start - 1, h, flat_std)
 
 
 def crop_rows(grey: np.ndarray, crop_bottom, source: str = "") -> tuple[np.ndarray, int]:

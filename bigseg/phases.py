@@ -256,10 +256,11 @@ def check_names(names, n_phases: int, what: str = "phase_names") -> list[str]:
 
 
 def _first_duplicate(names) -> tuple[int, int] | None:
-    # names that differ only in case or spacing would be one column to a spreadsheet
+    # names that differ only in case, spacing or Unicode form (a ligature, a full-width letter: NFKC) would
+    # look alike in a legend and be one column to a spreadsheet
     seen: dict[str, int] = {}
     for i, n in enumerate(names):
-        key = " ".join(str(n).split()).casefold()
+        key = " ".join(unicodedata.normalize("NFKC", str(n)).split()).casefold()
         if key in seen:
             return seen[key], i
         seen[key] = i

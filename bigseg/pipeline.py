@@ -21,7 +21,8 @@ import numpy as np
 from . import __version__, clahe, estimator, features, io, preprocess, regions, rename, store
 from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound, resolved_store_features
 from .export import EXPORT_DIRS, export_constituents, export_image, export_large, write_tables
-from .lock import output_lock
+from .lock import OUTPUT_ENTRIES, output_lock
+from .safety import excerpt
 from .report import write_report
 from .model import Model, ModelError, fit, regularisation, void_split
 from .segment import activations_graph
@@ -98,12 +99,27 @@ def _ingest_record(source: str, identity: dict | None, settings: dict, table, im
             "pixel_inputs": [(table or {}).get(image_id), settings["pixel_size"]]}
 
 
+def not_outputs(paths, out_dir) -> list[Path]:
+    """``paths`` without the files this output folder's runs wrote (``--input D --out D``, or OUT inside the
+    input folder): a run's pictures are never micrographs of the next one."""
+    out_dir = Path(out_dir).resolve()
+    own = [out_dir / name for name in OUTPUT_ENTRIES]
+    kept = []
+    for p in paths:
+        where = Path(p).resolve()
+        if any(where == o or o in where.parents for o in own):
+            log.info("%s: an output of this folder's runs, not a micrograph; left out", p)
+        else:
+            kept.append(p)
+    return kept
+
+
 def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
     """Store every readable input; return the ids in the store and the skipped files."""
     import dask
 
     out_dir = Path(out_dir)
-    paths = [Path(p) for p in paths]
+    paths = not_outputs([Path(p) for p in paths], out_dir)
     ids = io.image_ids(paths)
     table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
     store_path = str(out_dir / "store.zarr")
@@ -602,9 +618,9 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     settings = runner.resolve(settings)
     timings = {}
     t = time.perf_counter()
-    paths = io.find_images(inputs)
+    paths = not_outputs(io.find_images(inputs), out_dir)
     if not paths:
-        raise FileNotFoundError(f"no image found in {list(inputs)}")
+        raise FileNotFoundError(f"no image found in {[excerpt(str(i)) for i in inputs]}")
     if model is not None:
         model.check_settings(settings)
         settings = dict(settings, store_features=False)   # new images: features on the fly

@@ -249,10 +249,15 @@ def test_zarr_limits_pixels_but_not_ratio(tmp_path):
     zarr.create_array(str(tmp_path / "huge.zarr"), shape=(60000, 60000), chunks=(4096, 4096), dtype="uint8")
     message = _read_error(io.ChunkedImage, tmp_path / "huge.zarr")
     assert message.startswith(f"{tmp_path / 'huge.zarr'}: declares 60000 x 60000 pixels")
-    # a sparse Zarr array (unwritten chunks) is legitimate, however small its folder
+    # a Zarr array of constant chunks is legitimate, however small its folder
+    flat = zarr.create_array(str(tmp_path / "flat.zarr"), shape=(12288, 12288), chunks=(4096, 4096), dtype="uint8",
+                             config={"write_empty_chunks": True})
+    flat[...] = 0
+    with io.ChunkedImage(tmp_path / "flat.zarr") as img:
+        assert img.shape == (12288, 12288) and not np.any(img.rows(0, 2))
+    # unwritten chunks would read as blank squares nobody can tell from the specimen: refused by name
     zarr.create_array(str(tmp_path / "sparse.zarr"), shape=(20000, 20000), chunks=(4096, 4096), dtype="uint8")
-    with io.ChunkedImage(tmp_path / "sparse.zarr") as img:
-        assert img.shape == (20000, 20000) and not np.any(img.rows(0, 2))
+    assert "25 of 25 chunks of the image are missing" in _read_error(io.ChunkedImage, tmp_path / "sparse.zarr")
 
 
 # --- compressed TIFFs as SEM software writes them ------------------------------------------

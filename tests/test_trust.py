@@ -153,3 +153,16 @@ def test_image_names_that_start_a_formula_are_guarded_in_phase_fractions_csv(tmp
     # the report reads the names as they are
     html = (out / "report.html").read_text()
     assert "'=HYPERLINK" not in html
+
+
+def test_a_run_into_its_input_folder_never_ingests_its_own_outputs(tmp_path, synth_dir):
+    folder = _images(synth_dir, tmp_path, n=3)
+    first = _invoke("run", "--input", folder, "--out", folder, *FAST)
+    assert first.exit_code == 0, first.output
+    assert (folder / "fingerprints.png").exists()
+    again = _invoke("run", "--input", folder, "--out", folder, *FAST)
+    assert again.exit_code == 0, again.output
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["n_images"] == 3 and summary["segmented_this_run"] == 0
+    assert sorted(p.stem for p in (folder / "labels").glob("*.png")) == sorted(p.stem for p in folder.glob("*.png")
+                                                                             if p.name != "fingerprints.png")

@@ -229,13 +229,27 @@ def test_a_run_folder_is_taken_as_its_labels(tmp_path):
 
 
 @pytest.mark.parametrize("shape, why", [((30, 20), "transposed"), ((1, 1), "another aspect ratio"),
-                                        ((18, 30), "another aspect ratio")])
+                                        ((20, 24), "another aspect ratio"), ((40, 60), None)])
 def test_predictions_showing_other_pixels_than_their_mask_are_refused_by_name(tmp_path, shape, why):
     p, m = _folders(tmp_path)
     Image.fromarray(_two_class()).save(m / "a.png")
     Image.fromarray(_two_class(shape)).save(p / "a.png")
+    if why is None:     # the same picture at twice the scale: compared after a resize
+        assert evaluate.evaluate_dirs(p, m)["mean_iou"] == 1.0
+        return
     line = _error(_invoke("evaluate", p, "--labels", m), 1)
     assert str(p / "a.png") in line and why in line
+
+
+def test_a_prediction_cropped_otherwise_at_the_bottom_is_compared_on_the_common_rows_with_a_warning(tmp_path,
+                                                                                                   caplog):
+    p, m = _folders(tmp_path)
+    mask = _two_class((703, 64))
+    pred = np.vstack([_two_class((703, 64)), np.full((15, 64), 1, np.uint8)])     # 718 rows: 15 of data bar
+    Image.fromarray(mask).save(m / "a.png")
+    Image.fromarray(pred).save(p / "a.png")
+    assert evaluate.evaluate_dirs(p, m)["mean_iou"] == 1.0
+    assert f"{p / 'a.png'}: 718 rows against 703" in caplog.text
 
 
 @pytest.mark.parametrize("key, value", [("queue", "normal\n#SBATCH --uid=0"), ("account", "a#SBATCH"),
@@ -244,3 +258,68 @@ def test_cluster_values_that_would_add_lines_to_the_job_script_are_refused(key, 
     cluster = {"type": "slurm", "cores": 4, "memory": "8GiB", key: value}
     with pytest.raises(config.ConfigError, match=f"cluster.{key}: .*control character or '#SBATCH'"):
         config.validate({"cluster": cluster})
+
+
+# --- the data bar, whatever the file's type ------------------------------------------------
+
+def _micrograph_with_bar(h=200, w=256, bar=30):
+    """A textured grey frame whose bottom ``bar`` rows are a data bar: a black line, then white with text."""
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[:h, :w]
+    grey = 90 + 50 * np.sin(xx / 6.0) * np.cos(yy / 9.0) + rng.normal(0, 12, (h, w))
+    grey[h - bar] = 4 + rng.normal(0, 2.0, w)       # a dark line with a little noise, as scanned
+    grey[h - bar + 1:] = 250
+    for x0 in range(10, w - 20, 24):            # letters
+        grey[h - bar + 8:h - bar + 20, x0:x0 + 12] = 20
+    return np.clip(grey, 0, 255).astype(np.uint8)
+
+
+def test_signed_16_bit_and_cmyk_jpeg_images_lose_their_data_bar_as_the_grey_picture(tmp_path):
+    import tifffile
+
+    grey = _micrograph_with_bar()
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    tifffile.imwrite(tmp_path / "signed.tif", grey.astype(np.int16) * 16 - 5000)   # all below 0
+    Image.fromarray(grey).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=75)
+    expected = io.detect_data_bar(io.read_image(tmp_path / "grey.png").data)
+    assert expected == 30
+    for name in ("signed.tif", "cmyk.jpg"):
+        assert io.detect_data_bar(io.read_image(tmp_path / name).data) == expected, name
+
+
+# --- Zarr inputs with a hole or a link -------------------------------------------------------
+
+def _zarr_input(path):
+    import zarr
+
+    arr = zarr.create_array(str(path), shape=(64, 64), chunks=(32, 32), dtype="uint8", zarr_format=3)
+    arr[...] = np.random.default_rng(0).integers(1, 255, (64, 64), dtype=np.uint8)
+    chunks = sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(chunks) == 4
+    return chunks
+
+
+@pytest.mark.parametrize("fault", ["missing", "link"])
+def test_a_zarr_input_with_a_missing_or_linked_chunk_is_refused_by_name(tmp_path, fault):
+    chunks = _zarr_input(tmp_path / "img.zarr")
+    if fault == "missing":
+        chunks[1].unlink()
+    else:
+        (tmp_path / "outside").write_bytes(chunks[1].read_bytes())
+        chunks[1].unlink()
+        os.symlink(tmp_path / "outside", chunks[1])
+    with pytest.raises(io.ImageReadError) as info:
+        io.ChunkedImage(tmp_path / "img.zarr")
+    message = str(info.value)
+    assert str(tmp_path / "img.zarr") in message and "\n" not in message
+    assert ("1 of 4 chunks" in message) if fault == "missing" else (str(chunks[1]) in message)
+
+
+@pytest.mark.parametrize("names", [["\ufb01ne", "fine"], ["\uff21lpha", "Alpha"], ["e\u0301t\u00e9", "\u00e9te\u0301"]])
+def test_phase_names_equal_after_unicode_normalisation_are_refused(names):
+    from bigseg.phases import check_names
+
+    with pytest.raises(ValueError, match="phases 0 and 1 are both named"):
+        check_names(names, 2)
+    with pytest.raises(config.ConfigError, match="both named"):
+        config.validate({"phase_names": names, "n_components": 2})
