@@ -15,8 +15,6 @@ records, are the runner's (:mod:`bigseg.pipeline`).
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 from . import diagnose, io, viz
 from .model import fingerprints
 from .phases import csv_names
-from .safety import csv_row
+from .safety import csv_text
 from .segment import labels_at
 
 #: the per-image picture folders of the microconstituents (``n_constituents`` > 0): labels, colour, overlay
@@ -192,18 +190,16 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
     out_dir = Path(out_dir)
     k = model.n_phases
     columns = csv_names(model.phase_names)
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(csv_row(["image"] + columns))
+    rows = [["image"] + columns]
     totals, speckle, transition_shares, band_shares = np.zeros(k), {}, [], []
     for image_id, rec in records:
         fr = rec["fractions"]
-        w.writerow(csv_row([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)]))
+        rows.append([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
         totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
         speckle[image_id] = rec["speckle"]
         transition_shares.append(rec.get("transition_share"))
         band_shares.append(rec.get("boundary_pixels"))
-    io.atomic_write_text(out_dir / "phase_fractions.csv", buf.getvalue())
+    io.atomic_write_text(out_dir / "phase_fractions.csv", csv_text(rows))
     shares = totals / max(totals.sum(), 1)
     names = list(model.phase_names)
     summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
@@ -239,17 +235,15 @@ def write_constituent_table(out_dir, records, model) -> dict:
     level = model.constituents
     m = len(level["names"])
     columns = csv_names(level["names"])
-    buf = _io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image"] + columns)
+    rows = [["image"] + columns]
     totals = np.zeros(m)
     for image_id, rec in records:
         fr = rec.get("constituent_fractions")
         if fr is None:       # an image the level was not written for (a montage segmented band by band)
             continue
-        w.writerow([image_id] + [f"{fr[f'constituent_{i}']:.6f}" for i in range(m)])
+        rows.append([image_id] + [f"{fr[f'constituent_{i}']:.6f}" for i in range(m)])
         totals += np.array([fr[f"constituent_{i}"] for i in range(m)]) * rec["pixels"]
-    io.atomic_write_text(Path(out_dir) / "constituent_fractions.csv", buf.getvalue())
+    io.atomic_write_text(Path(out_dir) / "constituent_fractions.csv", csv_text(rows))
     shares = totals / max(totals.sum(), 1)
     prints = level_fingerprints(level, model.phase_names)
     return {"scales_px": list(level["sigmas"]), "fit": level["report"],

@@ -24,12 +24,13 @@ from .safety import UnsafeFileError, check_output_folder, kind_of, remove_stale_
 LOCK_NAME = ".bigseg.lock"
 #: what bigseg writes directly in an output folder: none of these may be a symbolic link, nor hold one
 #: (checked once the lock is held, before anything is written)
-OUTPUT_ENTRIES = ("store.zarr", "records", "model", "labels", "color", "activations", "overlay", "summary.json",
-                  "phase_fractions.csv", "fingerprints.png", "report.html", "select_k.json", "select_k.png",
-                  "comparison.md", "comparison.json")
+OUTPUT_ENTRIES = ("store.zarr", "records", "model", "labels", "color", "activations", "overlay", "constituents",
+                  "constituents_color", "constituents_overlay", "summary.json", "phase_fractions.csv",
+                  "constituent_fractions.csv", "fingerprints.png", "report.html", "select_k.json", "select_k.png",
+                  "comparison.md", "comparison.json", "baselines", "run")
 #: the folders whose files a killed writer may have left half-written under a temporary name
-TEMP_FOLDERS = (".", "labels", "color", "activations", "overlay", "model", "records/ingest", "records/features",
-                "records/segment")
+TEMP_FOLDERS = (".", "records/ingest", "records/features", "records/segment") + tuple(
+    name for name in OUTPUT_ENTRIES if "." not in name and name != "records")
 #: folders this process holds, so a command that locks before starting its workers can call a
 #: function that locks again (flock on a second descriptor would refuse its own process)
 _held: set = set()

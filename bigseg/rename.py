@@ -12,14 +12,12 @@ last but one, so a rename stopped half-way is finished by running it again.
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 from pathlib import Path
 
 from . import io, viz
 from .phases import check_names, csv_names, parse_assignments
-from .safety import csv_row
+from .safety import csv_text
 
 #: the folders of drawn pictures whose legends or titles name the phases
 PICTURE_DIRS = ("overlay", "activations")
@@ -101,9 +99,7 @@ def relabel_tables(out_dir, model) -> None:
     table = out_dir / "phase_fractions.csv"
     if table.exists():
         first, sep, rest = table.read_text().partition("\n")
-        buf = _io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow(csv_row(["image"] + columns))
-        io.atomic_write_text(table, buf.getvalue() + rest)
+        io.atomic_write_text(table, csv_text([["image"] + columns]) + rest)
     if (out_dir / "fingerprints.png").exists():
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
 

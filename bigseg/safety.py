@@ -235,6 +235,19 @@ def csv_row(cells) -> list:
     return [csv_cell(c) for c in cells]
 
 
+def csv_text(rows) -> str:
+    """The CSV text of ``rows`` (lists of cells), each through :func:`csv_row`, one ``\\n`` per row: what
+    every CSV file bigseg writes is made with."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    for row in rows:
+        writer.writerow(csv_row(row))
+    return buf.getvalue()
+
+
 def csv_value(cell: str) -> str:
     """The text :func:`csv_cell` guarded (a cell read back from a CSV bigseg wrote)."""
     if cell.startswith("'") and len(cell) > 1 and cell[1] in _FORMULA_START:

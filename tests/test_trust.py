@@ -166,3 +166,22 @@ def test_a_run_into_its_input_folder_never_ingests_its_own_outputs(tmp_path, syn
     assert summary["n_images"] == 3 and summary["segmented_this_run"] == 0
     assert sorted(p.stem for p in (folder / "labels").glob("*.png")) == sorted(p.stem for p in folder.glob("*.png")
                                                                              if p.name != "fingerprints.png")
+
+
+def test_every_output_folder_and_csv_is_checked_and_guarded():
+    """A folder added to the exports is checked for links too; every CSV is written through the guard."""
+    import re
+    from pathlib import Path
+
+    from bigseg.export import EXPORT_DIRS
+    from bigseg.lock import OUTPUT_ENTRIES
+
+    assert set(EXPORT_DIRS) <= set(OUTPUT_ENTRIES)
+    package = Path(__file__).resolve().parents[1] / "bigseg"
+    for path in package.glob("*.py"):
+        text = path.read_text()
+        if path.name != "safety.py":
+            assert not re.search(r"csv\.writer|\.writerow", text), f"{path.name} writes CSV without safety.csv_text"
+        for name in re.findall(r'"([a-z_]+\.csv)"', text):
+            if name != "pixel_size_csv.csv":
+                assert name in OUTPUT_ENTRIES, f"{path.name} writes {name}, which lock.OUTPUT_ENTRIES does not list"
