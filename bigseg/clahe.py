@@ -84,6 +84,8 @@ def normalise(block: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def kernel_shape(shape, kernel_size) -> tuple[int, int]:
     if kernel_size is None:
         return tuple(max(int(s) // 8, 1) for s in shape)
+    if isinstance(kernel_size, (list, tuple)):
+        return int(kernel_size[0]), int(kernel_size[1])
     return (int(kernel_size),) * 2
 
 

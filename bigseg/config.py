@@ -30,9 +30,9 @@ class ConfigError(ValueError):
 
 
 #: what a key is to a saved model (``Option.role``): "features" keys change the numbers a model
-#: was fitted on, "fit" and "segment" keys are the method's, "kept" keys travel with it as
-#: how its images were read; a key with no role is a run setting a model never carries
-ROLES = ("features", "fit", "segment", "kept")
+#: was fitted on, "fit" and "segment" keys are the method's; a key with no role is a run setting or a
+#: fact of one collection's files (``crop_bottom``: a data bar's height), which a model never carries
+ROLES = ("features", "fit", "segment")
 
 
 @dataclass(frozen=True)
@@ -238,8 +238,24 @@ MAX_WINDOW = 1025
 MAX_SCALES = 32
 
 
+#: keys of the scale form of ``resize`` (:func:`bigseg.preprocess.collection_scale` writes it into a model)
+SCALE_KEYS = ("factor", "um_per_pixel")
+
+
 def _resize(key, v):
-    """``native``, ``physical``, an int (the longer side, aspect ratio kept) or ``[height, width]``."""
+    """``native``, ``physical``, an int (the longer side, aspect ratio kept), ``[height, width]``, or a
+    scale ``{factor, um_per_pixel}``: processing pixels per native pixel, and micrometres per processing
+    pixel for images whose pixel size is known (either may be null, not both)."""
+    if isinstance(v, dict):
+        bad = [k for k in v if k not in SCALE_KEYS]
+        if bad:
+            raise ConfigError(f"{key}: the scale form takes {', '.join(SCALE_KEYS)}; got {bad[0]!r}")
+        # a factor beyond a side's own limits would be a typo: at most 64x up (and 1/MAX_RESIZE_SIDE down)
+        out = {"factor": _optional(_float(1.0 / MAX_RESIZE_SIDE, 64.0))(f"{key}.factor", v.get("factor")),
+               "um_per_pixel": _optional(_float(0, lo_open=True))(f"{key}.um_per_pixel", v.get("um_per_pixel"))}
+        if out["factor"] is None and out["um_per_pixel"] is None:
+            raise ConfigError(f"{key}: the scale form needs factor, um_per_pixel or both")
+        return out
     if v in ("native", "physical"):
         return v
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -267,6 +283,16 @@ def _percentiles(key, v):
     if lo >= hi:
         raise ConfigError(f"{key}: low percentile must be below high, got {excerpt(v)}")
     return [lo, hi]
+
+
+def _clahe_kernel(key, v):
+    """A CLAHE tile side, or ``[rows, columns]`` (scikit-image's default tile of a grid is 1/8 of each side,
+    at least 1)."""
+    if isinstance(v, (list, tuple)):
+        if len(v) != 2:
+            raise ConfigError(f"{key}: expected a tile side N or [rows, columns], got {v!r}")
+        return [_int(1, 8192)(key, p) for p in v]
+    return _int(2, 8192)(key, v)
 
 
 def _optional(check):
@@ -315,8 +341,9 @@ FEATURE_PRESETS = {
 
 OPTIONS: dict[str, Option] = {
     # ingest
+    # no role: a data bar's height is a fact of one collection's files, so a model never carries it
     "crop_bottom": Option("auto", _crop, "rows of SEM information band to remove: 'auto' detects the data bar, or N",
-                          "ingest", role="kept"),
+                          "ingest"),
     "pixel_size": Option(None, _optional(_float(0, lo_open=True)),
                          "micrometres per pixel of images whose file does not say (TIFF tags, pixel_size_csv)", "ingest"),
     "pixel_size_csv": Option(None, _optional(_path), "CSV with columns image,pixel_size_um (image = file stem)", "ingest"),
@@ -327,7 +354,11 @@ OPTIONS: dict[str, Option] = {
     "resize": Option(512, _resize,
                      f"the processing grid: N = the longer side at N pixels, aspect ratio kept (so every filter "
                      f"sees the microstructure alike along x and y); 'native'; 'physical' (to "
-                     f"target_pixel_size); or an exact HxW / [H, W] (sides at most {MAX_RESIZE_SIDE})",
+                     f"target_pixel_size); an exact HxW / [H, W] (sides at most {MAX_RESIZE_SIDE}); or a scale "
+                     f"{{factor: F, um_per_pixel: U}}. A fit turns N, native and physical into the scale of its "
+                     f"images (the median of theirs: micrometres per processing pixel where pixel sizes are "
+                     f"known, the native-to-processing factor always), resamples every image to it, and its "
+                     f"model carries it, so a montage is segmented at its frames' scale",
                      "preprocess", role="features"),
     "target_pixel_size": Option(None, _optional(_float(0, lo_open=True)),
                                 "micrometres per pixel of the processing grid when resize is 'physical'", "preprocess",
@@ -338,8 +369,10 @@ OPTIONS: dict[str, Option] = {
     "clahe_clip_limit": Option(0.01, _float(0, 1, lo_open=True), "CLAHE clip limit (skimage convention, 0-1]",
                                "preprocess", role="features"),
     # scikit-image pads the image by about a tile on each side, so a tile far beyond any image costs memory
-    "clahe_kernel_size": Option(None, _optional(_int(2, 8192)), "CLAHE tile side in pixels (at most 8192); "
-                                "null = 1/8 of the image", "preprocess", role="features"),
+    "clahe_kernel_size": Option(None, _optional(_clahe_kernel), "CLAHE tile side in pixels (at most 8192), or "
+                                "[rows, columns] of it; null = 1/8 of the image's processing grid, which a fit "
+                                "turns into its images' tile (the median) so that a montage and its frames see "
+                                "the same tile", "preprocess", role="features"),
     # features
     "features": Option("method", None, "a preset (" + ", ".join(FEATURE_PRESETS) + ") or a list of kinds from "
                        + ", ".join(FEATURE_NAMES), "features", role="features"),
@@ -490,7 +523,7 @@ def _keys(role: str) -> tuple[str, ...]:
 
 #: the keys of each role, in the schema's order (``Settings.stage``), and "model": every key a saved model carries
 _STAGES = {role: _keys(role) for role in ROLES}
-_STAGES["model"] = _STAGES["features"] + _STAGES["fit"] + _STAGES["segment"] + _STAGES["kept"]
+_STAGES["model"] = _STAGES["features"] + _STAGES["fit"] + _STAGES["segment"]
 
 #: settings that change the numbers a model was fitted on; a model only applies
 #: to features computed with the same values.
@@ -888,10 +921,10 @@ class Settings(Mapping):
 
         Parameters
         ----------
-        role : {"features", "fit", "segment", "kept", "model"}
+        role : {"features", "fit", "segment", "model"}
             ``features``: the settings a model's numbers depend on
             (:data:`MODEL_BOUND_KEYS`, preprocessing included); ``fit``
-            (:data:`FIT_KEYS`); ``segment`` (:data:`SEGMENT_KEYS`); ``kept``;
+            (:data:`FIT_KEYS`); ``segment`` (:data:`SEGMENT_KEYS`);
             ``model``: everything a saved model carries (:data:`MODEL_KEYS`).
             Roles, not ``Option.stage``, which only groups the YAML file.
 

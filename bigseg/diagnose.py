@@ -64,6 +64,19 @@ def failure_modes(shares: np.ndarray, speckle: dict, report: dict) -> list[dict]
     return out
 
 
+def scale_warnings(scale: dict | None) -> list[dict]:
+    """The warning naming the images that could not be brought to the run's scale (``summary["scale"]``)."""
+    unmatched = (scale or {}).get("unmatched") or {}
+    if not unmatched:
+        return []
+    ids = sorted(unmatched)
+    shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+    return [{"kind": "scale", "images": ids,
+             "message": f"{len(ids)} image(s) not brought to the model's scale: {shown} ({unmatched[ids[0]]})",
+             "suggestion": "give every image's pixel size (pixel_size_csv, or pixel_size for all) where the "
+                           "model's scale is in micrometres, or fit a model on images like these"}]
+
+
 def fingerprint_figure(H: np.ndarray, names, labels) -> bytes:
     """One bar chart per component over the named features, as PNG bytes."""
     from .viz import PALETTE, figure_png, pyplot

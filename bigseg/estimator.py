@@ -37,9 +37,11 @@ __all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activatio
            "transition_windows", "fit_constituents", "constituent_activations"]
 
 #: what a model keeps of the settings that :meth:`PhaseSegmenter.predict` reads from the estimator at call
-#: time (the segment stage's coupling and how files are cropped); :meth:`PhaseSegmenter.save` writes their
-#: current values, so a saved estimator predicts what it predicted before
-_CALL_TIME_KEYS = tuple(k for k in config.MODEL_KEYS if config.OPTIONS[k].role in ("segment", "kept"))
+#: time (the segment stage's coupling); :meth:`PhaseSegmenter.save` writes their current values, so a saved
+#: estimator predicts what it predicted before
+_CALL_TIME_KEYS = tuple(k for k in config.MODEL_KEYS if config.OPTIONS[k].role == "segment")
+#: the settings a fit turns into its images' one scale (``preprocess.scaled_settings``)
+_SCALE_KEYS = ("resize", "clahe_kernel_size")
 
 
 def __getattr__(name):
@@ -686,6 +688,12 @@ class PhaseSegmenter:
         inputs = [_Input(item, i, settings, table, channel_axis) for i, item in enumerate(_expand(images))]
         if not inputs:
             raise ValueError("no image to fit on")
+        # every image at the images' one scale, which the model carries to the images it segments
+        settings = preprocess.scaled_settings(settings, [inp.shape for inp in inputs],
+                                              [inp.pixel_size for inp in inputs])
+        for inp in inputs:
+            inp.settings = settings
+            _warn_scale(settings, inp.pixel_size, inp.name)
         from .cluster import Runner
 
         runner = Runner(None, quiet=True)
@@ -725,6 +733,9 @@ class PhaseSegmenter:
             raise _not_fitted_error()(f"this {type(self).__name__} is not fitted yet: call fit(images) or "
                                  f"{type(self).__name__}.load(path) first")
         settings = self._settings()
+        if isinstance(model.settings["resize"], dict):
+            # resize (N, native, physical) chose the scale of the fit's images: every image is segmented at it
+            settings = dict(settings, **{k: model.settings[k] for k in _SCALE_KEYS})
         model.check_settings(settings)   # a feature setting changed since the fit would compute other numbers
         return model, settings
 
@@ -732,8 +743,11 @@ class PhaseSegmenter:
         if isinstance(image, (str, os.PathLike)):
             table = io.read_pixel_sizes(settings["pixel_size_csv"]) if settings["pixel_size_csv"] else None
             grey, pixel_size, _ = read_grey(image, settings, table)
-            return grey, pixel_size, str(image)
-        return grey_array(image, settings, name, channel_axis), settings["pixel_size"], name
+            name = str(image)
+        else:
+            grey, pixel_size = grey_array(image, settings, name, channel_axis), settings["pixel_size"]
+        _warn_scale(settings, pixel_size, name)
+        return grey, pixel_size, name
 
     def _per_image(self, images, channel_axis, answer):
         """``answer(model, settings, grey, pixel_size, name)`` of one image, or the list of answers of a list
@@ -849,9 +863,11 @@ class PhaseSegmenter:
         """Write the model folder (``model.json``, ``model.npz``, ``fingerprints.png``) that
         ``bigseg segment`` and :meth:`load` read.
 
-        The segment settings (``spatial_weight``, ``spatial_sweeps``) and
-        ``crop_bottom`` are saved as they are now, so the loaded estimator
-        predicts what this one does.
+        The segment settings (``spatial_weight``, ``spatial_sweeps``) are saved
+        as they are now, so the loaded estimator predicts what this one does;
+        the scale of the fit's images (``resize``, ``clahe_kernel_size``) goes
+        with them. How files are cropped (``crop_bottom``) is a fact of the
+        files, not of the model: the loaded estimator crops as it is told.
         """
         model, settings = self._checked()
         kept = dict(model.settings, **{k: settings[k] for k in _CALL_TIME_KEYS})
@@ -896,6 +912,13 @@ def _memberships(model: Model, settings: dict, grey, pixel_size, name) -> np.nda
 def _constituents(model: Model, settings: dict, grey, pixel_size, name) -> np.ndarray:
     probs = regions.settled_maps(model, image_activations(grey, model, settings, pixel_size, name), settings)[1]
     return labels_at(constituent_activations(probs, model, settings), grey.shape[:2])
+
+
+def _warn_scale(settings: dict, pixel_size, name: str) -> None:
+    """A warning naming an image that cannot be brought to the scale of the fit (``preprocess.scale_mismatch``)."""
+    why = preprocess.scale_mismatch(settings["resize"], pixel_size, name)
+    if why:
+        warnings.warn(why, UserWarning, stacklevel=3)
 
 
 def _did_you_mean(key: str) -> str:

@@ -212,7 +212,8 @@ def write_tables(out_dir, records, model, summary: dict) -> dict:
                              "band_pixel_share": _mean_share(band_shares)}
     # how pixels became phases: the components' own rows, or centres in activation space (regions.choose_assignment)
     summary["assignment"] = model.report.get("assignment", {"chosen": "components"})
-    summary["warnings"] = diagnose.failure_modes(shares, speckle, model.report) if speckle else []
+    summary["warnings"] = (diagnose.failure_modes(shares, speckle, model.report) if speckle else []) \
+        + diagnose.scale_warnings(summary.get("scale"))
     if model.constituents is not None:
         summary["constituents"] = write_constituent_table(out_dir, records, model)
         if model.constituents["report"].get("adds_nothing"):

@@ -51,6 +51,8 @@ BLOCKS_PER_COMPUTE = 4
 #: minibatch passes without improvement before it stops
 PATIENCE = 2
 SCALE_PERCENTILES = (0.5, 99.5)
+#: settings older models carried that are facts of their images' files (a data bar's height): ignored on load
+FORMER_MODEL_KEYS = ("crop_bottom",)
 #: the void phase's score where its test passes (and minus it where not): far above any activation or
 #: centre score, and exact in float32 steps of 1/16 near the crossing
 VOID_SCORE = 2.0 ** 20
@@ -601,6 +603,8 @@ def _check_settings(path: Path, settings: dict, names: list, rows: int, n_transi
     computing exactly ``names``, with H's ``rows`` made of the phases asked for (or fewer, where
     boundary components took capacity no refit could give back) and ``n_transitions`` boundaries;
     with ``n_centres`` phase centres, exactly as many as asked for."""
+    # facts of one collection's files that older models carried: never applied to new images
+    settings = {k: v for k, v in settings.items() if k not in FORMER_MODEL_KEYS}
     for key in settings:
         if key not in MODEL_KEYS:
             raise ModelError(f"{path}: settings.{key} is not a model setting; a model carries only what "

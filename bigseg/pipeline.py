@@ -148,6 +148,23 @@ def ingest(paths, out_dir, settings, runner) -> tuple[list[str], list[dict]]:
 
 # --- features ------------------------------------------------------------------------
 
+def at_one_scale(out_dir, ids, settings) -> tuple[dict, dict]:
+    """``settings`` with the stored images' one scale (``preprocess.scaled_settings``), and the images
+    that cannot be brought to it, ``{id: why}`` (``preprocess.scale_mismatch``).
+
+    A fit's settings become its images' scale here, before any feature is
+    computed; settings that hold a scale already (a model's) stay as they are.
+    """
+    root = store.open_root(Path(out_dir) / "store.zarr")
+    infos = {image_id: store.image_info(root, image_id) for image_id in ids}
+    if not isinstance(settings["resize"], dict):
+        settings = preprocess.scaled_settings(settings, [info["shape"] for info in infos.values()],
+                                              [info.get("pixel_size") for info in infos.values()])
+    unmatched = {image_id: why for image_id, info in infos.items()
+                 if (why := preprocess.scale_mismatch(settings["resize"], info.get("pixel_size"), image_id))}
+    return settings, unmatched
+
+
 def processing_shape(root, image_id: str, settings: dict) -> tuple[int, int]:
     """The processing grid of a stored image (its pixel size matters when resize is 'physical')."""
     info = store.image_info(root, image_id)
@@ -217,6 +234,7 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
     out_dir = Path(out_dir)
     store_path = out_dir / "store.zarr"
     root = store.open_root(store_path)
+    settings, _ = at_one_scale(out_dir, ids, settings)
     names = features.stack_names(settings)
     attrs = {"settings": json.dumps(model_bound(settings), sort_keys=True),
              "halo": features.halo(settings), "bigseg_version": __version__}
@@ -321,6 +339,7 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
     model_dir = out_dir / "model"
     if not ids:
         raise ValueError("no image to fit on: every input was skipped")
+    settings, _ = at_one_scale(out_dir, ids, settings)
     seen = inputs_digest(out_dir, ids)
     if model_dir.exists():
         try:
@@ -626,6 +645,12 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         settings = dict(settings, store_features=False)   # new images: features on the fly
     ids, skipped = ingest(paths, out_dir, settings, runner)
     timings["ingest"] = time.perf_counter() - t
+    # one scale for every image: the fit's images' or the model's; and why an image cannot be brought to it
+    unscaled = model is not None and not isinstance(settings["resize"], (dict, list))
+    if unscaled:
+        log.warning("the model carries no scale (saved by an older bigseg): each image is resized by "
+                    "resize=%s on its own; refit it to segment new images at its images' scale", settings["resize"])
+    settings, unmatched = (settings, {}) if unscaled else at_one_scale(out_dir, ids, settings)
 
     t = time.perf_counter()
     ids, more = prepare_features(out_dir, ids, settings, runner)
@@ -657,6 +682,8 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         "skipped": skipped, "model": model.report,
         "timings_seconds": {k: round(v, 3) for k, v in timings.items()}, "scheduler": runner.description,
         "versions": versions(),
+        "scale": {"resize": settings["resize"], "clahe_kernel_size": settings["clahe_kernel_size"],
+                  "unmatched": {i: why for i, why in unmatched.items() if i in ids}},
     }
     if shown is not None and shown != model.phase_names:
         # images segmented before, under other names: their legends follow (nothing is recomputed)
@@ -718,6 +745,7 @@ def _select_k(inputs, out_dir: Path, settings, runner, k_values, n_seeds: int) -
 
     settings = runner.resolve(settings)
     ids, skipped = ingest(io.find_images(inputs), out_dir, settings, runner)
+    settings, _ = at_one_scale(out_dir, ids, settings)
     ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")

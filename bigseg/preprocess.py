@@ -17,19 +17,119 @@ def target_shape(shape, resize, pixel_size=None, target_pixel_size=None, name: s
     microstructure along x than along y, and another in each frame size.
     ``physical`` resamples to ``target_pixel_size`` micrometres per pixel, so one
     phase has one size in pixels whatever the magnification it was taken at.
+    A scale ``{factor, um_per_pixel}`` (what a fit makes of the others,
+    :func:`collection_scale`) resamples by :func:`image_scale`.
     """
+    if isinstance(resize, dict):
+        return _scaled(shape, image_scale(resize, pixel_size, name))
     if resize == "native":
         return int(shape[0]), int(shape[1])
     if isinstance(resize, int):
-        scale = resize / max(int(shape[0]), int(shape[1]))
-        return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+        return _scaled(shape, resize / max(int(shape[0]), int(shape[1])))
     if resize == "physical":
         if not pixel_size:
             raise ValueError(f"{name}: resize is 'physical' but the pixel size is unknown; give it in the TIFF "
                              f"tags, pixel_size_csv or pixel_size")
-        scale = float(pixel_size) / float(target_pixel_size)
-        return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+        return _scaled(shape, float(pixel_size) / float(target_pixel_size))
     return int(resize[0]), int(resize[1])
+
+
+def _scaled(shape, scale: float) -> tuple[int, int]:
+    return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
+
+
+def image_scale(scale: dict, pixel_size=None, name: str = "image") -> float:
+    """Processing pixels per native pixel of one image under a scale ``{factor, um_per_pixel}``.
+
+    With both the image's pixel size and ``um_per_pixel``: their ratio, so the
+    image is sampled as the fit's images were in micrometres. Otherwise the
+    fit's ``factor`` (:func:`scale_mismatch` says why it cannot be matched).
+    The ratio is rounded to 12 significant digits: an image at the fit's own
+    pixel size gets exactly the fit's factor, not one an ulp off (which
+    would move a grid side that falls on a half pixel).
+    """
+    um, factor = scale.get("um_per_pixel"), scale.get("factor")
+    if um and pixel_size:
+        return float(f"{float(pixel_size) / float(um):.12g}")
+    if factor is None:
+        raise ValueError(f"{name}: the pixel size is unknown, and the scale to segment at is given only in "
+                         f"micrometres ({um} per processing pixel); give it in the TIFF tags, pixel_size_csv "
+                         f"or pixel_size")
+    return float(factor)
+
+
+def scale_mismatch(scale, pixel_size, name: str = "image") -> str | None:
+    """Why an image cannot be brought to a model's scale, in one line naming it; None when it can.
+
+    An image without a pixel size under a scale in micrometres, or one with a
+    pixel size under a scale fitted without any, is resampled by the fit's
+    native-to-processing factor: right only if its pixels are as large as the
+    fit's images' were.
+    """
+    if not isinstance(scale, dict) or scale.get("factor") is None:
+        return None
+    um, factor = scale.get("um_per_pixel"), scale["factor"]
+    if um and not pixel_size:
+        return (f"{name}: its pixel size is unknown, while the model's scale is {um:.4g} um per processing pixel; "
+                f"resampled by the fit's factor {factor:.4g}, right only if its pixels are as large as the fit's "
+                f"images' (give pixel_size_csv or pixel_size)")
+    if pixel_size and not um:
+        return (f"{name}: its pixel size is {float(pixel_size):.4g} um, while the model was fitted on images of "
+                f"unknown pixel size; resampled by the fit's factor {factor:.4g}, right only if its pixels are "
+                f"as large as the fit's images' were")
+    return None
+
+
+def collection_scale(shapes, pixel_sizes, resize, target_pixel_size=None, clahe_kernel_size=None):
+    """The one scale a fit brings its images to, and the CLAHE tile on it: ``(resize, clahe_kernel_size)``.
+
+    ``resize`` N and ``native`` become a scale ``{factor, um_per_pixel}``:
+    ``factor`` is the median of the images' native-to-processing factors (N
+    over the longer side, or 1), ``um_per_pixel`` the median of their
+    micrometres per processing pixel where their pixel sizes are known (None
+    where none is). ``physical`` becomes ``{factor: None, um_per_pixel:
+    target_pixel_size}``: asked in micrometres, an image of unknown pixel size
+    is refused by name, as before, rather than guessed. Images of
+    one size and no pixel size keep today's grid exactly; frames at other
+    pixel sizes come to one size in micrometres. ``clahe_kernel_size`` null
+    becomes the median of the images' default tiles (1/8 of each side of the
+    processing grid), so a montage and its frames see the same tile. An
+    exact grid ``[H, W]``, and a scale already made, are returned as they are.
+
+    Parameters
+    ----------
+    shapes : sequence of (rows, columns)
+        The images' native (cropped) sizes.
+    pixel_sizes : sequence of float or None
+        Their micrometres per native pixel, None where unknown.
+    """
+    if isinstance(resize, (dict, list, tuple)) or not len(shapes):
+        return resize, clahe_kernel_size
+    factors, ums = [], []
+    for shape, px in zip(shapes, pixel_sizes):
+        if resize != "physical":
+            factors.append(1.0 if resize == "native" else resize / max(int(shape[0]), int(shape[1])))
+            if px:
+                ums.append(float(px) / factors[-1])
+    if resize == "physical":
+        # asked in micrometres: an image of unknown pixel size stays one that cannot be resampled (skipped by name)
+        scale = {"factor": None, "um_per_pixel": float(target_pixel_size)}
+    else:
+        scale = {"factor": float(np.median(factors)), "um_per_pixel": float(np.median(ums)) if ums else None}
+    if clahe_kernel_size is None:
+        grids = [_scaled(shape, image_scale(scale, px)) for shape, px in zip(shapes, pixel_sizes)
+                 if px or scale["factor"] is not None]
+        if grids:       # scikit-image's default tile of each grid (1/8 of a side, at least 1), their median
+            clahe_kernel_size = [int(np.median([max(g[axis] // 8, 1) for g in grids])) for axis in (0, 1)]
+    return scale, clahe_kernel_size
+
+
+def scaled_settings(settings, shapes, pixel_sizes) -> dict:
+    """``settings`` with ``resize`` and ``clahe_kernel_size`` as the one scale of a collection of images
+    (:func:`collection_scale`); settings that already hold a scale come back unchanged."""
+    resize, kernel = collection_scale(shapes, pixel_sizes, settings["resize"], settings["target_pixel_size"],
+                                      settings["clahe_kernel_size"])
+    return dict(settings, resize=resize, clahe_kernel_size=kernel)
 
 
 def resize_image(image: np.ndarray, shape) -> np.ndarray:

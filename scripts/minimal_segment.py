@@ -12,8 +12,8 @@ written as ``DIR/<stem>.png``. Nothing of bigseg is imported: no settings valida
 
 Its labels equal ``PhaseSegmenter.load(MODEL_DIR).predict(image)``, bit for bit: each step does
 bigseg's arithmetic in bigseg's order (``tests/test_scripts.py`` checks it). It covers the settings a
-micrograph run uses: the kinds of the ``method`` feature set, ``resize`` as a side, a shape or
-``native``, features computed on the fly (the ``cd`` solver); it refuses the others by name.
+micrograph run uses: the kinds of the ``method`` feature set, ``resize`` as a side, a shape,
+``native`` or the scale a fit carries as a factor, features computed on the fly (the ``cd`` solver); it refuses the others by name.
 ``scripts/bench.py`` times it against ``predict`` in memory and against ``bigseg segment`` as a process.
 """
 
@@ -49,8 +49,8 @@ def load_model(folder) -> dict:
     if s.get("store_features", "auto") is True or (s.get("store_features", "auto") == "auto"
                                                    and s.get("solver") == "minibatch"):
         raise SystemExit(f"{folder}: this model's features are rounded as stored (solver minibatch): not covered")
-    if s["resize"] == "physical":
-        raise SystemExit(f"{folder}: resize 'physical' needs pixel sizes: not covered")
+    if s["resize"] == "physical" or (isinstance(s["resize"], dict) and s["resize"].get("um_per_pixel")):
+        raise SystemExit(f"{folder}: a scale in micrometres needs pixel sizes: not covered")
     transitions = set(meta.get("transitions", []))
     a = float(s.get("alpha_W", 0.0)) * H.shape[1]
     ratio = float(s.get("l1_ratio", 0.0))
@@ -116,6 +116,9 @@ def crop(grey: np.ndarray, setting, from_file: bool) -> np.ndarray:
 
 
 def grid_shape(shape, resize) -> tuple[int, int]:
+    if isinstance(resize, dict):     # the scale of the fit's images: processing pixels per native pixel
+        scale = resize["factor"]
+        return max(1, int(round(shape[0] * scale))), max(1, int(round(shape[1] * scale)))
     if resize == "native":
         return int(shape[0]), int(shape[1])
     if isinstance(resize, int):
@@ -206,11 +209,13 @@ def subset_solvers(H: np.ndarray, l2: float) -> np.ndarray:
     return np.array(out)
 
 
-def segment(image: np.ndarray, m: dict, from_file: bool = False) -> np.ndarray:
-    """Labels (uint8, the image's size after cropping) of a decoded image (2-D grey or RGB array)."""
+def segment(image: np.ndarray, m: dict, from_file: bool = False, crop_bottom="auto") -> np.ndarray:
+    """Labels (uint8, the image's size after cropping) of a decoded image (2-D grey or RGB array).
+
+    ``crop_bottom`` is the image's own (a model carries no data bar's height), as bigseg's setting."""
     from scipy import ndimage as ndi
 
-    grey = crop(to_grey(np.asarray(image)), m["s"]["crop_bottom"], from_file)
+    grey = crop(to_grey(np.asarray(image)), crop_bottom, from_file)
     small = resized(grey, m["s"])
     img = equalise(normalise(small, m["s"]["normalize_percentiles"]), m["s"])
     f = features(img, m)
@@ -436,14 +441,16 @@ def main(argv=None) -> int:
     ap.add_argument("model", help="a bigseg model folder (OUT/model of bigseg run, or PhaseSegmenter.save)")
     ap.add_argument("images", nargs="+", help="image files")
     ap.add_argument("--out", required=True, help="folder for the label PNGs")
+    ap.add_argument("--crop-bottom", default="auto", help="rows of data bar to remove: auto (found) or N")
     args = ap.parse_args(argv)
+    crop_bottom = args.crop_bottom if args.crop_bottom == "auto" else int(args.crop_bottom)
     from PIL import Image
 
     m = load_model(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for path in args.images:
-        labels = segment(read_grey(path), m, from_file=True)
+        labels = segment(read_grey(path), m, from_file=True, crop_bottom=crop_bottom)
         Image.fromarray(labels).save(out / f"{Path(path).stem}.png")
     return 0
 

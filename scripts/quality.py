@@ -70,7 +70,7 @@ def available_sets() -> list[str]:
 # --- the per-image path -----------------------------------------------------------------
 
 def prepare(items, settings):
-    """Features ``(y, x, f)`` of every image on its processing grid (the ``resize`` setting)."""
+    """Features ``(y, x, f)`` of every image on its processing grid (the ``resize`` setting: the set's scale)."""
     params = features.feature_params(settings)
     out = []
     for image_id, grey, truth in items:
@@ -167,6 +167,8 @@ def run_set(name, settings, methods, quick):
     # the set's class count, unless the command line asked for another k (or auto)
     s = {key: v for key, v in settings.items() if key != "n_components_asked"}
     s = config.validate(dict(s, n_components=settings.get("n_components_asked", k)))
+    # the set's one scale, as a fit brings its images to it (no pixel sizes are read here)
+    s = preprocess.scaled_settings(s, [grey.shape for _, grey, _ in items], [None] * len(items))
     t0 = time.perf_counter()
     prepared = prepare(items, s)
     results, notes = {}, {}

@@ -70,11 +70,13 @@ def test_model_key_groups_come_from_the_schema():
                                "tol", "init", "sample_size", "batch_size", "minibatch_fraction", "random_state",
                                "orthogonality", "transition_share", "assignment", "n_constituents")
     assert config.SEGMENT_KEYS == ("spatial_weight", "spatial_sweeps", "boundary_radius")
-    assert config.MODEL_KEYS == config.MODEL_BOUND_KEYS + config.FIT_KEYS + config.SEGMENT_KEYS + ("crop_bottom",)
+    assert config.MODEL_KEYS == config.MODEL_BOUND_KEYS + config.FIT_KEYS + config.SEGMENT_KEYS
     assert all(o.role in config.ROLES + (None,) for o in config.OPTIONS.values())
     # where and how a run goes is never part of a model
     for key in ("cluster", "chunk_size", "chunk_memory", "store_features", "max_image_pixels", "pixel_size_csv"):
         assert key not in config.MODEL_KEYS
+    # nor a fact of one collection's files: a data bar's height would crop a montage segmented with the model
+    assert "crop_bottom" not in config.MODEL_KEYS
 
 
 # --- Settings: the same schema, read-only ---------------------------------------------------------------------------
@@ -113,7 +115,6 @@ def test_settings_stage_keys_are_the_module_constants():
     assert config.Settings.stage("model") is config.MODEL_KEYS
     for role in config.ROLES:
         assert config.Settings.stage(role) == tuple(k for k, o in config.OPTIONS.items() if o.role == role)
-    assert config.Settings().stage("kept") == ("crop_bottom",)
     with pytest.raises(ValueError, match="unknown stage 'fitting'"):
         config.Settings.stage("fitting")
 
