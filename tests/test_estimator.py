@@ -440,7 +440,8 @@ def test_save_load_round_trip_predicts_the_same(fitted, tmp_path):
     seg.save(tmp_path / "model")
     back = PhaseSegmenter.load(tmp_path / "model")
     # the loaded estimator's resize and CLAHE tile are the scale its model carries (the fit's images')
-    scale = {"resize": seg.model_.settings["resize"], "clahe_kernel_size": seg.model_.settings["clahe_kernel_size"]}
+    scale = {"resize": seg.model_.settings["resize"],
+             "clahe_kernel_size": tuple(seg.model_.settings["clahe_kernel_size"])}
     assert back.get_params() == dict(seg.get_params(), **scale)
     np.testing.assert_array_equal(back.model_.H, seg.model_.H)
     for image in images:
