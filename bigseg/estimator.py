@@ -710,10 +710,11 @@ class PhaseSegmenter:
             set_names(model, settings["phase_names"])
         asked = model.settings["n_components"]     # the k fitted, also where the setting is auto
         if model.n_phases < asked:
+            from .diagnose import BOUNDARY_SUGGESTION
+
             warnings.warn(f"{len(model.transitions)} of the {asked} components live on phase "
                           f"boundaries and the features allow no refit with more components: "
-                          f"{model.n_phases} phases. Add features (features='extended') or lower n_components",
-                          UserWarning, stacklevel=2)
+                          f"{model.n_phases} phases; {BOUNDARY_SUGGESTION}", UserWarning, stacklevel=2)
         return self._adopt(model)
 
     def _adopt(self, model: Model) -> "PhaseSegmenter":

@@ -54,6 +54,10 @@ class FeatureKind:
         ``kernel(img, p) -> list of ndarray``: its channels of one float32 block, each of the block's shape.
     says : {"brightness", "texture", None}
         What a phase scoring high on it is (:mod:`bigseg.phases` names phases from it); None for neither.
+    word : str
+        What it measures in plain words, as a metallurgist would say it ("edge strength",
+        "blobs/curvature"): the start of its channels' labels (:func:`feature_label`) in
+        fingerprint charts, and the words of phase names.
     """
 
     name: str
@@ -62,6 +66,7 @@ class FeatureKind:
     radius: Callable[[dict], int]
     kernel: Callable[[np.ndarray, dict], list[np.ndarray]]
     says: str | None = None
+    word: str = ""
 
     def args(self, settings) -> dict:
         """The settings this kind reads, out of a whole settings mapping."""
@@ -127,7 +132,7 @@ def _local_std(img, p):
     return out
 
 
-def _granulometry(name: str, op) -> FeatureKind:
+def _granulometry(name: str, op, word: str) -> FeatureKind:
     """Grey closings or openings at several window sides (``<name>_sizes``)."""
     key = f"{name}_sizes"
     return FeatureKind(
@@ -135,7 +140,7 @@ def _granulometry(name: str, op) -> FeatureKind:
         channels=lambda p: [f"{name}_w{s}" for s in p[key]],
         # a dilation then an erosion (or the reverse), each reaching half the window
         radius=lambda p: max(2 * (s // 2) for s in p[key]),
-        kernel=lambda img, p: [op(img, size=(s, s), mode="reflect") for s in p[key]])
+        kernel=lambda img, p: [op(img, size=(s, s), mode="reflect") for s in p[key]], word=word)
 
 
 def _max_radius(key):
@@ -145,35 +150,39 @@ def _max_radius(key):
 #: every feature kind, in the order of ``config.FEATURE_NAMES`` (the kinds the settings allow)
 FEATURES: dict[str, FeatureKind] = {k.name: k for k in (
     FeatureKind("intensity", (), channels=lambda p: ["intensity"], radius=lambda p: 0, kernel=lambda img, p: [img],
-                says="brightness"),
+                says="brightness", word="brightness"),
     FeatureKind("gradient", ("gradient_sigma", "truncate"),
                 channels=lambda p: [f"gradient_s{p['gradient_sigma']:g}"],
-                radius=lambda p: _radius(p["gradient_sigma"], p["truncate"]), kernel=_gradient, says="texture"),
+                radius=lambda p: _radius(p["gradient_sigma"], p["truncate"]), kernel=_gradient, says="texture",
+                word="edge strength"),
     # no "says": after scaling a flat region sits mid-range, so a high Laplacian is not "rough"
     FeatureKind("laplacian", ("laplacian_sigma", "truncate"),
                 channels=lambda p: [f"laplacian_s{p['laplacian_sigma']:g}"],
-                radius=lambda p: _radius(p["laplacian_sigma"], p["truncate"]), kernel=_laplacian),
+                radius=lambda p: _radius(p["laplacian_sigma"], p["truncate"]), kernel=_laplacian,
+                word="blobs/curvature"),
     FeatureKind("variance", ("variance_size",), channels=lambda p: [f"variance_w{p['variance_size']}"],
-                radius=lambda p: p["variance_size"] // 2, kernel=_variance, says="texture"),
+                radius=lambda p: p["variance_size"] // 2, kernel=_variance, says="texture", word="texture"),
     FeatureKind("blur", ("blur_sigmas", "truncate"), channels=lambda p: [f"blur_s{s:g}" for s in p["blur_sigmas"]],
-                radius=_max_radius("blur_sigmas"), kernel=_blur, says="brightness"),
+                radius=_max_radius("blur_sigmas"), kernel=_blur, says="brightness", word="brightness blurred"),
     FeatureKind("hessian", ("hessian_sigmas", "truncate"),
                 channels=lambda p: [f"hessian_{e}_s{s:g}" for s in p["hessian_sigmas"] for e in ("max", "min")],
-                radius=_max_radius("hessian_sigmas"), kernel=_hessian),
+                radius=_max_radius("hessian_sigmas"), kernel=_hessian, word="ridges/blobs"),
     FeatureKind("structure", ("structure_sigmas", "truncate"),
                 channels=lambda p: [f"structure_{e}_s{p['structure_sigmas'][0]:g}_{p['structure_sigmas'][1]:g}"
                                     for e in ("max", "min")],
                 # smoothing of a gradient product: the two reaches add
                 radius=lambda p: sum(_radius(s, p["truncate"]) for s in p["structure_sigmas"]),
-                kernel=_structure, says="texture"),
+                kernel=_structure, says="texture", word="edges and corners"),
     FeatureKind("local_std", ("local_std_sigmas", "truncate"),
                 channels=lambda p: [f"local_std_s{s:g}" for s in p["local_std_sigmas"]],
-                radius=_max_radius("local_std_sigmas"), kernel=_local_std, says="texture"),
-    _granulometry("closing", ndi.grey_closing),
-    _granulometry("opening", ndi.grey_opening),
+                radius=_max_radius("local_std_sigmas"), kernel=_local_std, says="texture",
+                word="texture"),
+    _granulometry("closing", ndi.grey_closing, "size of dark regions"),
+    _granulometry("opening", ndi.grey_opening, "size of bright regions"),
 )}
-# config lists the kinds a user may write (as it lists every other setting's choices); each needs an entry here
-if tuple(FEATURES) != FEATURE_NAMES:
+# config lists the kinds a user may write (as it lists every other setting's choices); each needs an entry here,
+# and each says in plain words what it measures
+if tuple(FEATURES) != FEATURE_NAMES or not all(k.word for k in FEATURES.values()):
     raise ImportError(f"bigseg.features.FEATURES {tuple(FEATURES)} does not match config.FEATURE_NAMES "
                       f"{FEATURE_NAMES}")
 
@@ -196,6 +205,37 @@ def kinds(settings) -> list[FeatureKind]:
 def feature_names(settings: dict) -> list[str]:
     """Names of the feature channels, in order."""
     return [n for kind in kinds(settings) for n in kind.channels(kind.args(settings))]
+
+
+def feature_kind(channel: str) -> FeatureKind | None:
+    """The kind a channel name (``laplacian_s1``, ``variance_w7``) belongs to; None for a channel of no kind
+    (the void levels)."""
+    found = [k for k in FEATURES.values() if channel == k.name or channel.startswith(f"{k.name}_")]
+    return max(found, key=lambda k: len(k.name)) if found else None
+
+
+def feature_label(channel: str) -> str:
+    """A channel in plain words, with its scale: ``laplacian_s1`` -> "blobs/curvature, 1 px",
+    ``variance_w7`` -> "texture, 7 px window", ``structure_max_s1_4`` -> "edges and corners, max, 1-4 px".
+
+    What fingerprint charts show for a feature; the phase names use the kind's word alone.
+    """
+    import re
+
+    kind = feature_kind(channel)
+    if kind is None:
+        return channel
+    rest = channel[len(kind.name):].lstrip("_")
+    parts = [kind.word]
+    extreme = re.match(r"(max|min)_", rest)
+    if extreme:
+        parts.append(extreme.group(1))
+        rest = rest[extreme.end():]
+    if rest.startswith("s"):
+        parts.append("-".join(rest[1:].split("_")) + " px")
+    elif rest.startswith("w"):
+        parts.append(f"{rest[1:]} px window")
+    return ", ".join(parts)
 
 
 def aux_names(settings: dict) -> list[str]:

@@ -295,11 +295,13 @@ class Model:
         return (e / e.sum(axis=0, keepdims=True)).astype(np.float32)
 
     def fingerprint_png(self) -> bytes:
-        """The phases' fingerprints (H rows over the named features) as a PNG bar chart."""
+        """The phases' fingerprints as a PNG bar chart: each phase's pixels against the phases' mean, over the
+        features in plain words (``phases.fingerprint_values``), what the phase names read."""
         if self.figure is None:
             from .diagnose import fingerprint_figure
+            from .phases import fingerprint_values
 
-            self.figure = fingerprint_figure(self.phase_H, self.feature_names, self.phase_names)
+            self.figure = fingerprint_figure(fingerprint_values(self), self.feature_names, self.phase_names)
         return self.figure
 
     def check_settings(self, settings: dict) -> None:
@@ -1076,7 +1078,7 @@ def _in_stable_order(X, W, H, transitions, feature_names, report):
     report["phases"] = [{"sample_share": round(float(s), 6),
                          "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, p)}}
                         for s, p in zip(shares, profiles)]
-    return H, list(range(n_phases, len(rows))), describe(profiles, H[:n_phases], feature_names)
+    return H, list(range(n_phases, len(rows))), describe(profiles, feature_names)
 
 
 def _centres_in_stable_order(X, W, H, centres, feature_names, report):
@@ -1098,7 +1100,7 @@ def _centres_in_stable_order(X, W, H, centres, feature_names, report):
     report["phases"] = [{"sample_share": round(shares[j], 6),
                          "pixel_means": {n: round(float(v), 6) for n, v in zip(feature_names, profiles[i])}}
                         for i, j in enumerate(rows)]
-    return centres, describe(profiles, normalise_rows(centres @ H), feature_names)
+    return centres, describe(profiles, feature_names)
 
 
 def _finish_H(X, H, settings, report):

@@ -6,12 +6,15 @@ label 0 of the next. :func:`order` sorts the phases by the mean intensity of
 the pixels each one wins, darkest first: two runs that find the same phases
 give them the same labels.
 
-:func:`describe` names each phase from its pixels (how bright, how textured,
-relative to the other phases), and adds the fingerprint's dominant feature
-only where the pixels confirm it: a fingerprint alone says what a component
-*weighs*, which after the scaling is not always what its pixels *are* (a
-component that is 96 % Laplacian was once called "dark, smooth" from its
-fingerprint while its pixels were mid-grey edges).
+:func:`describe` names each phase from its pixels, relative to the other
+phases, in a metallurgist's words (``features.FeatureKind.word``): how bright,
+how textured, and the one property it shows most clearly above the others
+("blobs/curvature", "size of dark regions"). The fingerprint chart
+(:func:`fingerprint_values`) shows exactly what the name reads: each phase's
+pixel profile against the phases' mean, feature by feature. An H row alone
+says what a component *weighs*, which after the scaling is not what its pixels
+*are*: a flat region sits mid-range on the Laplacian, so a dark, smooth matrix
+can be 90 % Laplacian in H while its pixels are no more curved than any other.
 """
 
 from __future__ import annotations
@@ -148,47 +151,61 @@ def _texture_words(profiles: np.ndarray, names: list) -> list[str | None]:
     return ["textured" if v >= lo + (hi - lo) / 2 else "smooth" for v in t]
 
 
-def _confirmed_feature(i: int, profiles: np.ndarray, H: np.ndarray, names: list) -> str | None:
-    """The fingerprint's dominant feature of phase ``i`` if its pixels confirm it, else None.
+def contrast(profiles: np.ndarray) -> np.ndarray:
+    """Each phase's profile minus the phases' mean, feature by feature: what sets it apart, the fingerprint
+    chart's bars and what the names read."""
+    profiles = np.asarray(profiles, np.float64)
+    return profiles - profiles.mean(axis=0) if len(profiles) else profiles
 
-    Confirmed means: this phase's pixels score highest on that feature, by at
-    least ``SAME_LEVEL`` over every other phase's.
+
+def _standout(i: int, profiles: np.ndarray, names: list) -> str | None:
+    """The plain word of the feature on which phase ``i`` stands out most clearly above every other phase,
+    or None.
+
+    Brightness and texture kinds are left out (the brightness and texture words
+    say them). A feature counts where this phase's pixels score highest, by at
+    least ``SAME_LEVEL`` over every other phase's; of those, the one furthest
+    above the phases' mean names it.
     """
-    row = np.asarray(H[i], np.float64)
-    f = int(np.argmax(row))
-    if row.sum() <= 0 or row[f] / row.sum() < DOMINANT_SHARE or names[f].startswith(_kinds_saying("brightness")):
-        return None
-    others = np.delete(profiles[:, f], i)
-    if others.size and profiles[i, f] < others.max() + SAME_LEVEL:
-        return None
-    return names[f]
+    from .features import feature_kind
+
+    worded = _kinds_saying("brightness") + _kinds_saying("texture")
+    lift = contrast(profiles)[i]
+    best, word = 0.0, None
+    for f, name in enumerate(names):
+        kind = feature_kind(name)
+        if kind is None or kind.name in worded:
+            continue
+        others = np.delete(profiles[:, f], i)
+        if profiles[i, f] >= others.max() + SAME_LEVEL and lift[f] > best:
+            best, word = lift[f], kind.word
+    return word
 
 
-def describe(profiles: np.ndarray, H: np.ndarray, feature_names) -> list[str]:
-    """A descriptive name for each phase, such as ``"dark, smooth"`` or ``"mid, textured, high laplacian_s1"``.
+def describe(profiles: np.ndarray, feature_names) -> list[str]:
+    """A descriptive name for each phase, such as ``"dark, smooth"`` or ``"mid, textured, high blobs/curvature"``.
 
     Parameters
     ----------
     profiles : ndarray, shape (phases, features)
         Mean scaled features of each phase's pixels (:func:`pixel_profiles`).
-    H : ndarray, shape (phases, features)
-        The phases' fingerprints (H rows), in the same order.
     feature_names : list of str
 
     Returns
     -------
     list of str
-        Unique names. The brightness word comes from the rank of the phase's
-        mean intensity among the phases (darkest, dark, mid, bright,
-        brightest; phases within ``SAME_LEVEL`` share one), the texture word
-        from its pixels' gradient and variance features against the other
-        phases' (omitted when all phases are alike), and the fingerprint's
-        dominant feature is added only where this phase's pixels score
-        clearly highest on it. Phases that would share a name are numbered.
+        Unique names, each word read off :func:`contrast` of ``profiles`` (the
+        fingerprint chart): the brightness word from the rank of the phase's
+        mean intensity among the phases (darkest, dark, mid, bright, brightest;
+        phases within ``SAME_LEVEL`` share one); "smooth" or "textured" from its
+        texture features (edge strength, local variance) against the other
+        phases' (omitted when all phases are alike); and "high" with the plain
+        word of the one other feature on which it stands clearly above every
+        other phase (:func:`_standout`). Phases that would share a name are
+        numbered.
     """
     names = list(feature_names)
     profiles = np.asarray(profiles, np.float64)
-    H = np.asarray(H, np.float64)
     if len(profiles) == 1:
         return ["all pixels"]
     bright = _brightness_words(profiles[:, brightness_column(names)])
@@ -196,7 +213,7 @@ def describe(profiles: np.ndarray, H: np.ndarray, feature_names) -> list[str]:
     out = []
     for i in range(len(profiles)):
         words = [bright[i]] + ([texture[i]] if texture[i] else [])
-        feature = _confirmed_feature(i, profiles, H, names)
+        feature = _standout(i, profiles, names)
         if feature:
             words.append(f"high {feature}")
         out.append(", ".join(words))
@@ -218,11 +235,29 @@ def _numbered(names: list[str]) -> list[str]:
 def fingerprint_names(H: np.ndarray, feature_names) -> list[str]:
     """Names from the fingerprints alone, for models saved before names were kept.
 
-    The H rows stand in for the pixel profiles, so these are only as right as
-    the fingerprints are (see the module's note).
+    The H rows stand in for the pixel profiles (and the chart shows them), so
+    these are only as right as the fingerprints are (see the module's note).
     """
-    H = np.asarray(H, np.float64)
-    return describe(H, H, feature_names)
+    return describe(np.asarray(H, np.float64), feature_names)
+
+
+def profiles_of(model) -> np.ndarray:
+    """The phases' pixel profiles the fit kept (``report["phases"][i]["pixel_means"]``), in label order;
+    the H rows of the phases for a model that kept none."""
+    kept = (model.report or {}).get("phases") or []
+    names = list(model.feature_names)
+    if len(kept) == model.n_phases and all(set(names) <= set(p.get("pixel_means", {})) for p in kept):
+        return np.array([[p["pixel_means"][n] for n in names] for p in kept], np.float64)
+    return np.asarray(model.phase_H, np.float64)
+
+
+def fingerprint_values(model) -> np.ndarray:
+    """What the fingerprint chart shows, ``(phases, features)``: each phase's pixel profile against the mean of
+    the phases its names were read among (:func:`contrast`; a void phase, named apart, is shown against the
+    others' mean)."""
+    profiles = profiles_of(model)
+    named = slice(1, None) if model.void_below is not None and len(profiles) > 1 else slice(None)
+    return profiles - profiles[named].mean(axis=0)
 
 
 # --- names given by people -------------------------------------------------------------------

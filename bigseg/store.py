@@ -187,11 +187,11 @@ def _set_window(root, image_id, lo, hi) -> None:
 
 def _omero_grey(dtype, lo, hi) -> dict:
     """The image's display settings (OME ``omero``): grey, from its darkest to its brightest value,
-    named ``<id>: grey`` in napari."""
+    named ``<id>: micrograph`` in napari."""
     dtype = np.dtype(dtype)
     full = (np.iinfo(dtype).min, np.iinfo(dtype).max) if dtype.kind in "ui" else (float(lo), float(hi))
     return {"rdefs": {"model": "greyscale"}, "channels": [
-        {"label": "grey", "color": "FFFFFF", "active": True,
+        {"label": "micrograph", "color": "FFFFFF", "active": True,
          "window": {"min": float(full[0]), "max": float(full[1]), "start": float(lo), "end": float(hi)}}]}
 
 

@@ -31,3 +31,10 @@ def test_fingerprint_chart_is_a_png():
     H = np.abs(np.random.default_rng(0).random((3, len(NAMES))))
     png = diagnose.fingerprint_figure(H, NAMES, ["dark", "mid", "bright"])
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fewer_phases_than_asked_suggests_only_what_was_measured_to_help():
+    """features: extended, once the first suggestion, lowered MetalDAM's mean IoU (0.390 -> 0.354)."""
+    (w,) = diagnose.failure_modes(np.array([0.5, 0.3, 0.2]), {}, {"phases_asked": 5, "transitions": 2})
+    assert w["kind"] == "boundaries" and w["suggestion"].startswith("lower n_components")
+    assert "add features" not in w["suggestion"] and "extended lowered it" in w["suggestion"]

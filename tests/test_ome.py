@@ -87,7 +87,7 @@ def test_the_root_opens_whole_in_napari_ome_zarr(run_dir):
     layers = reader()
     images = [(d, m) for d, m, kind in layers if kind == "image"]
     labels = [(d, m) for d, m, kind in layers if kind == "labels"]
-    assert [m["name"] for _, m in images] == [f"{i}: grey" for i in ids]
+    assert [m["name"] for _, m in images] == [f"{i}: micrograph" for i in ids]
     assert [m["name"] for _, m in labels] == [f"labels/images/{i}/labels/phases" for i in ids]
     summary = json.loads((run_dir / "summary.json").read_text())
     names = [c["name"] for c in summary["components"]]
@@ -103,6 +103,26 @@ def test_the_root_opens_whole_in_napari_ome_zarr(run_dir):
     assert by_name["synth00"]["units"] == ("micrometer", "micrometer")
     assert by_name["synth00"]["scale"] == pytest.approx([PIXEL_SIZE, PIXEL_SIZE])
     assert "units" not in by_name["synth01"] and by_name["synth01"]["scale"] == [1.0, 1.0]
+
+
+def test_a_run_opens_in_napari_as_each_image_with_its_phases_over_it(run_dir, capsys):
+    from bigseg import viewer
+
+    _napari_reader()
+    ids = _ids(run_dir)
+    found = viewer.layers(run_dir)
+    assert [(m["name"], kind) for _, m, kind in found] == [
+        (f"{i}: {what}", kind) for i in ids for what, kind in (("micrograph", "image"), ("phases", "labels"))]
+    for (image, imeta, _), (labels, lmeta, _) in zip(found[::2], found[1::2]):
+        assert lmeta["visible"] and lmeta["scale"] == imeta["scale"]          # over its image, shown
+        assert np.asarray(labels[0]).shape == np.asarray(image[0]).shape
+        assert lmeta["properties"]["name"][0] == "unassigned"
+    one = viewer.layers(run_dir / "store.zarr", images=[ids[1]])
+    assert [m["name"] for _, m, _ in one] == [f"{ids[1]}: micrograph", f"{ids[1]}: phases"]
+    with pytest.raises(ValueError, match="no image 'nope'"):
+        viewer.layers(run_dir, images=["nope"])
+    with pytest.raises(ValueError, match="no store.zarr"):
+        viewer.layers(run_dir / "labels")
 
 
 def test_labels_are_one_to_k_with_named_coloured_properties(run_dir):

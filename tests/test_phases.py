@@ -76,24 +76,88 @@ def test_a_laplacian_component_on_mid_grey_pixels_is_not_called_dark_smooth():
     profiles = np.array([[0.15, 0.10, 0.45, 0.05, 0.15, 0.15],
                          [0.50, 0.55, 0.80, 0.45, 0.50, 0.50],
                          [0.85, 0.10, 0.50, 0.05, 0.85, 0.85]])
-    assert phases.fingerprint_names(H, NAMES)[1].startswith("dark, smooth")    # the fingerprint alone misleads
-    names = phases.describe(profiles, H, NAMES)
-    assert names == ["dark, smooth", "mid, textured, high laplacian_s1", "bright, smooth"]
-    # a dominant feature the pixels do not show is left out
+    # from H rows alone the names say what those rows show, in plain words
+    assert phases.fingerprint_names(H, NAMES)[1] == "dark, smooth, high blobs/curvature"
+    names = phases.describe(profiles, NAMES)
+    assert names == ["dark, smooth", "mid, textured, high blobs/curvature", "bright, smooth"]
+    # a feature the pixels do not show above the other phases' is left out
     flat = profiles.copy()
     flat[:, 2] = 0.5
-    assert phases.describe(flat, H, NAMES)[1] == "mid, textured"
+    assert phases.describe(flat, NAMES)[1] == "mid, textured"
 
 
 def test_names_grade_five_levels_number_twins_and_skip_texture_when_alike():
     levels = np.linspace(0.1, 0.9, 5)
     profiles = np.tile([0.0, 0.2, 0.5, 0.2, 0.0, 0.0], (5, 1))
     profiles[:, 0] = levels
-    H = np.tile([0.5, 0.1, 0.1, 0.1, 0.5, 0.5], (5, 1))
-    assert phases.describe(profiles, H, NAMES) == ["darkest", "dark", "mid", "bright", "brightest"]
+    assert phases.describe(profiles, NAMES) == ["darkest", "dark", "mid", "bright", "brightest"]
     twins = np.array([[0.5, 0.1, 0.5, 0.1, 0.5, 0.5], [0.51, 0.1, 0.5, 0.1, 0.5, 0.5]])
-    assert phases.describe(twins, H[:2], NAMES) == ["mid (1)", "mid (2)"]
-    assert phases.describe(profiles[:1], H[:1], NAMES) == ["all pixels"]
+    assert phases.describe(twins, NAMES) == ["mid (1)", "mid (2)"]
+    assert phases.describe(profiles[:1], NAMES) == ["all pixels"]
+
+
+def test_every_feature_has_a_plain_words_label():
+    s = config.validate({"features": list(config.FEATURE_NAMES)})
+    labels = {n: features.feature_label(n) for n in features.feature_names(s)}
+    assert labels["intensity"] == "brightness" and labels["laplacian_s1"] == "blobs/curvature, 1 px"
+    assert labels["variance_w7"] == "texture, 7 px window" and labels["gradient_s1"] == "edge strength, 1 px"
+    assert labels["structure_max_s1_4"] == "edges and corners, max, 1-4 px"
+    assert len(set(labels.values())) == len(labels)                    # no two channels read alike
+    assert not any("_" in label for label in labels.values())          # no code name left in a label
+
+
+def _check_name_against_fingerprint(name: str, i: int, values: np.ndarray, names: list, n_named: int) -> None:
+    """Every word of phase ``i``'s name is what its fingerprint bars (``values``, the chart's) show."""
+    assert not any(n in name for n in names if "_" in n), name            # plain words, no channel names
+    words = name.split(" (")[0].split(", ")
+    col = phases.brightness_column(names)
+    named = slice(len(values) - n_named, None)
+    brightness = values[named, col]
+    rank = np.argsort(np.argsort(brightness))[i - (len(values) - n_named)]
+    order = ["darkest", "dark", "mid", "bright", "brightest"]
+    if words[0] in ("darkest", "brightest"):
+        assert rank == (0 if words[0] == "darkest" else n_named - 1), (name, brightness)
+    texture_cols = [j for j, n in enumerate(names) if n.startswith(("gradient", "variance", "local_std", "structure"))]
+    texture = values[named][:, texture_cols].mean(axis=1)
+    mine = texture[i - (len(values) - n_named)]
+    if "smooth" in words:
+        assert mine < texture.max(), (name, texture)
+    if "textured" in words:
+        assert mine > texture.min(), (name, texture)
+    for word in words[1:]:
+        if word.startswith("high "):
+            kind = word[len("high "):]
+            cols = [j for j, n in enumerate(names) if features.feature_kind(n).word == kind]
+            assert cols, (name, kind)
+            # the phase's bar of that kind is above zero and the highest of the named phases'
+            assert any(values[i, j] > 0 and values[i, j] >= values[named, j].max() for j in cols), (name, values[:, cols])
+    assert words[0] in order, name
+
+
+@pytest.mark.parametrize("family, k", [("islands", 3), ("pores", 3), ("lamellar", 3), ("textured", 3)])
+def test_each_generated_name_says_what_its_fingerprint_chart_shows(family, k):
+    images = [img for img, _ in synth.family(family, 2, shape=(160, 192))]
+    m = _fit(images, n_components=k)
+    values = phases.fingerprint_values(m)
+    assert values.shape == (m.n_phases, len(m.feature_names))
+    void = m.void_below is not None
+    for i, name in enumerate(m.phase_names):
+        if void and i == 0:
+            continue
+        _check_name_against_fingerprint(name, i, values, m.feature_names, m.n_phases - int(void))
+    # the chart draws exactly these values
+    png = m.fingerprint_png()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_crafted_names_say_what_their_fingerprints_show():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        profiles = rng.random((4, len(NAMES)))
+        names = phases.describe(profiles, NAMES)
+        values = phases.contrast(profiles)
+        for i, name in enumerate(names):
+            _check_name_against_fingerprint(name, i, values, NAMES, 4)
 
 
 def test_csv_names_are_one_token_each_unique_and_never_a_formula():

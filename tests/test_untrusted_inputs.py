@@ -2,7 +2,6 @@
 once with one line naming the file or key. Every bad file is made here."""
 
 import os
-import time
 
 import numpy as np
 import pytest
@@ -98,11 +97,18 @@ def test_a_mask_that_is_a_device_is_refused_by_name(tmp_path):
 def test_billion_laughs_in_a_config_or_a_set_is_refused_quickly_in_one_short_line(tmp_path):
     cfg = tmp_path / "laughs.yaml"
     cfg.write_text(f"phase_names: {LAUGHS}\n")
-    t = time.perf_counter()
-    assert "aliases" in _error(_invoke("config", cfg))
-    for key in ("phase_names", "blur_sigmas", "features"):
-        assert "aliases" in _error(_invoke("config", "--set", f"{key}={LAUGHS}"))
-    assert time.perf_counter() - t < 20
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert "aliases" in _error(_invoke("config", cfg))
+        for key in ("phase_names", "blur_sigmas", "features"):
+            assert "aliases" in _error(_invoke("config", "--set", f"{key}={LAUGHS}"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # refused before the aliases expand: checked by what it held, not by this machine's speed
+    assert peak < 50e6
 
 
 def test_a_deeply_nested_yaml_value_is_one_line_not_a_recursion_error(tmp_path):
