@@ -823,21 +823,41 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write to a temporary name beside ``path``, then rename: readers never see half a file."""
+def staged_bytes(path, data: bytes) -> str:
+    """Write ``data`` to a temporary file beside ``path`` (a short name: a hash of ``path``'s, so any file name
+    has one) and return its name; :func:`publish` puts it in place. A full disk names ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        _publish(tmp, path)
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            # a write error (ENOSPC) names no file, or the temporary one: the file being written is what to name
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+    return tmp
+
+
+def publish(tmp: str, path) -> None:
+    """Put a file written by :func:`staged_bytes` in place (with the permissions a plain ``open`` gives)."""
+    try:
+        _publish(tmp, Path(path))
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write to a temporary name beside ``path``, then rename: readers never see half a file."""
+    publish(staged_bytes(path, data), path)
 
 
 def atomic_write_text(path, text: str) -> None:

@@ -404,6 +404,7 @@ def adopt_model(out_dir, model: Model) -> None:
         return
     if model_dir.exists() or (Path(out_dir) / "records" / "segment").exists():
         store.clear_segmentation(out_dir, EXPORT_DIRS)
+        (Path(out_dir) / rename.PENDING).unlink(missing_ok=True)     # no picture of the old model is left
     model.save(model_dir)
 
 
@@ -667,7 +668,10 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         model = fit_stage(out_dir, ids, settings, runner)
     else:
         adopt_model(out_dir, model)
-    _name_phases(out_dir, model, settings)
+    unfinished = rename.pending_names(out_dir)
+    _name_phases(out_dir, model, settings, unfinished)
+    # a renaming a killed or failed run (or rename) left half done is finished below, as one asked now is
+    relabel = unfinished is not None or (shown is not None and shown != model.phase_names)
     timings["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -685,9 +689,10 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         "scale": {"resize": settings["resize"], "clahe_kernel_size": settings["clahe_kernel_size"],
                   "unmatched": {i: why for i, why in unmatched.items() if i in ids}},
     }
-    if shown is not None and shown != model.phase_names:
-        # images segmented before, under other names: their legends follow (nothing is recomputed)
-        rename.relabel_outputs(out_dir, model.phase_names)
+    if relabel:
+        # images segmented before, under other names: their legends follow (nothing is recomputed); the tables
+        # are written anew just below
+        rename.apply_names(out_dir, model, tables=False)
     write_tables(out_dir, current_records(out_dir, ids, {"model": model_digest(model)}), model, summary)
     write_report(out_dir)
     for warning in summary["warnings"]:
@@ -697,9 +702,15 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
     return summary
 
 
-def _name_phases(out_dir, model: Model, settings) -> None:
+def _name_phases(out_dir, model: Model, settings, unfinished=None) -> None:
     """The ``phase_names`` setting (when given) names the model's phases; ``model/`` keeps the names shown.
 
+    Without the setting, the names of a renaming left ``unfinished`` (by a
+    rename or run stopped half-way) are the ones it meant to give.
+
+    When the model in the folder had other names (pictures may show them),
+    the renaming is recorded as under way before the model changes, so a
+    run stopped before its pictures follow has the next one finish them.
     Raises ``ConfigError`` when the count is not the model's phase count,
     which is known only once the fit has found its boundaries.
     """
@@ -708,7 +719,14 @@ def _name_phases(out_dir, model: Model, settings) -> None:
             rename.set_names(model, settings["phase_names"])
         except ValueError as exc:
             raise ConfigError(f"{exc} (the model has {model.n_phases}: {', '.join(model.phase_names)})") from None
+    elif unfinished is not None and len(unfinished) == model.n_phases:
+        try:
+            rename.set_names(model, unfinished)
+        except ValueError:      # a record that is no list of names: the model's own names stand
+            pass
     if rename.stored_names(Path(out_dir) / "model") != model.phase_names:
+        if rename.stored_names(Path(out_dir) / "model") is not None:
+            rename.mark_pending(out_dir, model.phase_names)
         rename.write_model_names(Path(out_dir) / "model", model)
 
 

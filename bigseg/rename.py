@@ -6,18 +6,23 @@ atomically: ``model/model.json`` and ``model/fingerprints.png``,
 ``summary.json``, the header of ``phase_fractions.csv``, ``fingerprints.png``,
 the legend or title band of every ``overlay/`` and ``activations/`` picture
 (from the layout each carries, without the store), the names in the store's
-label and membership metadata, and ``report.html``. The model is written
-last but one, so a rename stopped half-way is finished by running it again.
+label and membership metadata, and ``report.html``. Everything is read,
+checked and drawn before the first file changes; a rename stopped half-way
+(killed, a full disk) leaves a record (:data:`PENDING`), and the next rename
+or run finishes it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from . import io, viz
 from .phases import check_names, csv_names, parse_assignments
-from .safety import csv_text
+from .safety import csv_text, read_regular
+
+log = logging.getLogger("bigseg")
 
 #: the folders of drawn pictures whose legends or titles name the phases
 PICTURE_DIRS = ("overlay", "activations")
@@ -27,12 +32,15 @@ def rename(out_dir, assignments) -> list[str]:
     """Apply ``INDEX=NAME`` assignments to the phases of the run in ``out_dir``; returns every phase's name.
 
     Holds the output folder's lock, so no run writes the folder meanwhile.
+    Everything the rename rewrites is read and checked, and every new
+    picture drawn, before the first file changes (:func:`apply_names`).
 
     Raises
     ------
     ValueError
         One line, for an index that is not a phase, an index given twice, a
-        bad name, or two phases left with one name; nothing is written then.
+        bad name, two phases left with one name, or a file of the folder the
+        rename would rewrite that is damaged (named); nothing is changed then.
     bigseg.model.ModelError
         When ``out_dir/model`` is missing or damaged.
     """
@@ -44,14 +52,180 @@ def rename(out_dir, assignments) -> list[str]:
         model = Model.load(out_dir / "model")
         names = parse_assignments(assignments, model.phase_names)
         set_names(model, names)
-        relabel_outputs(out_dir, names)
-        relabel_tables(out_dir, model)
-        write_model_names(out_dir / "model", model)
-        if (out_dir / "report.html").exists():
-            from .report import write_report
-
-            write_report(out_dir)
+        apply_names(out_dir, model)
     return names
+
+
+#: the record of a renaming under way: written before the first file changes, removed after the last, so a
+#: rename or run stopped in between (killed, a full disk) is finished by the next one
+PENDING = Path("records") / "relabel.json"
+#: largest picture, table or summary a rename reads back
+MAX_READ_BYTES = 2**28
+
+
+def apply_names(out_dir, model, tables: bool = True) -> None:
+    """Make every output of ``out_dir`` show ``model.phase_names``: all checked and drawn first, then changed.
+
+    First every file to rewrite is read and checked (``summary.json``,
+    ``phase_fractions.csv``, ``model/model.json``, each bigseg picture in
+    ``overlay/`` and ``activations/``, the store's metadata), and each new
+    picture is written to a temporary file; a damaged file stops it there,
+    named, with nothing changed. Then :data:`PENDING` records the names,
+    the pictures are put in place, the store's names, tables and model
+    follow, and the record goes. ``tables=False`` leaves ``summary.json``,
+    the CSV and ``fingerprints.png`` to the caller (a run writes them anew).
+    """
+    out_dir = Path(out_dir)
+    names = list(model.phase_names)
+    model_json = _read_json(out_dir / "model" / "model.json", required=True)
+    summary = _read_json(out_dir / "summary.json") if tables else None
+    table = _read_text(out_dir / "phase_fractions.csv") if tables else None
+    _check_store(out_dir)
+    staged = stage_pictures(out_dir, names)
+    try:
+        mark_pending(out_dir, names)
+        for tmp, path in staged:
+            io.publish(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    if (out_dir / "store.zarr").exists():     # the OME label images' properties, the memberships' channels
+        from . import store
+
+        store.rename_phases(store.open_root(out_dir / "store.zarr"), names)
+    if tables:
+        _write_tables(out_dir, model, summary, table)
+    _write_model_names(out_dir / "model", model, model_json)
+    if tables and (out_dir / "report.html").exists():
+        from .report import write_report
+
+        write_report(out_dir)
+    (out_dir / PENDING).unlink(missing_ok=True)
+
+
+def mark_pending(out_dir, names) -> None:
+    """Record that the outputs of ``out_dir`` are being renamed to ``names`` (:data:`PENDING`)."""
+    io.atomic_write_text(Path(out_dir) / PENDING, json.dumps({"phase_names": list(names)}))
+
+
+def pending_names(out_dir) -> list[str] | None:
+    """The names of a renaming that did not finish in ``out_dir`` (None when none is under way)."""
+    data = _read_json(Path(out_dir) / PENDING, quiet=True)
+    names = data.get("phase_names") if isinstance(data, dict) else None
+    return names if isinstance(names, list) else None
+
+
+def _read_text(path: Path) -> str | None:
+    """The text of a file of the folder, bounded and never through a link; None when absent. A file that
+    cannot be read is one line naming it."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        return read_regular(path, "file", MAX_READ_BYTES, follow_links=False).decode("utf-8")
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"{path}: cannot be read ({why}); nothing was renamed. Run 'bigseg run' again (it "
+                         f"writes the folder's tables anew) or remove the file") from None
+
+
+def _read_json(path: Path, required: bool = False, quiet: bool = False):
+    try:
+        text = _read_text(path)
+        if text is None:
+            if required:
+                raise ValueError(f"{path}: missing; nothing was renamed")
+            return None
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        if quiet:
+            return None
+        msg = str(exc) if str(exc).startswith(str(path)) else f"{path}: damaged, not JSON ({exc}); nothing was " \
+            f"renamed. Run 'bigseg run' again (it writes the folder's tables anew) or remove the file"
+        raise ValueError(" ".join(msg.split())) from None
+
+
+def _check_store(out_dir: Path) -> None:
+    """Open every group whose names :func:`bigseg.store.rename_phases` rewrites, so a damaged one is named
+    before anything changes."""
+    if not (out_dir / "store.zarr").exists():
+        return
+    from . import store
+
+    try:
+        # no group has zero phases: this reads the metadata of every group it would rename and changes none
+        store.rename_phases(store.open_root(out_dir / "store.zarr", mode="r"), [])
+    except Exception as exc:
+        raise ValueError(f"{out_dir / 'store.zarr'}: cannot be read ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())}); nothing was renamed") from None
+
+
+def stage_pictures(out_dir, names) -> list[tuple[str, Path]]:
+    """Each bigseg picture in ``overlay/`` and ``activations/`` that shows other names, drawn again for
+    ``names`` into a temporary file beside it: ``(temporary file, picture)`` pairs, nothing replaced yet.
+
+    A PNG bigseg did not draw (no layout of its own, or no PNG at all) is
+    left alone, with a warning naming it; a picture of bigseg's that cannot
+    be drawn again (damaged) raises ``ValueError`` naming it, after removing
+    what was staged.
+    """
+    names = list(names)
+    staged: list[tuple[str, Path]] = []
+    try:
+        for sub, redraw in zip(PICTURE_DIRS, (viz.relegend_overlay, viz.retitle_panels)):
+            for path in sorted((Path(out_dir) / sub).glob("*.png")):
+                meta = _picture_meta(path)
+                # a picture of another phase count belongs to no phase of this model: left for the next segment
+                if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
+                    continue
+                try:
+                    data = redraw(path, names)
+                except Exception as exc:
+                    raise ValueError(f"{path}: damaged ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                                     f"nothing was renamed. Remove it and its record records/segment/"
+                                     f"{path.stem}.json: the next run draws it again") from None
+                staged.append((io.staged_bytes(path, data), path))
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return staged
+
+
+def _picture_meta(path: Path) -> dict | None:
+    """The layout a picture of bigseg's carries; None (with a warning) for a file that is no such picture."""
+    import io as _io
+
+    from PIL import Image
+
+    try:
+        data = read_regular(path, "picture", MAX_READ_BYTES, follow_links=False)
+        with Image.open(_io.BytesIO(data)) as img:
+            # bigseg writes its layout before the pixels: it is there even when the pixels are damaged
+            raw = img.info.get(viz.META_KEY)
+        if raw is not None:
+            meta = json.loads(raw)
+            return meta if isinstance(meta, dict) else None
+        return viz.read_meta(_io.BytesIO(data))
+    except Exception as exc:       # not a PNG, a FIFO, too large: not a picture bigseg drew
+        log.warning("%s: left as it is: not a picture bigseg drew (%s)", path,
+                    " ".join(f"{type(exc).__name__}: {exc}".split())[:200])
+        return None
+
+
+def _write_tables(out_dir: Path, model, summary, table) -> None:
+    """``summary.json``'s component names, ``phase_fractions.csv``'s header and ``fingerprints.png``, where present."""
+    names, columns = list(model.phase_names), csv_names(model.phase_names)
+    if isinstance(summary, dict):
+        for c in summary.get("components", []):
+            if isinstance(c, dict) and isinstance(c.get("index"), int) and 0 <= c["index"] < len(names):
+                c["name"], c["column"] = names[c["index"]], columns[c["index"]]
+        io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    if table is not None:
+        first, sep, rest = table.partition("\n")
+        io.atomic_write_text(out_dir / "phase_fractions.csv", csv_text([["image"] + columns]) + rest)
+    if (out_dir / "fingerprints.png").exists():
+        io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
 
 
 def set_names(model, names) -> None:
@@ -64,10 +238,7 @@ def set_names(model, names) -> None:
 
 def stored_names(model_dir) -> list[str] | None:
     """The phase names ``model_dir/model.json`` holds (None when there is none, or it keeps no names)."""
-    try:
-        meta = json.loads((Path(model_dir) / "model.json").read_text())
-    except (OSError, ValueError):
-        return None
+    meta = _read_json(Path(model_dir) / "model.json", quiet=True)
     names = meta.get("phase_names") if isinstance(meta, dict) else None
     return names if isinstance(names, list) else None
 
@@ -78,55 +249,10 @@ def write_model_names(model_dir, model) -> None:
     Every other field stays as written: H and the settings, which the
     folder's segmentations were made with, are not touched.
     """
-    path = Path(model_dir) / "model.json"
-    meta = json.loads(path.read_text())
-    meta["phase_names"] = list(model.phase_names)
-    io.atomic_write_bytes(Path(model_dir) / "fingerprints.png", model.fingerprint_png())
-    io.atomic_write_text(path, json.dumps(meta, indent=2, sort_keys=True))
+    _write_model_names(Path(model_dir), model, _read_json(Path(model_dir) / "model.json", required=True))
 
 
-def relabel_tables(out_dir, model) -> None:
-    """``summary.json``'s component names, ``phase_fractions.csv``'s header and ``fingerprints.png``, where present."""
-    out_dir = Path(out_dir)
-    names, columns = list(model.phase_names), csv_names(model.phase_names)
-    summary_path = out_dir / "summary.json"
-    if summary_path.exists():
-        summary = json.loads(summary_path.read_text())
-        for c in summary.get("components", []):
-            if 0 <= c.get("index", -1) < len(names):
-                c["name"], c["column"] = names[c["index"]], columns[c["index"]]
-        io.atomic_write_text(summary_path, json.dumps(summary, indent=2, sort_keys=True, default=str))
-    table = out_dir / "phase_fractions.csv"
-    if table.exists():
-        first, sep, rest = table.read_text().partition("\n")
-        io.atomic_write_text(table, csv_text([["image"] + columns]) + rest)
-    if (out_dir / "fingerprints.png").exists():
-        io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
-
-
-def relabel_outputs(out_dir, names) -> None:
-    """Every stored picture and the store's label and membership metadata show ``names``; no value changes."""
-    relabel_pictures(out_dir, names)
-    if (Path(out_dir) / "store.zarr").exists():     # the OME label images' properties, the memberships' channels
-        from . import store
-
-        store.rename_phases(store.open_root(Path(out_dir) / "store.zarr"), names)
-
-
-def relabel_pictures(out_dir, names) -> int:
-    """Redraw the legend of each overlay and the titles of each activation picture that shows other names.
-
-    Returns how many pictures were rewritten; pictures that already show
-    ``names`` (and PNGs bigseg did not draw) are left alone.
-    """
-    names = list(names)
-    done = 0
-    for sub, redraw in zip(PICTURE_DIRS, (viz.relegend_overlay, viz.retitle_panels)):
-        for path in sorted((Path(out_dir) / sub).glob("*.png")):
-            meta = viz.read_meta(path)
-            # a picture of another phase count belongs to no phase of this model: left for the next segment
-            if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
-                continue
-            io.atomic_write_bytes(path, redraw(path, names))
-            done += 1
-    return done
+def _write_model_names(model_dir: Path, model, meta: dict) -> None:
+    meta = dict(meta, phase_names=list(model.phase_names))
+    io.atomic_write_bytes(model_dir / "fingerprints.png", model.fingerprint_png())
+    io.atomic_write_text(model_dir / "model.json", json.dumps(meta, indent=2, sort_keys=True))
