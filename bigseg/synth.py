@@ -260,7 +260,7 @@ def constituents(shape=SHAPE, seed: int = 0, particles: bool = True):
     labels = kind[grain].astype(np.uint8)
     boundary = ndi.morphological_gradient(grain, size=3) > 0
     between_matrix = (ndi.minimum_filter(labels, size=3) == 0) & (ndi.maximum_filter(labels, size=3) == 0)
-    network = ndi.binary_dilation(boundary, iterations=1) & between_matrix
+    network = ndi.binary_dilation(boundary, iterations=2) & between_matrix
     labels[network] = 3
     bright = (labels == 1) | network
     if particles:
