@@ -332,10 +332,13 @@ def fit(config, out_dir, n_components, sets, workers, scheduler, quiet):
 
 
 @main.command(epilog=_examples("bigseg rename results 0=matrix 1=austenite 2=pores",
-                               "bigseg rename results 3='martensite islands'"))
+                               "bigseg rename results 3='martensite islands'",
+                               "bigseg rename results --constituents 2=spheroidite 3=network"))
 @click.argument("out_dir", metavar="OUT", type=click.Path(exists=True, file_okay=False))
 @click.argument("assignments", metavar="INDEX=NAME", nargs=-1, required=True)
-def rename(out_dir, assignments):
+@click.option("--constituents", is_flag=True,
+              help="name the microconstituents (n_constituents) instead of the phases")
+def rename(out_dir, assignments, constituents):
     """Name the phases of the run in OUT; every output that shows names follows.
 
     OUT is the output folder of a run (it holds OUT/model). Each INDEX=NAME
@@ -343,11 +346,12 @@ def rename(out_dir, assignments):
     the legends list them all); phases not named keep their names.
     The model, summary.json, the phase_fractions.csv header, the fingerprint
     charts and the legends of overlay/ and activations/ are rewritten; no
-    label changes, nothing is recomputed.
+    label changes, nothing is recomputed. With --constituents, INDEX is a
+    microconstituent's label (constituents/, constituent_fractions.csv).
     """
-    from .rename import rename as rename_phases
+    from .rename import rename as rename_phases, rename_constituents
 
-    names = _guarded(lambda: rename_phases(out_dir, assignments))
+    names = _guarded(lambda: (rename_constituents if constituents else rename_phases)(out_dir, assignments))
     for i, name in enumerate(names):
         click.echo(f"{i}: {name}")
 

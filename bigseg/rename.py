@@ -228,6 +228,70 @@ def _write_tables(out_dir: Path, model, summary, table) -> None:
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
 
 
+def rename_constituents(out_dir, assignments) -> list[str]:
+    """Apply ``INDEX=NAME`` assignments to the microconstituents of the run in ``out_dir``; returns every
+    constituent's name (``bigseg rename OUT --constituents ...``).
+
+    Rewrites ``model/model.json``'s constituent names, ``summary.json``'s
+    ``constituents``, the header of ``constituent_fractions.csv``, the legends
+    of ``constituents_overlay/``, the store's constituent label metadata and
+    ``report.html``; no label changes. Everything is read and every picture
+    drawn before the first file changes, as for the phases.
+
+    Raises
+    ------
+    ValueError
+        One line, as :func:`rename`; also when the model has no constituents.
+    bigseg.model.ModelError
+        When ``out_dir/model`` is missing or damaged.
+    """
+    from .lock import output_lock
+    from .model import Model
+
+    out_dir = Path(out_dir)
+    with output_lock(out_dir):
+        model = Model.load(out_dir / "model")
+        if model.constituents is None:
+            raise ValueError(f"{out_dir / 'model'}: the model has no constituents (n_constituents is 0)")
+        names = parse_assignments(assignments, model.constituents["names"])
+        columns = csv_names(names)
+        model_json = _read_json(out_dir / "model" / "model.json", required=True)
+        summary = _read_json(out_dir / "summary.json")
+        table = _read_text(out_dir / "constituent_fractions.csv")
+        staged: list[tuple[str, Path]] = []
+        try:
+            for path in sorted((out_dir / "constituents_overlay").glob("*.png")):
+                meta = _picture_meta(path)
+                if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
+                    continue
+                staged.append((io.staged_bytes(path, viz.relegend_overlay(path, names)), path))
+            for tmp, path in staged:
+                io.publish(tmp, path)
+        except BaseException:
+            for tmp, _ in staged:
+                Path(tmp).unlink(missing_ok=True)
+            raise
+        if (out_dir / "store.zarr").exists():
+            from . import store
+
+            store.rename_phases(store.open_root(out_dir / "store.zarr"), names, store.CONSTITUENTS_NAME)
+        if isinstance(summary, dict):
+            for item in (summary.get("constituents") or {}).get("items", []):
+                if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
+                    item["name"], item["column"] = names[item["index"]], columns[item["index"]]
+            io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+        if table is not None:
+            io.atomic_write_text(out_dir / "constituent_fractions.csv",
+                                 csv_text([["image"] + columns]) + table.partition("\n")[2])
+        model_json["constituents"] = dict(model_json["constituents"], names=names)
+        io.atomic_write_text(out_dir / "model" / "model.json", json.dumps(model_json, indent=2, sort_keys=True))
+        if (out_dir / "report.html").exists():
+            from .report import write_report
+
+            write_report(out_dir)
+    return names
+
+
 def set_names(model, names) -> None:
     """Give ``model`` these phase names (checked: one per phase, no two alike); its chart is drawn anew."""
     names = check_names(list(names), model.n_phases)

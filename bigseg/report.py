@@ -143,6 +143,8 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
         ("warnings", f"Warnings ({n_warn}) and skipped files ({len(summary.get('skipped') or [])})",
          _warnings_section(summary)),
         ("boundaries", "Boundaries", _boundaries_section(summary)),
+    ] + ([("constituents", "Microconstituents", _constituents_section(summary))] if summary.get("constituents")
+         else []) + [
         ("model", "Model", _model_section(summary)),
         ("settings", "Settings", _settings_section(summary.get("settings") or {})),
     ]
@@ -571,6 +573,30 @@ def _boundaries_section(summary) -> str:
             "(mean over images).</p>"
             + ("<table><tr><th>boundary</th><th>strongest features (H)</th></tr>" + "".join(rows) + "</table>"
                if rows else "") + bands)
+
+
+def _constituents_section(summary) -> str:
+    """The microconstituents (``n_constituents``): the window scales, and each one's colour, name, share of all
+    pixels and strongest fingerprint entries (``summary.json`` ``constituents``)."""
+    from .viz import PALETTE
+
+    level = summary["constituents"]
+    fit = level.get("fit") or {}
+    rows = []
+    for item in level.get("items") or []:
+        i = int(item.get("index", 0))
+        fp = item.get("fingerprint") or {}
+        top = sorted(fp.items(), key=lambda kv: -float(kv[1]))[:3]
+        rows.append(f"<tr><td>{_swatch(_hex(None, PALETTE[i % len(PALETTE)]))}{i}</td><td>{_e(item.get('name'))}"
+                    f"</td><td class=num>{_pct(item.get('share'))}</td>"
+                    f"<td>{_e(', '.join(f'{k} {float(v):.2f}' for k, v in top))}</td></tr>")
+    scales = ", ".join(f"{float(v):g}" for v in level.get("scales_px") or [])
+    return (f"<p>Regions made of several phases: each pixel's phase memberships in windows of sigma {_e(scales)} "
+            f"px (the phases' mean intercept length, {_e(fit.get('mean_intercept', '?'))} px, and twice it), "
+            "factorised by NMF. Maps: <code>constituents/</code>, <code>constituents_overlay/</code>; "
+            "fractions: <code>constituent_fractions.csv</code>.</p>"
+            "<table><tr><th>constituent</th><th>name</th><th>share of all pixels</th>"
+            "<th>strongest fingerprint entries</th></tr>" + "".join(rows) + "</table>")
 
 
 _MODEL_KEYS = (

@@ -368,14 +368,17 @@ def _image_label(k: int, colors, names, kind: str = "phase") -> dict:
     }
 
 
-def rename_phases(root, names) -> int:
+def rename_phases(root, names, label: str = LABELS_NAME) -> int:
     """Give the stored label images and memberships these phase names (where their phase count matches);
-    returns how many groups changed. Labels are not touched: names change no value."""
+    returns how many groups changed. Labels are not touched: names change no value. With ``label``
+    :data:`CONSTITUENTS_NAME`, the constituents' label images instead (they have no memberships)."""
     names = list(names)
     done = 0
     for image_id in image_ids(root):
-        for path, key in ((f"images/{image_id}/labels/{LABELS_NAME}", "image-label"),
-                          (f"memberships/{image_id}", "omero")):
+        groups = [(f"images/{image_id}/labels/{label}", "image-label")]
+        if label == LABELS_NAME:
+            groups.append((f"memberships/{image_id}", "omero"))
+        for path, key in groups:
             if path not in root:
                 continue
             grp = root[path]

@@ -183,3 +183,31 @@ def test_segment_with_a_model_that_has_constituents(runs):
     for stem in ("c0", "c1"):
         assert (tmp / "seg" / "constituents" / f"{stem}.png").read_bytes() == \
             (outs[3] / "constituents" / f"{stem}.png").read_bytes()
+
+
+def test_the_report_lists_the_constituents(runs):
+    _, outs, _ = runs
+    page = (outs[3] / "report.html").read_text()
+    assert "Microconstituents" in page and "constituent_fractions.csv" in page
+    for name in Model.load(outs[3] / "model").constituents["names"]:
+        assert name in page
+    assert "Microconstituents" not in (outs[0] / "report.html").read_text()
+
+
+def test_rename_names_the_constituents_everywhere(runs):
+    tmp, outs, _ = runs
+    out = outs[3]
+    labels_before = (out / "constituents" / "c0.png").read_bytes()
+    res = CliRunner().invoke(main, ["rename", str(out), "--constituents", "0=spheroidite"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    names = Model.load(out / "model").constituents["names"]
+    assert names[0] == "spheroidite"
+    assert (out / "constituent_fractions.csv").read_text().splitlines()[0].split(",")[1] == "spheroidite"
+    assert json.loads((out / "summary.json").read_text())["constituents"]["items"][0]["name"] == "spheroidite"
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    props = root["images/c0/labels/constituents"].attrs["ome"]["image-label"]["properties"]
+    assert props[1]["name"] == "spheroidite"
+    assert "spheroidite" in (out / "report.html").read_text()
+    assert (out / "constituents" / "c0.png").read_bytes() == labels_before
+    res = CliRunner().invoke(main, ["rename", str(outs[0]), "--constituents", "0=x"])
+    assert res.exit_code != 0 and "no constituents" in res.output
