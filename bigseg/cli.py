@@ -70,13 +70,30 @@ class _AboveBars(logging.StreamHandler):
             self.handleError(record)
 
 
+class _LibraryLines(logging.Handler):
+    """A reader library's own log lines (tifffile's about each damaged tag) become bigseg debug lines: what
+    the user sees of a bad file is bigseg's one line naming it and why it was skipped."""
+
+    def emit(self, record):
+        log.debug("%s: %s", record.name, " ".join(record.getMessage().split())[:500])
+
+
+#: libraries whose log lines would reach the terminal raw (Python's last-resort handler prints warnings)
+QUIETED_LOGGERS = ("tifffile", "imagecodecs")
+
+
 def _setup_logging(quiet: bool) -> None:
-    """``bigseg:`` lines on stderr; ``--quiet`` leaves only errors. Python warnings go the same way."""
+    """``bigseg:`` lines on stderr; ``--quiet`` leaves only errors. Python warnings go the same way, and the
+    reader libraries' own lines only as debug lines."""
     handler = _AboveBars(sys.stderr)
     handler.setFormatter(logging.Formatter("bigseg: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.ERROR if quiet else logging.INFO)
     log.propagate = False
+    for name in QUIETED_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers[:] = [_LibraryLines()]
+        library.propagate = False
     ctx = click.get_current_context(silent=True)
     if ctx is not None:     # undone when the command ends, so a caller in the same process keeps its own
         ctx.with_resource(_warnings_to_log())

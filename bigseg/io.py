@@ -343,6 +343,9 @@ def _tiff_first_image(tif, source: str, max_pixels: int) -> _TiffPlane:
     Only level 0 of the first plane of the first series is read: a TIFF with
     several pages or planes (detectors, a stack, a hyperstack) is not mixed into one image.
     """
+    if not tif.series or not len(tif.pages):
+        raise ImageReadError(f"{source}: a TIFF with no image in it (no readable page); the file is truncated "
+                             f"or damaged")
     series = tif.series[0].levels[0]
     page = series.keyframe
     height, width = int(page.imagelength), int(page.imagewidth)
@@ -657,13 +660,23 @@ def _zarr_image(node, source: str):
     if not hasattr(node, "groups"):
         return node, None
     attrs = dict(node.attrs)
-    ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+    ome = attrs.get("ome")
+    ms = (ome.get("multiscales") if isinstance(ome, dict) else None) or attrs.get("multiscales")
     if not ms:
         if "0" in node:
             return node["0"], None
         raise ImageReadError(f"{source}: a Zarr group without OME multiscales metadata or an array '0'")
-    level = ms[0]["datasets"][0]
-    axes = ms[0].get("axes") or []
+    try:
+        level = ms[0]["datasets"][0]
+        axes = ms[0].get("axes") or []
+        path = str(level["path"])
+    except (KeyError, IndexError, TypeError, AttributeError):
+        # the reason, not "KeyError: 0": the metadata is what is wrong
+        raise ImageReadError(f"{source}: OME-Zarr metadata without multiscales[0].datasets[0].path (the "
+                             f"multiscales list is malformed); write it as OME-NGFF says") from None
+    if path not in node:
+        raise ImageReadError(f"{source}: OME-Zarr metadata names the array {excerpt(path)}, which the group "
+                             f"does not hold")
     pixel_size = None
     for t in level.get("coordinateTransformations", []):
         if t.get("type") == "scale" and len(axes) == len(t["scale"]):
@@ -671,7 +684,7 @@ def _zarr_image(node, source: str):
             units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
             if "x" in names and units[names.index("x")] in _UNIT_TO_UM:
                 pixel_size = float(t["scale"][names.index("x")]) * _UNIT_TO_UM[units[names.index("x")]]
-    return node[level["path"]], pixel_size
+    return node[path], pixel_size
 
 
 def detect_data_bar_banded(image: "ChunkedImage", search_fraction: float = 0.25, flat_std: float = 4.0) -> int:
@@ -985,7 +998,9 @@ def write_tiled_tiff(path, tiles, shape, dtype, tile: int = 256) -> None:
         tifffile.imwrite(tmp, padded(), shape=tuple(shape), dtype=dtype, tile=(tile, tile), compression="zlib",
                          photometric="rgb" if extra else "minisblack")
         _publish(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None      # the file meant, not its temporary name
         raise

@@ -24,6 +24,8 @@ import unicodedata
 
 import numpy as np
 
+from .safety import excerpt
+
 #: two phases whose pixels differ by less than this in mean scaled intensity (or texture) share the word
 SAME_LEVEL = 0.04
 #: a fingerprint's largest feature is "dominant" when it carries at least this share of the row (L1)
@@ -276,16 +278,16 @@ def name_problem(name) -> str | None:
 def check_names(names, n_phases: int, what: str = "phase_names") -> list[str]:
     """``names`` checked as the names of ``n_phases`` phases; raises ``ValueError`` in one line naming ``what``."""
     if not isinstance(names, (list, tuple)):
-        raise ValueError(f"{what}: expected a list of names, one per phase, got {names!r}")
+        raise ValueError(f"{what}: expected a list of names, one per phase, got {excerpt(names)}")
     if len(names) != n_phases:
         raise ValueError(f"{what}: {len(names)} name(s) for {n_phases} phase(s); give one name per phase")
     for i, name in enumerate(names):
         problem = name_problem(name)
         if problem:
-            raise ValueError(f"{what}: name of phase {i} ({name!r}) {problem}")
+            raise ValueError(f"{what}: name of phase {i} ({excerpt(name)}) {problem}")
     clash = _first_duplicate(names)
     if clash:
-        raise ValueError(f"{what}: phases {clash[0]} and {clash[1]} are both named {names[clash[1]]!r}; "
+        raise ValueError(f"{what}: phases {clash[0]} and {clash[1]} are both named {excerpt(names[clash[1]])}; "
                          f"names must differ")
     return [str(n).strip() for n in names]
 
@@ -313,12 +315,12 @@ def parse_assignments(pairs, current: list[str]) -> list[str]:
     for text in pairs:
         index, sep, name = str(text).partition("=")
         if not sep or not re.fullmatch(r"\s*\d+\s*", index):
-            raise ValueError(f"{text!r}: expected INDEX=NAME, such as 0=matrix")
+            raise ValueError(f"{excerpt(text)}: expected INDEX=NAME, such as 0=matrix")
         i = int(index)
         if i >= len(names):
-            raise ValueError(f"{text!r}: no phase {i}; the phases are 0 to {len(names) - 1}")
+            raise ValueError(f"{excerpt(text)}: no phase {i}; the phases are 0 to {len(names) - 1}")
         if i in given:
-            raise ValueError(f"{text!r}: phase {i} is renamed twice")
+            raise ValueError(f"{excerpt(text)}: phase {i} is renamed twice")
         given.add(i)
         names[i] = name.strip()
     return check_names(names, len(names), "rename")

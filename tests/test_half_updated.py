@@ -163,3 +163,19 @@ def test_an_image_name_of_250_bytes_is_segmented(tmp_path, synth_dir):
     res = _invoke("run", "--input", images, "--out", tmp_path / "out", *ARGS)
     assert res.exit_code == 0, res.output
     assert (tmp_path / "out" / "overlay" / f"{long_stem}.png").exists()
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    import os
+
+    from bigseg import io
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "labels" / "a.png"
+    with pytest.raises(OSError) as info:
+        io.atomic_write_bytes(target, b"x" * 100)
+    assert info.value.filename == str(target) and info.value.errno == 28
+    assert not list((tmp_path / "labels").iterdir())         # no temporary file left

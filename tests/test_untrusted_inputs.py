@@ -329,3 +329,60 @@ def test_phase_names_equal_after_unicode_normalisation_are_refused(names):
         check_names(names, 2)
     with pytest.raises(config.ConfigError, match="both named"):
         config.validate({"phase_names": names, "n_components": 2})
+
+
+# --- what the terminal shows of a bad file ---------------------------------------------------
+
+def test_a_damaged_tiff_gives_bigsegs_one_line_and_no_raw_library_lines(tmp_path, synth_dir):
+    import shutil
+    import subprocess
+    import sys
+
+    import tifffile
+
+    from conftest import env_for_subprocess
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for p in sorted((synth_dir / "images").glob("*.png"))[:2]:
+        shutil.copy(p, images / p.name)
+    tifffile.imwrite(tmp_path / "whole.tif", np.zeros((64, 64), np.uint8), description="x" * 64)
+    (images / "cut.tif").write_bytes((tmp_path / "whole.tif").read_bytes()[:200])
+    for quiet in ([], ["--quiet"]):
+        res = subprocess.run([sys.executable, "-m", "bigseg.cli", "run", "--input", str(images), "--out",
+                              str(tmp_path / f"o{len(quiet)}"), *FAST[:-1], *quiet], env=env_for_subprocess(),
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 3, res.stderr
+        lines = [line for line in res.stderr.splitlines() if line.strip()]
+        assert not [line for line in lines if "TiffTag" in line or "tifffile" in line], res.stderr
+        assert [line for line in lines if "cut.tif" in line], res.stderr
+        if quiet:
+            assert all("skipped" in line for line in lines), res.stderr
+
+
+def test_a_tiff_without_pages_and_malformed_ome_zarr_say_why(tmp_path):
+    import tifffile
+    import zarr
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((8, 8), np.uint8))
+    data = bytearray((tmp_path / "t.tif").read_bytes())
+    data[4:8] = b"\0\0\0\0"             # no first page
+    (tmp_path / "t.tif").write_bytes(bytes(data))
+    with pytest.raises(io.ImageReadError, match="no image in it"):
+        io.read_image(tmp_path / "t.tif")
+    g = zarr.open_group(str(tmp_path / "m.zarr"), mode="w", zarr_format=3)
+    g.create_array("0", data=np.zeros((8, 8), np.uint8))
+    g.attrs["multiscales"] = {"datasets": {}}
+    with pytest.raises(io.ImageReadError, match="multiscales"):
+        io.ChunkedImage(tmp_path / "m.zarr")
+
+
+def test_a_huge_phase_name_is_quoted_in_a_bounded_excerpt():
+    from bigseg.phases import check_names, parse_assignments
+
+    huge = "n" * 100_000
+    for call in (lambda: check_names([huge, "b"], 2), lambda: parse_assignments([f"0={huge}"], ["a", "b"]),
+                 lambda: parse_assignments([huge], ["a", "b"])):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert len(str(info.value)) < 300
