@@ -19,7 +19,7 @@ same way (both as whole processes, or both in this interpreter on the same decod
 * the fit: full-batch ``cd`` against the streamed ``minibatch`` solver on the
   same pixel sample (objective and time of each).
 
-``--speed-only`` keeps the first two (the timings issue 11 targets) and skips the rest.
+``--speed-only`` keeps the first two (the speed targets) and skips the rest.
 The model both sides use is fitted once up front on the same images.
 """
 

@@ -130,8 +130,20 @@ def _check_name_against_fingerprint(name: str, i: int, values: np.ndarray, names
             cols = [j for j, n in enumerate(names) if features.feature_kind(n).word == kind]
             assert cols, (name, kind)
             # the phase's bar of that kind is above zero and the highest of the named phases'
-            assert any(values[i, j] > 0 and values[i, j] >= values[named, j].max() for j in cols), (name, values[:, cols])
+            shown = [values[i, j] > 0 and values[i, j] >= values[named, j].max() for j in cols]
+            assert any(shown), (name, values[:, cols])
     assert words[0] in order, name
+
+
+def _check_brightness_words(names: list, values: np.ndarray, feature_names: list) -> None:
+    """A brighter word is a higher brightness bar: the words rank the phases as the chart does."""
+    order = ["darkest", "dark", "mid", "bright", "brightest"]
+    col = phases.brightness_column(feature_names)
+    ranks = [order.index(n.split(",")[0].split(" (")[0]) for n in names]
+    for a in range(len(names)):
+        for b in range(len(names)):
+            if ranks[a] < ranks[b]:
+                assert values[a, col] < values[b, col], (names, values[:, col])
 
 
 @pytest.mark.parametrize("family, k", [("islands", 3), ("pores", 3), ("lamellar", 3), ("textured", 3)])
@@ -145,6 +157,7 @@ def test_each_generated_name_says_what_its_fingerprint_chart_shows(family, k):
         if void and i == 0:
             continue
         _check_name_against_fingerprint(name, i, values, m.feature_names, m.n_phases - int(void))
+    _check_brightness_words(m.phase_names[int(void):], values[int(void):], m.feature_names)
     # the chart draws exactly these values
     png = m.fingerprint_png()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,6 +171,7 @@ def test_crafted_names_say_what_their_fingerprints_show():
         values = phases.contrast(profiles)
         for i, name in enumerate(names):
             _check_name_against_fingerprint(name, i, values, NAMES, 4)
+        _check_brightness_words(names, values, NAMES)
 
 
 def test_csv_names_are_one_token_each_unique_and_never_a_formula():

@@ -78,3 +78,23 @@ def test_ci_runs_the_quick_start_as_written_and_every_test():
     first, second = lines.index(f"{install_demo} || exit"), lines.index(f"{install_test} || exit")
     heavy = lines.index('python3 -m pip install -e ".[test-full]" || exit')
     assert first < heavy < lines.index("export BIGSEG_REQUIRE_FULL=1") < second
+
+
+#: what no file may name: the work that made it (an issue number, a stop, a session), which belongs to git
+HISTORY = re.compile(r"\bissue #?\d+|\bstop \d+|\bsession\b|previous stop", re.I)
+
+
+def test_no_file_names_an_issue_a_stop_or_a_session():
+    # the project's own folders and top-level files (not a virtual environment or demo output beside them)
+    folders = ("bigseg", "tests", "scripts", "docs", "configs", ".ci")
+    files = [p for folder in folders for p in (ROOT / folder).rglob("*")
+             if p.is_file() and p.suffix in (".py", ".md", ".yaml", "") and "__pycache__" not in p.parts]
+    files += [p for p in ROOT.iterdir() if p.is_file() and p.suffix in (".md", ".toml", ".cff")]
+    assert len(files) > 20
+    for path in files:
+        # pytest's own word for a fixture's scope is no work session
+        text = path.read_text(encoding="utf-8", errors="replace").replace('scope="session"', "")
+        if path.name == "test_readme.py":
+            continue
+        found = HISTORY.search(text)
+        assert not found, f"{path.relative_to(ROOT)}: {found.group(0)!r}"
