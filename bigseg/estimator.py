@@ -557,9 +557,10 @@ class PhaseSegmenter:
     :meth:`predict` and :meth:`predict_proba` answer on the image's own
     (cropped) grid, as ``bigseg run`` writes ``labels/<image>.png``: the
     activations, or the memberships, interpolated bilinearly from the
-    *processing grid* (the ``resize`` setting: the longer side is 512 pixels by
-    default). :meth:`transform` returns the activations on the processing
-    grid, as ``store.zarr`` holds them.
+    *processing grid* (the image at the model's scale, from ``resize``: by
+    default the scale that brings the fit's images to 512 pixels on the longer
+    side). :meth:`transform` returns the activations on the processing grid,
+    as ``store.zarr`` holds them.
 
     scikit-learn's conventions hold and its own checks run in the tests:
     ``get_params``/``set_params``/``sklearn.base.clone``,
