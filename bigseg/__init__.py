@@ -1,8 +1,10 @@
 """bigseg: unsupervised phase segmentation of SEM micrographs of metals with NMF.
 
 The public face is :class:`PhaseSegmenter` (fit, transform, predict, save/load,
-scikit-learn conventions), :class:`Settings` (checked, read-only settings) and
-:func:`load_settings` (a YAML settings file as a :class:`Settings`). All are
+scikit-learn conventions), :class:`Settings` (checked, read-only settings),
+:func:`load_settings` (a YAML settings file as a :class:`Settings`) and
+:func:`fractions_table` / :func:`fractions_summary` (a run's phase fractions, per image and
+across images with a 95 % interval, as pandas DataFrames). All are
 imported on first use, so ``import bigseg`` stays light.
 
 Stages, ground floor first: :mod:`bigseg.io` (read, crop), :mod:`bigseg.preprocess`,
@@ -13,11 +15,12 @@ Stages, ground floor first: :mod:`bigseg.io` (read, crop), :mod:`bigseg.preproce
 
 __version__ = "0.1.0"
 
-__all__ = ["PhaseSegmenter", "Settings", "load_settings", "__version__"]
+__all__ = ["PhaseSegmenter", "Settings", "load_settings", "fractions_table", "fractions_summary", "__version__"]
 
 # public name -> (submodule, attribute); importing numpy, scipy or dask only when one is asked for
 _LAZY = {"PhaseSegmenter": ("estimator", "PhaseSegmenter"), "Settings": ("config", "Settings"),
-         "load_settings": ("config", "load_settings")}
+         "load_settings": ("config", "load_settings"), "fractions_table": ("fractions", "fractions_table"),
+         "fractions_summary": ("fractions", "fractions_summary")}
 
 
 def __getattr__(name):

@@ -5,7 +5,7 @@ back from the store): ``labels/`` (the label map, 8-bit grey PNG), ``color/``
 (the same map as a palette PNG), ``activations/`` (titled viridis panels, one
 per phase) and ``overlay/`` (the micrograph tinted and outlined by phase, with
 a legend). Per folder (:func:`write_tables`): ``phase_fractions.csv``,
-``fingerprints.png`` and ``summary.json``. The page that shows them all is
+``phase_fractions_summary.csv``, ``fingerprints.png`` and ``summary.json``. The page that shows them all is
 :mod:`bigseg.report`; renaming phases afterwards is :mod:`bigseg.rename`.
 
 Everything here is pure apart from the files it writes (each atomically), so
@@ -178,30 +178,39 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: i
 
 # --- the folder's tables ---------------------------------------------------------------
 
-def write_tables(out_dir, records, model, summary: dict) -> dict:
-    """``phase_fractions.csv`` (one row per image), ``fingerprints.png`` and ``summary.json``.
+def write_tables(out_dir, records, model, summary: dict, pixel_sizes=None) -> dict:
+    """``phase_fractions.csv`` (one row per image), ``phase_fractions_summary.csv`` (one row per phase),
+    ``fingerprints.png`` and ``summary.json``.
 
     ``records`` are ``(image id, segment record)`` pairs, in row order, of the
-    images the tables list (the runner picks those this model segmented). The
-    CSV's columns are the phases' names (``phases.csv_names``), in label
-    order. Adds the components (name, CSV column, fingerprint, share of all
-    pixels) and the failure-mode warnings to ``summary``, and returns it.
+    images the tables list (the runner picks those this model segmented);
+    ``pixel_sizes`` maps an image to its micrometres per pixel (absent or None:
+    unknown). The tables are :func:`bigseg.fractions.write_tables`'s: each
+    image's fraction and area (square micrometres) of each phase, named by
+    ``phases.csv_names`` in label order, and the phases' mean, standard
+    deviation and 95 % interval across images. Adds the components (name, CSV
+    column, fingerprint, share of all pixels), those statistics
+    (``fractions``) and the failure-mode warnings to ``summary``, and returns it.
     """
+    from . import fractions
+
     out_dir = Path(out_dir)
     k = model.n_phases
     columns = csv_names(model.phase_names)
-    rows = [["image"] + columns]
-    totals, speckle, transition_shares, band_shares = np.zeros(k), {}, [], []
-    for image_id, rec in records:
-        fr = rec["fractions"]
-        rows.append([image_id] + [f"{fr[f'phase_{i}']:.6f}" for i in range(k)])
-        totals += np.array([fr[f"phase_{i}"] for i in range(k)]) * rec["pixels"]
+    names = list(model.phase_names)
+    speckle, transition_shares, band_shares = {}, [], []
+    ids, values, pixels = [], np.zeros((len(records), k)), np.zeros(len(records), np.int64)
+    for row, (image_id, rec) in enumerate(records):
+        ids.append(image_id)
+        values[row] = [rec["fractions"][f"phase_{i}"] for i in range(k)]
+        pixels[row] = rec["pixels"]
         speckle[image_id] = rec["speckle"]
         transition_shares.append(rec.get("transition_share"))
         band_shares.append(rec.get("boundary_pixels"))
-    io.atomic_write_text(out_dir / "phase_fractions.csv", csv_text(rows))
+    summary["fractions"] = fractions.write_tables(out_dir, ids, names, columns, values, pixels,
+                                                  [(pixel_sizes or {}).get(i) for i in ids])
+    totals = (values * pixels[:, None]).sum(axis=0)
     shares = totals / max(totals.sum(), 1)
-    names = list(model.phase_names)
     summary["components"] = [{"index": i, "name": names[i], "column": columns[i], "share": round(float(shares[i]), 6),
                               "fingerprint": fp} for i, fp in enumerate(fingerprints(model.phase_H,
                                                                                      model.feature_names))]

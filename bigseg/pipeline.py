@@ -693,7 +693,9 @@ def _run(inputs, out_dir: Path, settings, runner, model: Model | None) -> dict:
         # images segmented before, under other names: their legends follow (nothing is recomputed); the tables
         # are written anew just below
         rename.apply_names(out_dir, model, tables=False)
-    write_tables(out_dir, current_records(out_dir, ids, {"model": model_digest(model)}), model, summary)
+    root = store.open_root(out_dir / "store.zarr")
+    write_tables(out_dir, current_records(out_dir, ids, {"model": model_digest(model)}), model, summary,
+                 {i: store.image_info(root, i).get("pixel_size") for i in ids})
     write_report(out_dir)
     for warning in summary["warnings"]:
         if fitted_elsewhere and warning["kind"] == "not_converged":

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import io, viz
+from . import fractions, io, viz
 from .phases import check_names, csv_names, parse_assignments
 from .safety import csv_text, read_regular
 
@@ -220,10 +220,17 @@ def _write_tables(out_dir: Path, model, summary, table) -> None:
         for c in summary.get("components", []):
             if isinstance(c, dict) and isinstance(c.get("index"), int) and 0 <= c["index"] < len(names):
                 c["name"], c["column"] = names[c["index"]], columns[c["index"]]
+        rows = (summary.get("fractions") or {}).get("phases")
+        if isinstance(rows, list) and len(rows) == len(names) and all(isinstance(r, dict) for r in rows):
+            for row, name, column in zip(rows, names, columns):
+                row["phase"], row["column"] = name, column
+            fractions.write_summary_table(out_dir / fractions.SUMMARY_TABLE, rows)
         io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     if table is not None:
         first, sep, rest = table.partition("\n")
-        io.atomic_write_text(out_dir / "phase_fractions.csv", csv_text([["image"] + columns]) + rest)
+        # a table of fraction columns only was written before areas were kept
+        header = fractions.image_header(columns) if "pixel_size_um" in first else ["image"] + columns
+        io.atomic_write_text(out_dir / fractions.IMAGE_TABLE, csv_text([header]) + rest)
     if (out_dir / "fingerprints.png").exists():
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
 

@@ -10,7 +10,6 @@ network.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as _dt
 import html
 import io as _io
@@ -21,7 +20,6 @@ from urllib.parse import quote
 import numpy as np
 
 from . import io
-from .safety import csv_value
 
 REPORT_NAME = "report.html"
 #: thumbnails shown before only the flagged images are added
@@ -122,7 +120,7 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
         raise FileNotFoundError(f"{summary_path}: no summary.json; run `bigseg run` on this folder first")
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     k = len(summary.get("components") or [])
-    ids, fractions = _read_fractions(out_dir / "phase_fractions.csv", k)
+    ids, fractions, areas = _read_fractions(out_dir / "phase_fractions.csv", k)
     phases = _phases(summary, out_dir, ids)
     flagged = _flagged(summary)
 
@@ -136,7 +134,8 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
     n_warn = len(summary.get("warnings") or [])
     sections = [
         ("phases", "Phases", _phases_section(phases, ids, fractions)),
-        ("fractions", "Phase fractions across images", _fractions_section(ids, fractions, phases)),
+        ("fractions", "Phase fractions across images", _statistics_table(summary, phases)
+         + _fractions_section(ids, fractions, phases)),
         ("fingerprints", "Fingerprints", _fingerprint_section(out_dir)),
         ("images", "Images", _images_section(out_dir, ids, fractions, phases, flagged, max_thumbnails,
                                              thumb_width)),
@@ -211,25 +210,21 @@ def _hex(value, fallback) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _read_fractions(path: Path, k: int) -> tuple[list[str], np.ndarray]:
-    """Image ids and an (images, k) array from ``phase_fractions.csv``; columns by position after ``image``."""
+def _read_fractions(path: Path, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Image ids and two (images, k) arrays, the fractions and the areas (µm², NaN where unknown), from
+    ``phase_fractions.csv`` (:func:`bigseg.fractions.read_image_table`)."""
+    from .fractions import read_image_table
+
     if not path.is_file():
-        return [], np.zeros((0, k))
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    ids, values = [], []
-    for row in rows[1:]:
-        if not row:
-            continue
-        ids.append(csv_value(row[0]))     # the image name as it is, without the formula guard
-        vals = []
-        for cell in row[1:1 + k]:
-            try:
-                vals.append(float(cell))
-            except ValueError:
-                vals.append(float("nan"))
-        values.append(vals + [float("nan")] * (k - len(vals)))
-    return ids, np.array(values, dtype=np.float64).reshape(len(ids), k)
+        return [], np.zeros((0, k)), np.zeros((0, k))
+    ids, _, values, areas = read_image_table(path)
+
+    def k_columns(a):
+        out = np.full((len(ids), k), np.nan)
+        out[:, :min(k, a.shape[1])] = a[:, :k]
+        return out
+
+    return ids, k_columns(values), k_columns(areas)
 
 
 def _flagged(summary: dict) -> dict[str, list[str]]:
@@ -280,6 +275,34 @@ def _phases_section(phases, ids, fractions) -> str:
                     + "</tr>")
     return ("<table><tr><th>phase</th><th>name</th><th>share of all pixels</th><th>mean per image</th>"
             "<th>min</th><th>max</th></tr>" + "".join(rows) + "</table>")
+
+
+def _statistics_table(summary, phases) -> str:
+    """Each phase's mean fraction across images with its standard deviation and 95 % interval, and its mean
+    area where pixel sizes are known: ``summary["fractions"]`` (:func:`bigseg.fractions.collection_statistics`)."""
+    entry = summary.get("fractions") or {}
+    rows = entry.get("phases") or []
+    if not rows:
+        return ""
+    colours = [p["colour"] for p in phases] + ["#ffffff"] * len(rows)
+    areas = any(r.get("mean_area_um2") is not None for r in rows)
+    body = "".join(
+        f'<tr><td>{_swatch(colours[i])}{_e(r.get("phase", ""))}</td><td class=num>{_pct(r.get("mean"), 2)}</td>'
+        f'<td class=num>{_pct(r.get("std"), 2)}</td>'
+        f'<td class=num>{_pct(r.get("ci95_low"), 2)} – {_pct(r.get("ci95_high"), 2)}</td>'
+        + (f'<td class=num>{_area(r.get("mean_area_um2"))}</td>' if areas else "") + "</tr>"
+        for i, r in enumerate(rows))
+    n = entry.get("images", rows[0].get("images"))
+    return (f'<p class="note">Area fraction of each phase over {_e(n)} image(s): mean, standard deviation '
+            f'across images and the 95 % confidence interval of the mean ({_e(entry.get("interval", ""))}); '
+            f'every image in <a href="phase_fractions.csv">phase_fractions.csv</a>, this table in '
+            f'<a href="phase_fractions_summary.csv">phase_fractions_summary.csv</a>.</p>'
+            '<table class="stats"><tr><th>phase</th><th>mean</th><th>std</th><th>95 % interval of the mean</th>'
+            + ("<th>mean area per image (µm²)</th>" if areas else "") + f"</tr>{body}</table>")
+
+
+def _area(value) -> str:
+    return "–" if value is None else f"{float(value):.4g}"
 
 
 def _fractions_section(ids, fractions, phases) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from bigseg import config, export, features, model, preprocess, regions, segment, synth
+from bigseg import config, export, features, fractions, model, preprocess, regions, segment, synth
 from bigseg.cli import main
 from bigseg.phases import csv_names
 
@@ -74,7 +74,8 @@ def test_a_run_reports_the_boundary_pixels_and_writes_k_phases(tmp_path):
     assert len(summary["components"]) == 3
     header = (out / "phase_fractions.csv").read_text().splitlines()[0].split(",")
     saved = json.loads((out / "model" / "model.json").read_text())
-    assert header == ["image"] + csv_names(saved["phase_names"]) and len(header) == 4   # boundaries get no column
+    # boundaries get no column (of fraction or of area)
+    assert header == fractions.image_header(csv_names(saved["phase_names"])) and len(header) == 8
     assert len(saved["transitions"]) == 1 and saved["n_components"] == 4
     assert saved["transitions"] == [3]          # boundary rows come after the phases
 

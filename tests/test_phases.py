@@ -13,7 +13,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from bigseg import config, export, features, model, phases, preprocess, regions, synth, viz
+from bigseg import config, export, features, fractions, model, phases, preprocess, regions, synth, viz
 from bigseg.cli import main
 
 NAMES = ["intensity", "gradient_s1", "laplacian_s1", "variance_w7", "blur_s2", "blur_s8"]
@@ -286,9 +286,13 @@ def test_rename_rewrites_model_summary_csv_and_legends(run_dir, tmp_path):
     assert names[0] == "pores" and names[2] == "γ′ carbide"
     assert model.Model.load(out / "model").phase_names == names
     header = next(csv.reader(open(out / "phase_fractions.csv")))
-    assert header == ["image", "pores", phases.csv_names(names)[1], "γ′_carbide"]
+    assert header == fractions.image_header(["pores", phases.csv_names(names)[1], "γ′_carbide"])
     summary = json.loads((out / "summary.json").read_text())
     assert [c["name"] for c in summary["components"]] == names
+    # the fractions across images follow: summary.json and the collection's table
+    assert [p["phase"] for p in summary["fractions"]["phases"]] == names
+    with open(out / "phase_fractions_summary.csv", newline="") as fh:
+        assert [r["phase"] for r in csv.DictReader(fh)] == names
     for path in (out / "overlay").glob("*.png"):
         _check_legend(path, names)
     for path in (out / "activations").glob("*.png"):
@@ -320,7 +324,7 @@ def test_the_phase_names_setting_names_a_resumed_run_without_recomputing(run_dir
     assert res.exit_code == 0, res.output
     assert "0 segmented by this run" in res.output
     assert {p.name: p.stat().st_mtime_ns for p in (out / "labels").iterdir()} == labels_before
-    assert next(csv.reader(open(out / "phase_fractions.csv"))) == ["image", "pore", "matrix", "rim"]
+    assert next(csv.reader(open(out / "phase_fractions.csv"))) == fractions.image_header(["pore", "matrix", "rim"])
     assert model.Model.load(out / "model").phase_names == ["pore", "matrix", "rim"]
     for path in (out / "overlay").glob("*.png"):
         _check_legend(path, ["pore", "matrix", "rim"])

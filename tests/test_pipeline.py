@@ -10,7 +10,7 @@ import zarr
 from click.testing import CliRunner
 from PIL import Image
 
-from bigseg import regions, store
+from bigseg import fractions, regions, store
 from bigseg.cli import EXIT_SKIPPED, main
 from bigseg.demo import CLASS_NAMES
 from bigseg.evaluate import evaluate_dirs
@@ -50,7 +50,7 @@ def test_run_writes_the_documented_layout(finished_run, synth_dir):
     rows = list(csv.DictReader(open(out / "phase_fractions.csv")))
     summary = json.loads((out / "summary.json").read_text())
     columns = [c["column"] for c in summary["components"]]      # the phases' names, in label order
-    assert list(rows[0]) == ["image"] + columns and len(set(columns)) == 4
+    assert list(rows[0]) == fractions.image_header(columns) and len(set(columns)) == 4
     assert [r["image"] for r in rows] == stems
     assert all(abs(sum(float(r[c]) for c in columns) - 1) < 1e-4 for r in rows)
     assert summary["n_images"] == len(stems) and summary["skipped"] == []
