@@ -40,8 +40,6 @@ __all__ = ["PhaseSegmenter", "NotFittedError", "segment_image", "image_activatio
 #: time (the segment stage's coupling); :meth:`PhaseSegmenter.save` writes their current values, so a saved
 #: estimator predicts what it predicted before
 _CALL_TIME_KEYS = tuple(k for k in config.MODEL_KEYS if config.OPTIONS[k].role == "segment")
-#: the settings a fit turns into its images' one scale (``preprocess.scaled_settings``)
-_SCALE_KEYS = ("resize", "clahe_kernel_size")
 
 
 def __getattr__(name):
@@ -737,7 +735,7 @@ class PhaseSegmenter:
         settings = self._settings()
         if isinstance(model.settings["resize"], dict):
             # resize (N, native, physical) chose the scale of the fit's images: every image is segmented at it
-            settings = dict(settings, **{k: model.settings[k] for k in _SCALE_KEYS})
+            settings = dict(settings, **preprocess.scale_settings(model.settings))
         model.check_settings(settings)   # a feature setting changed since the fit would compute other numbers
         return model, settings
 

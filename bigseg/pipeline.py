@@ -241,11 +241,16 @@ def compute_features_stage(out_dir, ids, settings, runner) -> tuple[list[str], l
     ok, skipped = [], []
 
     def build(image_id):
-        if store.is_done(out_dir, "features", image_id):
-            check_same(model_bound(settings), stored_feature_settings(store_path, image_id),
-                       f"the stored features of {image_id!r}")
+        stored = stored_feature_settings(store_path, image_id) if store.is_done(out_dir, "features", image_id) \
+            else None
+        if stored is not None and preprocess.scale_settings(stored) == preprocess.scale_settings(settings):
+            check_same(model_bound(settings), stored, f"the stored features of {image_id!r}")
             ok.append(image_id)
             return None
+        if stored is not None:       # computed at the scale of another set of images: computed again
+            check_same(model_bound(settings), dict(stored, **preprocess.scale_settings(settings)),
+                       f"the stored features of {image_id!r}")
+            store.record_path(out_dir, "features", image_id).unlink(missing_ok=True)
         try:
             feats = lazy_features(root, image_id, settings)
         except (features.ImageTooSmallError, ValueError) as exc:   # too small, or pixel size unknown
@@ -347,11 +352,12 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
         except ModelError:
             existing = None
         if existing is not None:
-            existing.check_settings(settings)
+            # the images' scale may change with the images (a new one joins): that is a new fit, not a conflict
+            existing.check_settings(dict(settings, **preprocess.scale_settings(existing.settings)))
             asked = dict(existing.settings, n_components="auto") if "n_components_auto" in existing.report \
                 else existing.settings
             level = "n_constituents"      # absent from models saved before the level existed: 0
-            if (all(_same(asked.get(k), settings[k]) for k in FIT_KEYS if k != level)
+            if (all(_same(asked.get(k), settings[k]) for k in FIT_KEYS + preprocess.SCALE_SETTINGS if k != level)
                     and existing.report.get("inputs") == seen):
                 if asked.get(level, 0) == settings[level]:
                     log.info("reusing the fitted model in %s", model_dir)

@@ -124,6 +124,15 @@ def collection_scale(shapes, pixel_sizes, resize, target_pixel_size=None, clahe_
     return scale, clahe_kernel_size
 
 
+#: the settings a fit turns into its images' one scale (:func:`scaled_settings`)
+SCALE_SETTINGS = ("resize", "clahe_kernel_size")
+
+
+def scale_settings(settings) -> dict:
+    """The scale settings of ``settings`` (:data:`SCALE_SETTINGS`), lists normalised, for comparing two."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items() if k in SCALE_SETTINGS}
+
+
 def scaled_settings(settings, shapes, pixel_sizes) -> dict:
     """``settings`` with ``resize`` and ``clahe_kernel_size`` as the one scale of a collection of images
     (:func:`collection_scale`); settings that already hold a scale come back unchanged."""

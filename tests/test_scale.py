@@ -139,3 +139,29 @@ def test_the_scale_form_of_resize_is_checked():
         with pytest.raises(config.ConfigError, match="resize"):
             config.validate({"resize": bad})
     assert config.validate({"clahe_kernel_size": [16, 20]})["clahe_kernel_size"] == [16, 20]
+
+
+def test_images_joining_a_folder_change_its_scale_and_the_stored_features_follow(tmp_path):
+    """The scale is the images': a run with more of them refits and computes its stored features again, rather
+    than refusing the folder's features as made with other settings."""
+    from click.testing import CliRunner
+
+    from bigseg.cli import main
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (img, _) in enumerate(synth.family("islands", 1, seed=5, shape=(192, 256))
+                                 + synth.family("islands", 2, seed=6, shape=(256, 320))):
+        Image.fromarray((img * 255).round().astype(np.uint8)).save(images / f"frame{i}.png")
+    args = ["--out", str(tmp_path / "out"), "-k", "3", "--set", "resize=native", "--set", "store_features=true",
+            "--set", "solver=minibatch", "--set", "init=nndsvda", "--set", "max_iter=3", "--set", "sample_size=5000",
+            "--quiet"]
+    first = CliRunner().invoke(main, ["run", "--input", str(images / "frame0.png")] + args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["run", "--input", str(images)] + args)
+    assert again.exit_code == 0, again.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["scale"]["clahe_kernel_size"] == [32, 40] and summary["segmented_this_run"] == 3
+    from bigseg.pipeline import stored_feature_settings
+
+    assert stored_feature_settings(tmp_path / "out" / "store.zarr", "frame0")["clahe_kernel_size"] == [32, 40]
