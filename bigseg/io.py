@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .safety import (MAX_TEXT_BYTES, UnsafeFileError, check_regular, excerpt, links_under, read_text, short_name,
+from .safety import (MAX_TEXT_BYTES, UnsafeFileError, check_regular, excerpt, foreign_entry, read_text, short_name,
                      temp_prefix)
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -638,11 +638,12 @@ def _grey_values(grey: np.ndarray) -> np.ndarray:
 
 
 def _refuse_linked_zarr(path: Path, source: str) -> None:
-    """A Zarr input holding a link is refused: it may lead anywhere (a device, another image's chunk)."""
-    link = links_under(path)
-    if link:
-        raise ImageReadError(f"{source}: {link[0]} is a symbolic link; bigseg reads no part of a Zarr image "
-                             f"through a link (copy the data into the folder)")
+    """A Zarr input holding a link, a FIFO or a device is refused: a link may lead anywhere (a device,
+    another image's chunk), and a FIFO or device would block or never end the read."""
+    found = foreign_entry(path)
+    if found:
+        raise ImageReadError(f"{source}: {found[0]} is {found[1]}; bigseg reads a Zarr image only from its own "
+                             f"files (copy the data into the folder)")
 
 
 def _refuse_missing_chunks(arr, source: str) -> None:

@@ -147,42 +147,59 @@ def refuse_links(root, paths) -> None:
                                       f"and will not write or delete through it; remove it")
 
 
-def links_under(folder, limit: int = 1) -> list[Path]:
-    """Up to ``limit`` symbolic links found in ``folder`` (not followed), walking its whole tree."""
-    found: list[Path] = []
+def foreign_entry(folder) -> tuple[Path, str] | None:
+    """The first entry of ``folder``'s whole tree (links not followed) that is neither a regular file nor a
+    folder, and what it is (``a symbolic link``, ``a FIFO (named pipe)``, ...); None when there is none.
+
+    bigseg writes only regular files and folders: anything else was put by
+    someone else, and a FIFO or device would block or never end a read.
+    """
     stack = [Path(folder)]
-    while stack and len(found) < limit:
+    while stack:
         try:
             entries = list(os.scandir(stack.pop()))
         except OSError:
             continue
         for entry in entries:
             if entry.is_symlink():
-                found.append(Path(entry.path))
-                if len(found) >= limit:
-                    break
-            elif entry.is_dir(follow_symlinks=False):
+                return Path(entry.path), "a symbolic link"
+            if entry.is_dir(follow_symlinks=False):
                 stack.append(Path(entry.path))
-    return found
+            elif not entry.is_file(follow_symlinks=False):
+                try:
+                    return Path(entry.path), kind_of(entry.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    return Path(entry.path), "not a regular file"
+    return None
 
 
 def check_output_folder(out_dir, owned) -> None:
-    """Refuse, before anything is written, an output folder holding a symbolic link where bigseg writes.
+    """Refuse, before anything is written, an output folder holding a link (or a FIFO, a device) where bigseg
+    writes.
 
     ``owned`` are the names of the files and folders bigseg writes directly
-    in ``out_dir``; each that is a link, or a folder with a link anywhere
-    inside, is refused with one line naming it. bigseg makes no links, so any
-    link there was put by someone else and may point anywhere.
+    in ``out_dir``; each that is a link or no regular file or folder, or a
+    folder with such an entry anywhere inside, is refused with one line
+    naming it. bigseg makes no links, so any link there was put by someone
+    else and may point anywhere; a FIFO or device would block a read.
     """
     out_dir = Path(out_dir)
     for name in owned:
         path = out_dir / name
         refuse_links(out_dir, [path])
-        if path.is_dir():
-            inner = links_under(path)
-            if inner:
-                raise UnsafeFileError(f"{inner[0]}: is a symbolic link inside the output folder; bigseg makes "
-                                      f"none and will not write or delete through it; remove it")
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            continue
+        if stat.S_ISDIR(mode):
+            found = foreign_entry(path)
+            if found:
+                raise UnsafeFileError(f"{found[0]}: is {found[1]} inside the output folder, where bigseg writes "
+                                      f"only files and folders of its own; it will not read, write or delete "
+                                      f"through it; remove it")
+        elif not stat.S_ISREG(mode):
+            raise UnsafeFileError(f"{path}: is {kind_of(mode)} inside the output folder, where bigseg writes only "
+                                  f"files and folders of its own; remove it")
 
 
 #: the temporary names :func:`bigseg.io.atomic_write_bytes` gives a file while it is written (``tempfile``'s

@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write_text
-from .safety import refuse_links
+from .safety import read_regular, refuse_links
 
 OME_VERSION = "0.5"
 #: images (and their labels, activations, memberships) over this many pixels on a side get a pyramid
@@ -608,6 +608,10 @@ def open_features(store_path, image_id: str):
 
 # --- completion records -------------------------------------------------------
 
+#: largest completion record read (a record is a few hundred bytes)
+MAX_RECORD_BYTES = 2**20
+
+
 def record_path(out_dir, stage: str, image_id: str) -> Path:
     return Path(out_dir) / "records" / stage / f"{image_id}.json"
 
@@ -623,7 +627,14 @@ def is_done(out_dir, stage: str, image_id: str) -> bool:
 
 
 def read_record(out_dir, stage: str, image_id: str) -> dict:
-    return json.loads(record_path(out_dir, stage, image_id).read_text())
+    """An image's completion record; ``{}`` for one that is damaged, too large or no regular file (it then
+    matches no expectation, so the stage is done again and the record written anew)."""
+    try:
+        record = json.loads(read_regular(record_path(out_dir, stage, image_id), "record", MAX_RECORD_BYTES,
+                                         follow_links=False))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def file_identity(path) -> dict | None:

@@ -185,3 +185,25 @@ def test_every_output_folder_and_csv_is_checked_and_guarded():
         for name in re.findall(r'"([a-z_]+\.csv)"', text):
             if name != "pixel_size_csv.csv":
                 assert name in OUTPUT_ENTRIES, f"{path.name} writes {name}, which lock.OUTPUT_ENTRIES does not list"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("entry", ["records/ingest/a.json", "store.zarr/zarr.json", "summary.json"])
+def test_a_fifo_inside_out_is_refused_by_name_without_blocking(tmp_path, synth_dir, entry):
+    images = _images(synth_dir, tmp_path)
+    out = tmp_path / "out"
+    (out / entry).parent.mkdir(parents=True)
+    os.mkfifo(out / entry)
+    line = _one_error_line(_invoke("run", "--input", images, "--out", out, *FAST))
+    assert str(out / entry) in line and "FIFO" in line
+
+
+def test_a_damaged_completion_record_is_redone_not_a_traceback(tmp_path, synth_dir):
+    images = _images(synth_dir, tmp_path)
+    out = tmp_path / "out"
+    assert _invoke("run", "--input", images, "--out", out, *FAST).exit_code == 0
+    record = sorted((out / "records" / "segment").glob("*.json"))[0]
+    record.write_text('{"fractions": ')
+    res = _invoke("run", "--input", images, "--out", out, *FAST)
+    assert res.exit_code == 0, res.output
+    assert json.loads(record.read_text())["fractions"]
