@@ -43,8 +43,10 @@ def _names(names, k: int) -> list[str]:
     return list(names) if names is not None else [f"phase {i}" for i in range(k)]
 
 
-def write_overlay(out_dir, image_id: str, grey, labels, names, folder: str = "overlay") -> None:
-    """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend.
+def write_overlay(out_dir, image_id: str, grey, labels, names, folder: str = "overlay",
+                  pixel_size: float | None = None) -> None:
+    """``overlay/<id>.png``: the micrograph (8-bit) tinted and outlined by phase, with a legend, and a scale
+    bar where ``pixel_size`` (micrometres per pixel of ``grey``) is known (``viz.draw_scale_bar``).
 
     ``grey`` and ``labels`` are arrays or zarr arrays at the image's own size;
     an image over ``viz.OVERLAY_MAX_SIDE`` on a side is read through a strided
@@ -53,6 +55,8 @@ def write_overlay(out_dir, image_id: str, grey, labels, names, folder: str = "ov
     step = viz.overlay_step(labels.shape)
     view = (slice(None, None, step), slice(None, None, step))
     picture = viz.overlay_picture(viz.to_uint8(np.asarray(grey[view])), np.asarray(labels[view]))
+    if pixel_size:
+        picture = viz.draw_scale_bar(picture, float(pixel_size) * step)
     io.atomic_write_bytes(Path(out_dir) / folder / f"{image_id}.png", viz.overlay_png(picture, names))
 
 
@@ -75,12 +79,13 @@ def write_label_pngs(out_dir, image_id: str, labels: np.ndarray, folders=("label
 
 
 def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, labels_zarr=None,
-                 phases=None, names=None, grey=None, scores=None, panels=None) -> dict:
+                 phases=None, names=None, grey=None, scores=None, panels=None, pixel_size=None) -> dict:
     """Write labels/, color/, activations/, overlay/ PNGs (and the OME label array) of one image.
 
     ``names`` are the phases' names for the panel titles and the legend
     (default ``phase i``); the overlay needs ``grey``, the stored image at
-    ``native_shape`` (array or zarr array), and is skipped without it.
+    ``native_shape`` (array or zarr array), and is skipped without it; it has a
+    scale bar where ``pixel_size`` (micrometres per pixel) is given.
 
     ``phases`` are the components that label pixels (default: all); the others
     live on boundaries, so each pixel they would win goes to the phase with the
@@ -106,7 +111,7 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
     io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
                           viz.titled_panels_png(_panel_view(acts_kyx), names))
     if grey is not None:
-        write_overlay(out_dir, image_id, grey, labels, names)
+        write_overlay(out_dir, image_id, grey, labels, names, pixel_size=pixel_size)
     counts = np.bincount(labels.ravel(), minlength=k)[:k]
     return {"fractions": {f"phase_{i}": float(c) / labels.size for i, c in enumerate(counts)},
             "pixels": int(labels.size), "speckle": diagnose.speckle_rate(labels),
@@ -114,7 +119,7 @@ def export_image(acts_kyx: np.ndarray, native_shape, out_dir, image_id: str, lab
 
 
 def export_constituents(scores: np.ndarray, native_shape, out_dir, image_id: str, names, grey=None,
-                        labels_zarr=None) -> dict:
+                        labels_zarr=None, pixel_size=None) -> dict:
     """Write one image's microconstituents: ``constituents/`` (uint8 0..m-1, the ``labels/`` contract),
     ``constituents_color/`` and ``constituents_overlay/`` (with a legend of ``names``).
 
@@ -127,20 +132,20 @@ def export_constituents(scores: np.ndarray, native_shape, out_dir, image_id: str
         labels_zarr[...] = labels
     write_label_pngs(out_dir, image_id, labels, CONSTITUENT_DIRS[:2])
     if grey is not None:
-        write_overlay(out_dir, image_id, grey, labels, list(names), CONSTITUENT_DIRS[2])
+        write_overlay(out_dir, image_id, grey, labels, list(names), CONSTITUENT_DIRS[2], pixel_size)
     m = scores.shape[0]
     counts = np.bincount(labels.ravel(), minlength=m)[:m]
     return {"constituent_fractions": {f"constituent_{i}": float(c) / labels.size for i, c in enumerate(counts)}}
 
 
 def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
-                 grey=None) -> dict:
+                 grey=None, pixel_size=None) -> dict:
     """Exports of an image too large to hold, read back from the store a band or a tile at a time.
 
     ``labels/<id>.tif`` and ``color/<id>.tif`` are tiled TIFFs; the activation
     panels come from a strided view (at most ``PANEL_MAX_SIDE`` on a side), and
     so does the overlay (at most ``viz.OVERLAY_MAX_SIDE``; needs ``grey``, the
-    stored image as a zarr array).
+    stored image as a zarr array; a scale bar where ``pixel_size`` is given).
     Returns the same fractions, pixel count and speckle rate as :func:`export_image`.
     """
     out_dir = Path(out_dir)
@@ -170,7 +175,7 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: i
     io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",
                           viz.titled_panels_png(np.asarray(acts_zarr[:, ::step, ::step])[list(phases)], names))
     if grey is not None:
-        write_overlay(out_dir, image_id, grey, labels_zarr, names)
+        write_overlay(out_dir, image_id, grey, labels_zarr, names, pixel_size=pixel_size)
     total = h * w
     return {"fractions": {f"phase_{i}": float(c) / total for i, c in enumerate(counts)},
             "pixels": int(total), "speckle": float(changes / pairs) if pairs else 0.0}

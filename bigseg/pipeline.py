@@ -543,7 +543,8 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         moved += int(band_moved)
     # phases as centres are no component's activation: their panels show the memberships
     panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
-    result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source)
+    result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source,
+                          pixel_size=store.image_info(root, image_id).get("pixel_size"))
     _finish(dict(result, boundary_pixels=round(moved / max(h * w, 1), 6)), str(out_dir), image_id, made_by)
 
 
@@ -587,9 +588,10 @@ def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_a
     scores, probs, before, after = regions.settled_maps(model, acts, settings)
     store.write_whole(act_arr, acts)
     store.write_whole(memb_arr, probs.astype(np.float16))
+    pixel_size = store.image_info(store.open_root(Path(out_dir) / "store.zarr"), image_id).get("pixel_size")
     # phases as centres are no component's activation: their panels show the memberships
     result = export_image(acts, native, out_dir, image_id, lab_arr, model.phases, names, grey, scores=scores,
-                          panels=None if model.centres is None else probs)
+                          panels=None if model.centres is None else probs, pixel_size=pixel_size)
     if model.constituents is not None:
         # the second level reads the settled memberships only: the phase labels above are done already
         level = model.constituents
@@ -597,7 +599,7 @@ def _store_then_export(acts, act_arr, memb_arr, native, out_dir, image_id, lab_a
                                   len(level["names"]), PALETTE, max(lab_arr.chunks[0], 512), names=level["names"],
                                   name=store.CONSTITUENTS_NAME)
         result.update(export_constituents(estimator.constituent_activations(probs, model, settings), native,
-                                          out_dir, image_id, level["names"], grey, arr))
+                                          out_dir, image_id, level["names"], grey, arr, pixel_size))
     return dict(result, boundary_pixels=round(float((before != after).mean()), 6))
 
 

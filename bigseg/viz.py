@@ -171,6 +171,54 @@ def overlay_picture(grey8: np.ndarray, labels: np.ndarray, palette: np.ndarray =
     return np.take(overlay_table(palette, alpha).reshape(-1, 3), index, axis=0)
 
 
+def scale_bar_length(width_um: float) -> float:
+    """A round length, 1, 2 or 5 x 10^n micrometres, nearest (on a log scale) to a fifth of ``width_um``."""
+    import math
+
+    target = width_um / 5.0
+    n = math.floor(math.log10(target))
+    candidates = [m * 10.0 ** e for e in (n, n + 1) for m in (1, 2, 5)]
+    return min(candidates, key=lambda c: abs(math.log(c / target)))
+
+
+def length_label(um: float) -> str:
+    """A length in micrometres as people write it on a micrograph: ``500 nm``, ``20 µm``, ``2 mm``."""
+    if um >= 1000:
+        return f"{um / 1000:g} mm"
+    if um < 1:
+        return f"{um * 1000:.4g} nm"
+    return f"{um:g} µm"
+
+
+def draw_scale_bar(picture: np.ndarray, um_per_pixel: float) -> np.ndarray:
+    """``picture`` (RGB) with a scale bar in its lower right corner: a white bar of a round length
+    (:func:`scale_bar_length`) outlined in dark grey, its length written above it in white outlined text,
+    so it reads on dark and bright phases alike. A picture too small for a bar comes back as it is."""
+    from PIL import Image, ImageDraw
+
+    picture = np.asarray(picture, np.uint8)
+    h, w = picture.shape[:2]
+    length = scale_bar_length(w * float(um_per_pixel))
+    bar = int(round(length / float(um_per_pixel)))
+    margin, thick = max(4, round(w / 40)), max(3, round(w / 150))
+    size = int(np.clip(round(w / 32), 9, 48))
+    if bar < 4 or bar > w - 2 * margin or h < 2 * margin + thick + size * 2:
+        return picture
+    img = Image.fromarray(picture)
+    draw = ImageDraw.Draw(img)
+    x1, y1 = w - margin, h - margin
+    x0, y0 = x1 - bar, y1 - thick
+    edge = max(1, thick // 3)
+    dark, white = (20, 20, 20), (255, 255, 255)
+    draw.rectangle((x0 - edge, y0 - edge, x1 - 1 + edge, y1 - 1 + edge), fill=dark)
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=white)
+    font, text = _font(size), length_label(length)
+    # anchored at the descender line ("md"), so the µ's tail and the text's outline stay clear of the bar
+    draw.text(((x0 + x1) / 2, y0 - edge - max(2, size // 5)), text, fill=white, font=font, anchor="md",
+              stroke_width=max(1, size // 9), stroke_fill=dark)
+    return np.asarray(img)
+
+
 def overlay_table(palette: np.ndarray = PALETTE, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """``(phases, 257, 3)`` uint8: column ``g`` < 256 is grey level ``g`` tinted with the phase's colour,
     column 256 the phase's own colour (its outline)."""
