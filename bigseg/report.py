@@ -14,6 +14,7 @@ import datetime as _dt
 import html
 import io as _io
 import json
+import re
 from pathlib import Path
 from urllib.parse import quote
 
@@ -121,6 +122,8 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     k = len(summary.get("components") or [])
     ids, fractions, areas = _read_fractions(out_dir / "phase_fractions.csv", k)
+    order = sorted(range(len(ids)), key=lambda n: natural_key(ids[n]))     # micrograph2 before micrograph10
+    ids, fractions, areas = [ids[n] for n in order], fractions[order], areas[order]
     phases = _phases(summary, out_dir, ids)
     flagged = _flagged(summary)
 
@@ -139,6 +142,7 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
         ("fingerprints", "Fingerprints", _fingerprint_section(out_dir)),
         ("images", "Images", _images_section(out_dir, ids, fractions, phases, flagged, max_thumbnails,
                                              thumb_width)),
+        ("table", "Every image", _image_table(out_dir, ids, fractions, areas, phases, flagged)),
         ("warnings", f"Warnings ({n_warn}) and skipped files ({len(summary.get('skipped') or [])})",
          _warnings_section(summary)),
         ("boundaries", "Boundaries", _boundaries_section(summary)),
@@ -146,6 +150,7 @@ def render_report(out_dir, max_thumbnails: int = MAX_THUMBNAILS, thumb_width: in
          else []) + [
         ("model", "Model", _model_section(summary)),
         ("settings", "Settings", _settings_section(summary.get("settings") or {})),
+        ("files", "Files", _files_section(out_dir)),
     ]
     nav = " ".join(f'<a href="#{key}">{_e(head.split(" (")[0])}</a>' for key, head, _ in sections)
     body = "\n".join(f'<section id="{key}"><h2>{_e(head)}</h2>\n{content}</section>'
@@ -225,6 +230,12 @@ def _read_fractions(path: Path, k: int) -> tuple[list[str], np.ndarray, np.ndarr
         return out
 
     return ids, k_columns(values), k_columns(areas)
+
+
+def natural_key(text: str) -> list:
+    """Sort key that orders the numbers inside names by value: ``micrograph2`` before ``micrograph10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+            for part in re.split(r"(\d+)", str(text)) if part]
 
 
 def _flagged(summary: dict) -> dict[str, list[str]]:
@@ -441,6 +452,58 @@ def _images_section(out_dir, ids, fractions, phases, flagged, max_thumbnails, th
         figures.append(f'<figure class="{"flag" if kinds else ""}" title="{_e(tip)}">{img}<figcaption>'
                        f"{_e(image_id)}{badges}{_mini_bar(row, phases)}</figcaption></figure>")
     return f'<p class="note">{_e("; ".join(note))}.</p><div class="grid">' + "".join(figures) + "</div>"
+
+
+#: rows of the per-image table per page (each page a <details> block, the first one open)
+TABLE_PAGE = 100
+#: each image's own files the per-image table links to: (label, folder, suffixes)
+_IMAGE_FILES = (("overlay", "overlay", (".png",)), ("labels", "labels", (".png", ".tif")),
+                ("colour", "color", (".png", ".tif")), ("activations", "activations", (".png",)))
+
+
+def _image_table(out_dir: Path, ids, fractions, areas, phases, flagged) -> str:
+    """Every image, in natural order: its fraction of each phase, the phases' total area where its pixel size
+    is known, the warnings that name it and links to its overlay, label map, colour map and activations;
+    pages of :data:`TABLE_PAGE` rows, each a collapsible block."""
+    if not ids:
+        return '<p class="note">No segmented image.</p>'
+    head = ("<tr><th>image</th>" + "".join(f"<th>{_swatch(p['colour'])}{_e(p['name'])}</th>" for p in phases)
+            + "<th>area (µm²)</th><th>warnings</th><th>files</th></tr>")
+    rows = []
+    for n, image_id in enumerate(ids):
+        cells = "".join(f"<td class=num>{_pct(fractions[n, j], 2)}</td>" for j in range(len(phases)))
+        total = float(np.nansum(areas[n])) if np.isfinite(areas[n]).any() else None
+        badges = "".join(f'<span class="badge">{_e(kind)}</span>' for kind in flagged.get(image_id, []))
+        links = []
+        for label, folder, suffixes in _IMAGE_FILES:
+            found = next((f"{folder}/{image_id}{x}" for x in suffixes if (out_dir / folder / f"{image_id}{x}").is_file()),
+                         None)
+            if found:
+                links.append(f'<a href="{_e(quote(found))}">{label}</a>')
+        rows.append(f"<tr><td>{_e(image_id)}</td>{cells}<td class=num>{_area(total)}</td><td>{badges}</td>"
+                    f"<td>{' · '.join(links) or '–'}</td></tr>")
+    pages = []
+    for start in range(0, len(rows), TABLE_PAGE):
+        end = min(start + TABLE_PAGE, len(rows))
+        pages.append(f'<details{" open" if start == 0 else ""}><summary>images {start + 1}–{end} of {len(rows)}'
+                     f'</summary><table class="images">{head}{"".join(rows[start:end])}</table></details>')
+    return (f'<p class="note">{len(ids)} image(s) in natural order (micrograph2 before micrograph10): each '
+            "phase's area fraction, the segmented area where the pixel size is known, the warnings that name "
+            "the image and its files.</p>" + "".join(pages))
+
+
+def _files_section(out_dir: Path) -> str:
+    """Links to the run's files and folders that exist."""
+    entries = (("summary.json", "the run's summary: settings, phases, fractions, warnings"),
+               ("phase_fractions.csv", "each image's phase fractions and areas"),
+               ("phase_fractions_summary.csv", "each phase's mean, standard deviation and 95 % interval"),
+               ("constituent_fractions.csv", "each image's microconstituent fractions"),
+               ("fingerprints.png", "the fingerprint chart"), ("model/model.json", "the model (bigseg segment MODEL)"),
+               ("overlay/", "overlays"), ("labels/", "label maps (0..k-1)"), ("color/", "colour maps"),
+               ("activations/", "activation panels"), ("store.zarr/", "the OME-Zarr store (napari, xarray)"))
+    rows = [f'<tr><td><a href="{_e(quote(name))}">{_e(name)}</a></td><td>{_e(what)}</td></tr>'
+            for name, what in entries if (out_dir / name.rstrip("/")).exists()]
+    return "<table>" + "".join(rows) + "</table>" if rows else '<p class="note">No file of the run found.</p>'
 
 
 def _mini_bar(row, phases) -> str:

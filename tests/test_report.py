@@ -207,6 +207,10 @@ def _browse(page_path: Path) -> dict:
                 src: i.currentSrc.slice(0, 22)}))""")
             seen["title"] = tab.title()
             seen["rects"] = tab.evaluate("() => document.querySelectorAll('#fractions svg rect').length")
+            # the fractions across images (one row per phase) and the per-image table (one row per image)
+            seen["stats_rows"] = tab.evaluate("() => document.querySelectorAll('#fractions table.stats tr').length")
+            seen["image_rows"] = tab.evaluate("""() => Array.from(document.querySelectorAll('#table table.images tr'))
+                .filter(r => r.querySelector('td')).map(r => r.querySelector('td').textContent)""")
             seen["height"] = tab.evaluate("() => document.documentElement.scrollHeight")
         finally:
             browser.close()
@@ -256,3 +260,57 @@ def test_hostile_text_stays_text_in_chromium(tmp_path):
     seen = _browse(report.write_report(out))
     _assert_clean(seen, 1 + 25)                      # no image from HOSTILE's <img src=x>, no script ran
     assert seen["title"] == "bigseg report: out" and seen["rects"] == 30 * 3
+
+
+def _bar_pixels(page: str, out: Path) -> dict[str, int]:
+    """Per thumbnail of an overlay: the near-white pixels of its picture part (above the legend). No tint of
+    the palette is that bright, so they are a scale bar's and its label's."""
+    from bigseg import viz
+
+    counts = {}
+    for figure in re.findall(r"<figure.*?</figure>", page, re.S):
+        href = re.search(r'href="(overlay/[^"]+)"', figure)
+        if not href:
+            continue
+        meta = viz.read_meta(out / href.group(1))
+        with Image.open(out / href.group(1)) as full:
+            share = meta["picture_height"] / full.height
+        thumb = np.asarray(Image.open(_io.BytesIO(_data_uris(figure)[0][1])).convert("RGB"))
+        picture = thumb[:int(thumb.shape[0] * share) - 2]
+        counts[Path(href.group(1)).stem] = int((picture >= 230).all(axis=-1).sum())
+    return counts
+
+
+@needs_chromium
+def test_a_report_with_pixel_sizes_shows_scale_bars_and_the_fractions_tables_in_chromium(run_dir, synth_dir,
+                                                                                           tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--input", str(synth_dir / "images"), "--out", str(out), "-k", "3", *ARGS,
+                                    "--set", "pixel_size=0.02"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    path = report.write_report(out)
+    page = path.read_text(encoding="utf-8")
+    seen = _browse(path)
+    ids = sorted(p.stem for p in (out / "labels").glob("*.png"))
+    _assert_clean(seen, 1 + len(ids))
+    assert seen["stats_rows"] == 1 + 3                          # a header and one row per phase
+    assert seen["image_rows"] == ids                            # every image, in natural order
+    assert "mean area per image (µm²)" in page and 'href="phase_fractions_summary.csv"' in page
+    assert all(f'href="overlay/{i}.png"' in page and f'href="labels/{i}.png"' in page for i in ids)
+    # every thumbnail carries a scale bar here, and none where the pixel size is unknown
+    with_bars = _bar_pixels(page, out)
+    assert len(with_bars) == len(ids) and min(with_bars.values()) >= 60, with_bars
+    without = _bar_pixels(report.write_report(run_dir).read_text(encoding="utf-8"), run_dir)
+    assert len(without) == len(ids) and max(without.values()) <= 5, without
+
+
+def test_images_are_listed_in_natural_order(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    io.atomic_write_text(out / "summary.json", json.dumps({"components": [{"name": "a"}, {"name": "b"}]}))
+    io.atomic_write_text(out / "phase_fractions.csv", "image,a,b\nmicrograph10,0.5,0.5\nmicrograph2,0.25,0.75\n"
+                                                       "Micrograph1,1,0\n")
+    page = report.render_report(out)
+    table = page[page.index('<section id="table">'):]
+    assert [m for m in re.findall(r"<tr><td>([^<]+)</td>", table)] == ["Micrograph1", "micrograph2", "micrograph10"]
+    assert re.findall(r"<figcaption>(\w+)", page) == ["Micrograph1", "micrograph2", "micrograph10"]
