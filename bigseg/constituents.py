@@ -35,12 +35,14 @@ several of the phase regions a constituent is made of to measure their
 fractions, and no more, so as not to blur the constituents' own boundaries.
 The measure is the mean intercept length of the phase regions (the stereological
 mean chord: pixels along every row and column divided by the number of runs of
-one label, :func:`mean_intercepts`) on the fit's label maps: the finest scale is
-the pooled mean intercept of all phases (the typical spacing between phase
-boundaries, over which fine particles and their matrix alternate) and the
-coarser one twice that (:data:`SCALE_STEPS`: an octave, so the two windows see
-the arrangement at two sizes, as the phases' own features do). Pixel phases
-on a ``resize: physical`` grid make the scales physical too.
+one label, :func:`mean_intercepts`) on the fit's label maps: the typical spacing
+between phase boundaries, over which fine particles and their matrix alternate.
+The widest window is twice that (:data:`TOP_STEPS`); the finest is the pixel
+(a thin film or a particle is a phase region at the pixel's own scale); between
+them a ladder evenly spaced in log, at most an octave apart
+(:func:`window_scales`), so every size of arrangement from the particle to the
+region is seen by some window. Pixel phases on a ``resize: physical`` grid make
+the scales physical too.
 
 Every window is a Gaussian cut at ``truncate * sigma`` (the features' own
 truncation), so a tile grown by :func:`halo` pixels gives exactly the whole
@@ -66,10 +68,12 @@ FIT_IMAGES = 16
 #: pixels of the level's fit sample at most: a few dozen window features need far fewer pixels than the
 #: phases' fit, and the constituents' NMF runs in seconds on this many
 SAMPLE_PIXELS = 50_000
-#: the window scales in units of the collection's mean intercept length: the spacing of phase boundaries
-#: itself and one octave above (see the module's docstring for why)
-SCALE_STEPS = (1.0, 2.0)
-#: smallest window sigma (processing pixels): below one pixel a Gaussian averages nothing
+#: the largest window scale in units of the collection's mean intercept length: twice the spacing of phase
+#: boundaries, so the widest window holds several of the regions a constituent is made of
+TOP_STEPS = 2.0
+#: a constituent is one phase ("smooth") when this share of its pixels is that phase; below, it mixes phases
+PURE_SHARE = 0.8
+#: smallest window sigma (processing pixels): the pixel, the finest structure the phase maps resolve
 MIN_SIGMA = 1.0
 #: largest window sigma as a share of the label maps' shorter side, so a halo never exceeds an image
 MAX_SIGMA_SHARE = 1.0 / 16
@@ -113,17 +117,22 @@ def mean_intercepts(label_maps, n_phases: int) -> tuple[np.ndarray, float]:
 def window_scales(label_maps, n_phases: int) -> tuple[list[float], dict]:
     """The window sigmas (processing pixels) of the level, from the collection's phase label maps.
 
-    ``SCALE_STEPS`` times the pooled mean intercept (:func:`mean_intercepts`),
-    at least :data:`MIN_SIGMA` and at most :data:`MAX_SIGMA_SHARE` of the
-    maps' shorter side. Returns the sigmas and what they were measured from.
+    A ladder from the pixel (:data:`MIN_SIGMA`) to :data:`TOP_STEPS` times the
+    pooled mean intercept (:func:`mean_intercepts`), evenly spaced in log
+    with at most an octave between neighbours; the top is at most
+    :data:`MAX_SIGMA_SHARE` of the maps' shorter side. Returns the sigmas
+    and what they were measured from.
     """
     maps = [np.asarray(m) for m in label_maps]
     per_phase, pooled = mean_intercepts(maps, n_phases)
-    top = max(MIN_SIGMA, MAX_SIGMA_SHARE * min(min(m.shape) for m in maps)) if maps else MIN_SIGMA
-    sigmas = sorted({round(float(np.clip(step * pooled, MIN_SIGMA, top)), 3) for step in SCALE_STEPS})
+    cap = max(MIN_SIGMA, MAX_SIGMA_SHARE * min(min(m.shape) for m in maps)) if maps else MIN_SIGMA
+    top = float(np.clip(TOP_STEPS * pooled, MIN_SIGMA, cap))
+    octaves = np.log2(top / MIN_SIGMA)
+    n = int(np.ceil(octaves - 1e-9)) + 1
+    sigmas = sorted({round(float(MIN_SIGMA * 2.0 ** (octaves * j / max(n - 1, 1))), 3) for j in range(n)})
     return sigmas, {"mean_intercept": round(pooled, 3),
                     "phase_mean_intercepts": [round(float(v), 3) for v in per_phase],
-                    "scale_steps": list(SCALE_STEPS)}
+                    "top_steps": TOP_STEPS}
 
 
 def halo(sigmas, truncate: float) -> int:
@@ -252,18 +261,17 @@ def fit(membership_maps, label_maps, n_constituents: int, settings: dict, phase_
                          for j in range(len(centres))])
     level = {"H": H, "centres": centres, "lo": lo, "hi": hi, "sigmas": list(sigmas)}
     maps = [activations(memb, level, truncate).argmax(axis=0) for memb in membership_maps]
-    inside = inner_intercepts(label_maps, maps, len(centres))
+    comp = composition(label_maps, maps, n_phases, len(centres))
     shares = np.bincount(np.concatenate([m.ravel() for m in maps]), minlength=len(centres)) / max(sum(sizes), 1)
-    mixed = inside < min(sigmas)
-    order = sorted(range(len(centres)), key=lambda j: (bool(mixed[j]), *_main_phases(profiles[j], n_phases),
-                                                        -float(shares[j])))
-    centres, profiles, shares, inside, mixed = (centres[order], profiles[order], shares[order], inside[order],
-                                                mixed[order])
-    names = describe(profiles, mixed, n_phases, phase_names)
+    mixed = comp.max(axis=1) < PURE_SHARE
+    order = sorted(range(len(centres)), key=lambda j: (bool(mixed[j]), *_main_phases(comp[j]), -float(shares[j])))
+    centres, profiles, shares, comp, mixed = (centres[order], profiles[order], shares[order], comp[order],
+                                              mixed[order])
+    names = describe(comp, mixed, phase_names)
     report = dict(measured, sigmas=list(sigmas), truncate=truncate, sample_pixels=int(X.shape[0]),
                   images=len(membership_maps), n_iter=nmf_report["n_iter"], converged=nmf_report["converged"],
                   pixel_shares=[round(float(v), 6) for v in shares],
-                  inner_intercepts=[round(float(v), 3) for v in inside],
+                  phase_composition=[[round(float(v), 4) for v in row] for row in comp],
                   adds_nothing=not bool(mixed[shares > 0].any()))
     return dict(level, centres=centres, names=names, profiles=profiles, report=report)
 
@@ -276,54 +284,36 @@ def _centres(W: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.maximum(km.cluster_centers_, 0.0)
 
 
-def inner_intercepts(label_maps, constituent_maps, n_constituents: int) -> np.ndarray:
-    """Each constituent's mean intercept of the phase regions inside it (rows and columns, runs cut
-    where the constituent ends); ``inf`` for a constituent with no pixel.
-
-    Below the finest window the constituent holds several phase regions
-    within one window: it is a mixture (fine particles in a matrix), not a
-    region of one phase or the blurred border between two.
-    """
-    pixels, runs = np.zeros(n_constituents), np.zeros(n_constituents)
+def composition(label_maps, constituent_maps, n_phases: int, n_constituents: int) -> np.ndarray:
+    """``(n_constituents, n_phases)``: the share of each constituent's pixels that each phase labels (a row
+    of zeros for a constituent with no pixel)."""
+    counts = np.zeros((n_constituents, n_phases))
     for lab, con in zip(label_maps, constituent_maps):
-        lab, con = np.asarray(lab), np.asarray(con)
-        for a, c in ((lab, con), (lab.T, con.T)):
-            starts = np.ones(a.shape, bool)
-            starts[:, 1:] = (a[:, 1:] != a[:, :-1]) | (c[:, 1:] != c[:, :-1])
-            runs += np.bincount(c[starts].ravel(), minlength=n_constituents)[:n_constituents]
-            pixels += np.bincount(c.ravel(), minlength=n_constituents)[:n_constituents]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(runs > 0, pixels / np.maximum(runs, 1), np.inf)
+        pair = np.asarray(con, np.int64).ravel() * n_phases + np.asarray(lab, np.int64).ravel()
+        counts += np.bincount(pair, minlength=n_constituents * n_phases).reshape(n_constituents, n_phases)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
 
 
-def _split(profile: np.ndarray, n_phases: int):
-    """A profile's mean share and mean variation of each phase, averaged over the scales."""
-    per_scale = np.asarray(profile, np.float64).reshape(-1, 2, n_phases)
-    return per_scale[:, 0].mean(axis=0), per_scale[:, 1].mean(axis=0)
+def _main_phases(shares) -> tuple[int, int]:
+    """The two phases with the largest shares, the larger first."""
+    ranked = np.argsort(-np.asarray(shares), kind="stable")
+    return int(ranked[0]), int(ranked[min(1, len(ranked) - 1)])
 
 
-def _main_phases(profile, n_phases: int) -> tuple[int, int]:
-    """The two phases with the largest windowed share in a profile, the larger first."""
-    share, _ = _split(profile, n_phases)
-    ranked = np.argsort(-share, kind="stable")
-    return int(ranked[0]), int(ranked[1]) if n_phases > 1 else int(ranked[0])
+def describe(comp, mixed, phase_names) -> list[str]:
+    """Names from what each constituent is made of: "smooth <phase>" or "fine particles of <minor> in <major>".
 
-
-def describe(profiles, mixed, n_phases: int, phase_names) -> list[str]:
-    """Names from the fingerprints: "smooth <phase>" or "fine particles of <minor> in <major>".
-
-    A constituent that is no mixture (:func:`inner_intercepts`) is named
-    by the phase with the largest windowed share in it; a mixture by its two
-    largest, the second as fine regions in the first. Names repeated are
-    numbered.
+    A constituent at least :data:`PURE_SHARE` of whose pixels one phase
+    labels is that phase, smooth; any other mixes phases and is named by
+    its two largest (:func:`composition`). Names repeated are numbered.
     """
-    names = []
-    for p, is_mixed in zip(profiles, mixed):
-        a, b = _main_phases(p, n_phases)
-        names.append(f"fine particles of {phase_names[b]} in {phase_names[a]}" if is_mixed and a != b
-                     else f"smooth {phase_names[a]}")
     from .phases import _numbered
 
+    names = []
+    for shares, is_mixed in zip(comp, mixed):
+        a, b = _main_phases(shares)
+        names.append(f"fine particles of {phase_names[b]} in {phase_names[a]}" if is_mixed and a != b
+                     else f"smooth {phase_names[a]}")
     return _numbered(names)
 
 

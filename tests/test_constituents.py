@@ -33,14 +33,19 @@ def test_mean_intercepts_are_the_mean_run_lengths_of_each_phase():
 
 
 def test_scales_follow_the_collection_not_a_constant():
-    """The same microstructure drawn twice as large gets windows twice as large (up to the cap)."""
+    """The windows run from the pixel to twice the mean intercept, at most an octave apart: the same
+    microstructure drawn twice as large gets a top window twice as large (and one window more)."""
     rng = np.random.default_rng(0)
-    fine = (rng.random((64, 64)) > 0.5).astype(np.uint8)
+    fine = np.kron((rng.random((64, 64)) > 0.5).astype(np.uint8), np.ones((4, 4), np.uint8))
     coarse = np.kron(fine, np.ones((2, 2), np.uint8))
-    s_fine = constituents.window_scales([np.kron(fine, np.ones((4, 4), np.uint8))], 2)[0]
-    s_coarse = constituents.window_scales([np.kron(coarse, np.ones((4, 4), np.uint8))], 2)[0]
-    assert len(s_fine) == len(constituents.SCALE_STEPS)
-    np.testing.assert_allclose(s_coarse, 2 * np.asarray(s_fine), rtol=0.05)
+    s_fine, measured = constituents.window_scales([fine], 2)
+    s_coarse, _ = constituents.window_scales([coarse], 2)
+    assert s_fine[0] == s_coarse[0] == constituents.MIN_SIGMA
+    assert s_fine[-1] == pytest.approx(constituents.TOP_STEPS * measured["mean_intercept"], abs=1e-3)
+    assert s_coarse[-1] == pytest.approx(2 * s_fine[-1], rel=0.05)
+    for sigmas in (s_fine, s_coarse):
+        assert all(1 < b / a <= 2.0 + 1e-6 for a, b in zip(sigmas, sigmas[1:]))
+    assert len(s_coarse) == len(s_fine) + 1
 
 
 def _level(n_phases=3, m=3, sigmas=(2.5, 5.0), seed=0):
