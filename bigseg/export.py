@@ -28,6 +28,8 @@ from .segment import labels_at
 
 #: the per-image picture folders of the microconstituents (``n_constituents`` > 0): labels, colour, overlay
 CONSTITUENT_DIRS = ("constituents", "constituents_color", "constituents_overlay")
+#: the constituents' per-image table and the collection's (:func:`write_constituent_table`)
+CONSTITUENT_TABLES = ("constituent_fractions.csv", "constituent_fractions_summary.csv")
 #: the per-image picture folders; a new model clears them (with the records) before it segments
 EXPORT_DIRS = ("labels", "color", "activations", "overlay") + CONSTITUENT_DIRS
 #: longest side of the activation panels: larger images get a strided view
@@ -229,7 +231,7 @@ def write_tables(out_dir, records, model, summary: dict, pixel_sizes=None) -> di
     summary["warnings"] = (diagnose.failure_modes(shares, speckle, model.report) if speckle else []) \
         + diagnose.scale_warnings(summary.get("scale"))
     if model.constituents is not None:
-        summary["constituents"] = write_constituent_table(out_dir, records, model)
+        summary["constituents"] = write_constituent_table(out_dir, records, model, pixel_sizes)
         if model.constituents["report"].get("adds_nothing"):
             summary["warnings"].append({
                 "kind": "constituents_add_nothing",
@@ -241,27 +243,29 @@ def write_tables(out_dir, records, model, summary: dict, pixel_sizes=None) -> di
     return summary
 
 
-def write_constituent_table(out_dir, records, model) -> dict:
-    """``constituent_fractions.csv`` (one row per image, a column per constituent) and what ``summary.json``
-    says of the level: each constituent's name, column, share of all pixels and fingerprint (its mean
-    share and variation of every phase at every window scale), the scales and how they were measured."""
+def write_constituent_table(out_dir, records, model, pixel_sizes=None) -> dict:
+    """``constituent_fractions.csv`` and ``constituent_fractions_summary.csv`` (the phases' tables,
+    :func:`bigseg.fractions.write_tables`, for the constituents: fractions, areas, mean and 95 % interval
+    across images) and what ``summary.json`` says of the level: each constituent's name, column, share of
+    all pixels and fingerprint (its mean share and variation of every phase at every window scale), the
+    scales and how they were measured, and the fractions' statistics."""
+    from . import fractions
     from .constituents import fingerprints as level_fingerprints
 
     level = model.constituents
     m = len(level["names"])
     columns = csv_names(level["names"])
-    rows = [["image"] + columns]
-    totals = np.zeros(m)
-    for image_id, rec in records:
-        fr = rec.get("constituent_fractions")
-        if fr is None:       # an image the level was not written for (a montage segmented band by band)
-            continue
-        rows.append([image_id] + [f"{fr[f'constituent_{i}']:.6f}" for i in range(m)])
-        totals += np.array([fr[f"constituent_{i}"] for i in range(m)]) * rec["pixels"]
-    io.atomic_write_text(Path(out_dir) / "constituent_fractions.csv", csv_text(rows))
+    # an image the level was not written for (a montage segmented band by band) has no row
+    kept = [(image_id, rec) for image_id, rec in records if rec.get("constituent_fractions") is not None]
+    values = np.array([[rec["constituent_fractions"][f"constituent_{i}"] for i in range(m)] for _, rec in kept])
+    pixels = np.array([rec["pixels"] for _, rec in kept], np.int64)
+    stats = fractions.write_tables(out_dir, [i for i, _ in kept], level["names"], columns, values.reshape(-1, m),
+                                   pixels, [(pixel_sizes or {}).get(i) for i, _ in kept],
+                                   image_table=CONSTITUENT_TABLES[0], summary_table=CONSTITUENT_TABLES[1])
+    totals = (values.reshape(-1, m) * pixels[:, None]).sum(axis=0)
     shares = totals / max(totals.sum(), 1)
     prints = level_fingerprints(level, model.phase_names)
-    return {"scales_px": list(level["sigmas"]), "fit": level["report"],
+    return {"scales_px": list(level["sigmas"]), "fit": level["report"], "fractions": stats,
             "items": [{"index": i, "name": level["names"][i], "column": columns[i],
                        "share": round(float(shares[i]), 6), "fingerprint": prints[i]} for i in range(m)]}
 

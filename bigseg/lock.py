@@ -26,7 +26,8 @@ LOCK_NAME = ".bigseg.lock"
 #: (checked once the lock is held, before anything is written)
 OUTPUT_ENTRIES = ("store.zarr", "records", "model", "labels", "color", "activations", "overlay", "constituents",
                   "constituents_color", "constituents_overlay", "summary.json", "phase_fractions.csv",
-                  "phase_fractions_summary.csv", "constituent_fractions.csv", "fingerprints.png", "report.html", "select_k.json", "select_k.png",
+                  "phase_fractions_summary.csv", "constituent_fractions.csv", "constituent_fractions_summary.csv",
+                  "fingerprints.png", "report.html", "select_k.json", "select_k.png",
                   "comparison.md", "comparison.json", "baselines", "run")
 #: the folders whose files a killed writer may have left half-written under a temporary name
 TEMP_FOLDERS = (".", "records/ingest", "records/features", "records/segment") + tuple(

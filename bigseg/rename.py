@@ -220,17 +220,10 @@ def _write_tables(out_dir: Path, model, summary, table) -> None:
         for c in summary.get("components", []):
             if isinstance(c, dict) and isinstance(c.get("index"), int) and 0 <= c["index"] < len(names):
                 c["name"], c["column"] = names[c["index"]], columns[c["index"]]
-        rows = (summary.get("fractions") or {}).get("phases")
-        if isinstance(rows, list) and len(rows) == len(names) and all(isinstance(r, dict) for r in rows):
-            for row, name, column in zip(rows, names, columns):
-                row["phase"], row["column"] = name, column
-            fractions.write_summary_table(out_dir / fractions.SUMMARY_TABLE, rows)
+    _fraction_tables(out_dir, names, summary.get("fractions") if isinstance(summary, dict) else None, table,
+                     fractions.IMAGE_TABLE, fractions.SUMMARY_TABLE)
+    if isinstance(summary, dict):
         io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-    if table is not None:
-        first, sep, rest = table.partition("\n")
-        # a table of fraction columns only was written before areas were kept
-        header = fractions.image_header(columns) if "pixel_size_um" in first else ["image"] + columns
-        io.atomic_write_text(out_dir / fractions.IMAGE_TABLE, csv_text([header]) + rest)
     if (out_dir / "fingerprints.png").exists():
         io.atomic_write_bytes(out_dir / "fingerprints.png", model.fingerprint_png())
 
@@ -252,6 +245,7 @@ def rename_constituents(out_dir, assignments) -> list[str]:
     bigseg.model.ModelError
         When ``out_dir/model`` is missing or damaged.
     """
+    from .export import CONSTITUENT_TABLES
     from .lock import output_lock
     from .model import Model
 
@@ -264,7 +258,7 @@ def rename_constituents(out_dir, assignments) -> list[str]:
         columns = csv_names(names)
         model_json = _read_json(out_dir / "model" / "model.json", required=True)
         summary = _read_json(out_dir / "summary.json")
-        table = _read_text(out_dir / "constituent_fractions.csv")
+        table = _read_text(out_dir / CONSTITUENT_TABLES[0])
         staged: list[tuple[str, Path]] = []
         try:
             for path in sorted((out_dir / "constituents_overlay").glob("*.png")):
@@ -282,14 +276,13 @@ def rename_constituents(out_dir, assignments) -> list[str]:
             from . import store
 
             store.rename_phases(store.open_root(out_dir / "store.zarr"), names, store.CONSTITUENTS_NAME)
+        level = (summary.get("constituents") or {}) if isinstance(summary, dict) else {}
+        for item in level.get("items", []):
+            if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
+                item["name"], item["column"] = names[item["index"]], columns[item["index"]]
+        _fraction_tables(out_dir, names, level.get("fractions"), table, *CONSTITUENT_TABLES)
         if isinstance(summary, dict):
-            for item in (summary.get("constituents") or {}).get("items", []):
-                if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
-                    item["name"], item["column"] = names[item["index"]], columns[item["index"]]
             io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-        if table is not None:
-            io.atomic_write_text(out_dir / "constituent_fractions.csv",
-                                 csv_text([["image"] + columns]) + table.partition("\n")[2])
         model_json["constituents"] = dict(model_json["constituents"], names=names)
         io.atomic_write_text(out_dir / "model" / "model.json", json.dumps(model_json, indent=2, sort_keys=True))
         if (out_dir / "report.html").exists():
@@ -297,6 +290,22 @@ def rename_constituents(out_dir, assignments) -> list[str]:
 
             write_report(out_dir)
     return names
+
+
+def _fraction_tables(out_dir: Path, names, entry, table, image_table: str, summary_table: str) -> None:
+    """``names`` into a run's fraction tables: the rows of ``entry`` (``summary.json``'s ``fractions``, changed
+    in place) and the summary table written from them, and the header of ``table`` (the per-image table's text)."""
+    columns = csv_names(names)
+    rows = (entry or {}).get("phases")
+    if isinstance(rows, list) and len(rows) == len(names) and all(isinstance(r, dict) for r in rows):
+        for row, name, column in zip(rows, names, columns):
+            row["phase"], row["column"] = name, column
+        fractions.write_summary_table(out_dir / summary_table, rows)
+    if table is not None:
+        first, _, rest = table.partition("\n")
+        # a table of fraction columns only was written before areas were kept
+        header = fractions.image_header(columns) if "pixel_size_um" in first else ["image"] + columns
+        io.atomic_write_text(out_dir / image_table, csv_text([header]) + rest)
 
 
 def set_names(model, names) -> None:

@@ -159,12 +159,16 @@ def test_a_run_writes_the_constituents_beside_unchanged_labels(runs):
         assert (outs[3] / "constituents_overlay" / f"{stem}.png").exists()
     assert not (outs[0] / "constituents").exists() and not (outs[0] / "constituent_fractions.csv").exists()
     rows = (outs[3] / "constituent_fractions.csv").read_text().splitlines()
-    assert len(rows) == 4 and rows[0].split(",")[0] == "image"
+    assert len(rows) == 4 and rows[0].split(",")[0] == "image" and len(rows[0].split(",")) == 1 + 3 + 1 + 3
+    # the phases' statistics, for the constituents: mean and 95 % interval across images
+    stats = (outs[3] / "constituent_fractions_summary.csv").read_text().splitlines()
+    assert len(stats) == 4 and stats[0].startswith("phase,column,images,mean,std,ci95_low,ci95_high")
     summary = json.loads((outs[3] / "summary.json").read_text())
     level = summary["constituents"]
     assert [item["name"] for item in level["items"]] == Model.load(outs[3] / "model").constituents["names"]
     assert sum(item["share"] for item in level["items"]) == pytest.approx(1.0, abs=1e-4)
     assert level["scales_px"] == level["fit"]["sigmas"]
+    assert len(level["fractions"]["phases"]) == 3 and level["fractions"]["images"] == 3
     assert any(key.endswith("variation @%gpx" % level["scales_px"][0]) for key in level["items"][0]["fingerprint"])
 
 
@@ -208,6 +212,7 @@ def test_rename_names_the_constituents_everywhere(runs):
     names = Model.load(out / "model").constituents["names"]
     assert names[0] == "spheroidite"
     assert (out / "constituent_fractions.csv").read_text().splitlines()[0].split(",")[1] == "spheroidite"
+    assert (out / "constituent_fractions_summary.csv").read_text().splitlines()[1].split(",")[0] == "spheroidite"
     assert json.loads((out / "summary.json").read_text())["constituents"]["items"][0]["name"] == "spheroidite"
     root = zarr.open_group(str(out / "store.zarr"), mode="r")
     props = root["images/c0/labels/constituents"].attrs["ome"]["image-label"]["properties"]
