@@ -383,7 +383,10 @@ def rename(out_dir, assignments, constituents):
 def evaluate(pred_dir, label_dir, n_classes, json_out):
     """Score label maps in PRED_DIR against masks (Hungarian match over the collection).
 
-    PRED_DIR is a folder of label PNGs, such as OUT/labels of a run.
+    PRED_DIR is a folder of label PNGs, such as OUT/labels of a run (the
+    run folder OUT itself means its labels/). Predictions and masks must be
+    maps of class indices (one channel, at most 64 values) of the same
+    pixels: colour pictures, micrographs and transposed maps are refused.
     """
     from .evaluate import evaluate_dirs, format_report
     from .io import atomic_write_text

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import shutil
-import stat
 import tempfile
 import time
 import warnings
@@ -29,6 +28,7 @@ import numpy as np
 from . import __version__
 from . import nnls, voids
 from .config import MODEL_KEYS, ConfigError, check_same, resolved_init, validate
+from .safety import UnsafeFileError, read_regular
 
 MODEL_FORMAT = 1
 #: size caps of the model files, so a model cannot exhaust memory (H has at most nnls.MAX_EXACT_K rows)
@@ -410,44 +410,24 @@ class Model:
 
 # --- reading a model: every check names the file and the field -----------------------
 
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-               | getattr(os, "O_BINARY", 0))
-
-
 def _read_regular(path: Path, limit: int) -> bytes | None:
-    """The bytes of ``path``, a regular file of at most ``limit`` bytes, never read through a link.
-
-    Returns None when ``path`` does not exist. ``O_NOFOLLOW`` closes the race
-    between the ``lstat`` and the open; ``O_NONBLOCK`` keeps a FIFO put there
-    in between from blocking the open.
-    """
+    """The bytes of ``path``, a regular file of at most ``limit`` bytes, never read through a link
+    (:func:`bigseg.safety.read_regular`); None when ``path`` does not exist."""
     link = f"{path}: is a symbolic link; a model folder holds only regular files"
+    if os.path.islink(path):
+        raise ModelError(link)
     try:
-        st = os.lstat(path)
+        return read_regular(path, "model file", limit, follow_links=False)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except UnsafeFileError as exc:
+        if "regular file" in str(exc):
+            raise ModelError(f"{path}: is not a regular file; a model folder holds only regular files") from None
+        raise ModelError(f"{path}: more than the {limit} bytes a model file may have") from None
     except OSError as exc:
-        raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise ModelError(link)
-    if not stat.S_ISREG(st.st_mode):
-        raise ModelError(f"{path}: is not a regular file; a model folder holds only regular files")
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno == errno.ELOOP:       # made a link between the check and the open
             raise ModelError(link) from None
         raise ModelError(f"{path}: cannot read ({exc.strerror})") from None
-    with open(fd, "rb", closefd=True) as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ModelError(f"{path}: is not a regular file; a model folder holds only regular files")
-        if st.st_size > limit:
-            raise ModelError(f"{path}: {st.st_size} bytes, more than the {limit} a model file may have")
-        data = f.read(limit + 1)           # the file may have grown since the fstat
-    if len(data) > limit:
-        raise ModelError(f"{path}: more than the {limit} bytes a model file may have")
-    return data
 
 
 def _parse_json(path: Path, data: bytes):

@@ -106,8 +106,12 @@ def read_regular(path, what: str = "file", max_bytes: int = MAX_TEXT_BYTES, foll
             raise UnsafeFileError(f"{what} {path}: is a symbolic link; bigseg does not read through it")
         flags |= getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(path, flags)
+    try:
+        _check_stat(os.fstat(fd), path, what, max_bytes)      # before Python's open, which refuses a folder itself
+    except BaseException:
+        os.close(fd)
+        raise
     with open(fd, "rb", closefd=True) as fh:
-        _check_stat(os.fstat(fd), path, what, max_bytes)
         data = fh.read(max_bytes + 1)          # the file may have grown since the fstat
     if len(data) > max_bytes:
         raise UnsafeFileError(f"{what} {path}: more than the {max_bytes} bytes a {what} may have")
