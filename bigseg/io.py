@@ -129,6 +129,15 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())
 
 
+def _unreadable(source: str, exc: BaseException) -> str:
+    """Why a reader library failed on a file, as one line: an error inside the decoder (an index, a key, a
+    division by zero) means the file is damaged or is not what its name says; the library's words follow."""
+    why = "unreadable image" if isinstance(exc, (OSError, ValueError)) else \
+        "unreadable image: damaged, truncated, or not the format its name says"
+    text = _one_line(exc)
+    return f"{source}: {why} ({text if len(text) <= 200 else text[:200] + '...'})"
+
+
 def _too_many_pixels(source: str, declared: str, max_pixels: int) -> ImageReadError:
     return ImageReadError(f"{source}: declares {declared}, more than the limit of {max_pixels} pixels "
                           f"({max_pixels / 1e9:.2f} Gpx) that guards against decompression bombs; "
@@ -440,7 +449,7 @@ def read_image(path, max_pixels: int = MAX_IMAGE_PIXELS) -> GreyImage:
     except ImageReadError:
         raise
     except Exception as exc:
-        raise ImageReadError(f"{source}: unreadable image ({_one_line(exc)})") from exc
+        raise ImageReadError(_unreadable(source, exc)) from exc
     original_shape = tuple(int(s) for s in original_shape)
     grey = _grey_values(_to_grey(arr, source))
     if grey.size == 0:
@@ -562,7 +571,7 @@ class ChunkedImage:
             raise
         except Exception as exc:
             self.close()
-            raise ImageReadError(f"{self.source}: unreadable image ({_one_line(exc)})") from exc
+            raise ImageReadError(_unreadable(self.source, exc)) from exc
         self._arr = node
         self.dtype = _grey_dtype(node.dtype)
         if self._tiff is not None:

@@ -386,3 +386,16 @@ def test_a_huge_phase_name_is_quoted_in_a_bounded_excerpt():
         with pytest.raises(ValueError) as info:
             call()
         assert len(str(info.value)) < 300
+
+
+def test_a_decoder_error_inside_a_damaged_file_says_the_file_is_damaged(tmp_path, monkeypatch):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "t.tif", np.zeros((8, 8), np.uint8))
+
+    def broken(*args, **kwargs):
+        raise KeyError(0)
+
+    monkeypatch.setattr(io, "_tiff_first_image", broken)
+    with pytest.raises(io.ImageReadError, match=r"damaged, truncated, or not the format its name says \(KeyError: 0\)"):
+        io.read_image(tmp_path / "t.tif")
