@@ -817,7 +817,9 @@ def read_label_mask(path) -> np.ndarray:
     if Path(path).suffix.lower() in (".tif", ".tiff"):
         import tifffile
 
-        arr = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:     # the size is checked from the header before anything is decoded
+            plane = _tiff_first_image(tif, str(path), MAX_IMAGE_PIXELS)
+            arr = _as_yxs(tif.series[0].levels[0].keyframe.asarray(), plane.page_axes)
     else:
         from PIL import Image
 

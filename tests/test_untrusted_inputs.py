@@ -399,3 +399,16 @@ def test_a_decoder_error_inside_a_damaged_file_says_the_file_is_damaged(tmp_path
     monkeypatch.setattr(io, "_tiff_first_image", broken)
     with pytest.raises(io.ImageReadError, match=r"damaged, truncated, or not the format its name says \(KeyError: 0\)"):
         io.read_image(tmp_path / "t.tif")
+
+
+def test_a_tiff_mask_declaring_more_pixels_than_any_image_is_refused_before_decoding(tmp_path):
+    import itertools
+
+    import tifffile
+
+    side, tile = 40_000, 4096
+    tiles = itertools.chain([np.zeros((tile, tile), np.uint8)], itertools.repeat(None, (-(-side // tile)) ** 2 - 1))
+    tifffile.imwrite(tmp_path / "m.tif", tiles, shape=(side, side), dtype=np.uint8, tile=(tile, tile),
+                     compression="zlib")
+    with pytest.raises(io.ImageReadError, match="declares 40000 x 40000 pixels"):
+        io.read_label_mask(tmp_path / "m.tif")
