@@ -43,6 +43,8 @@ MODEL_ARRAYS = ("H", "scale_lo", "scale_hi")
 CONSTITUENT_ARRAYS = ("constituent_H", "constituent_centres", "constituent_lo", "constituent_hi",
                       "constituent_profiles")
 OPTIONAL_ARRAYS = ("centres",) + CONSTITUENT_ARRAYS
+#: window scales a constituent level may have: an octave ladder from one pixel to 1/16 of the largest grid side
+MAX_CONSTITUENT_SCALES = 16
 #: the fields of model.json ("fingerprints" is derived from H, for people reading the file)
 MODEL_FIELDS = ("format", "bigseg_version", "n_components", "feature_names", "settings", "report", "fingerprints",
                 "transitions", "phase_names", "spread", "void_below", "constituents")
@@ -652,10 +654,11 @@ def _check_constituents(arr_path: Path, meta_path: Path, arrays: dict, meta, set
         raise ModelError(f"{arr_path if missing else meta_path}: settings.n_constituents is {wanted} but "
                          f"{repr(missing[0]) + ' is missing' if missing else 'field constituents is missing'}")
     sigmas, names = meta.get("sigmas"), meta.get("names")
-    if (not isinstance(sigmas, list) or not 1 <= len(sigmas) <= 8
+    if (not isinstance(sigmas, list) or not 1 <= len(sigmas) <= MAX_CONSTITUENT_SCALES
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and 0 < v <= 4096
                        for v in sigmas)):
-        raise ModelError(f"{meta_path}: field 'constituents.sigmas' must list 1 to 8 window scales in (0, 4096] pixels")
+        raise ModelError(f"{meta_path}: field 'constituents.sigmas' must list 1 to {MAX_CONSTITUENT_SCALES} window "
+                         f"scales in (0, 4096] pixels")
     n_features = 2 * n_phases * len(sigmas)
     H = arrays["constituent_H"]
     if H.ndim != 2 or H.shape != (wanted, n_features) or not np.isfinite(H).all() or (H < 0).any() \

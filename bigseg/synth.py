@@ -25,6 +25,10 @@ plus scan-line jitter), and a slight blur like the probe's:
   boundaries between matrix grains (a carbide network). Classes are the
   constituents, not the phases: a pixel method splits the particle grains into
   their particles and their matrix (:mod:`bigseg.constituents`).
+* ``spheroidite``: the four microconstituents of an ultrahigh-carbon steel in two
+  phases: spheroidite (fine particles in the matrix), a grain-boundary carbide
+  network, the particle-free zone beside it, and lamellar (Widmanstatten-like)
+  grains. Classes are constituents.
 * ``twoscale``: one dual-phase material (matrix, islands with a fine internal
   texture, small carbides) imaged at two magnifications (half of the images at
   twice the scale). Classes: matrix, island, carbide.
@@ -59,6 +63,7 @@ FAMILIES = {
 #: ``constituents/`` (:mod:`bigseg.constituents`), kept apart from the phase families above
 CONSTITUENT_FAMILIES = {
     "constituents": ("matrix", "bright", "particles in matrix", "network"),
+    "spheroidite": ("spheroidite", "network", "particle-free zone", "lamellar"),
 }
 
 
@@ -274,13 +279,41 @@ def constituents(shape=SHAPE, seed: int = 0, particles: bool = True):
     return acquire(clean, rng), labels
 
 
+def spheroidite(shape=SHAPE, seed: int = 0):
+    """An ultrahigh-carbon-steel-like arrangement of two phases in four microconstituents: grains of fine
+    bright particles in a dark matrix (spheroidite), a bright network about 7 px wide along the grain
+    boundaries, a particle-free band of matrix about 8 px wide on both sides of it, and a quarter of the
+    grains made of bright lamellae (Widmanstatten-like, period 9 px, each grain its own direction).
+
+    Returns ``(image, labels)`` with 0 spheroidite, 1 network, 2 particle-free zone, 3 lamellar.
+    """
+    rng = np.random.default_rng(seed)
+    n = max(4, int(shape[0] * shape[1] / 9000))
+    grain = _grains(shape, n, rng, 4.0)
+    network = ndi.binary_dilation(ndi.morphological_gradient(grain, size=3) > 0, iterations=3)
+    free = ndi.binary_dilation(network, iterations=8) & ~network
+    lamellar = (rng.permutation(np.resize(np.array([0, 0, 0, 1]), n))[grain] == 1) & ~network & ~free
+    particles = ~network & ~free & ~lamellar
+    labels = np.zeros(shape, np.uint8)
+    labels[network], labels[free], labels[lamellar] = 1, 2, 3
+    m = int(particles.sum() / 40)
+    cy, cx = rng.integers(0, shape[0], 3 * m), rng.integers(0, shape[1], 3 * m)
+    keep = particles[cy, cx]
+    bright = network | (_discs(shape, zip(cy[keep][:m], cx[keep][:m]), rng.uniform(1.2, 2.5, m)) & particles)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    theta = rng.uniform(0, np.pi, n)[grain]
+    bright |= lamellar & (np.sin((xx * np.cos(theta) + yy * np.sin(theta)) * 2 * np.pi / 9.0) > 0.55)
+    fine = _smooth_field(shape, 1.0, rng)
+    return acquire(np.where(bright, 0.75 + 0.03 * fine, 0.35 + 0.03 * fine), rng, noise=0.06), labels
+
+
 def demo(shape=SHAPE, seed: int = 0):
     """The built-in demo's micrograph (:func:`bigseg.demo.synth_micrograph`), without its data bar."""
     return demo_micrograph(shape, seed)
 
 
 GENERATORS = {"islands": islands, "textured": textured, "lamellar": lamellar, "pores": pores, "twoscale": twoscale,
-              "constituents": constituents, "demo": demo}
+              "constituents": constituents, "spheroidite": spheroidite, "demo": demo}
 
 
 def family(name: str, n_images: int = 4, seed: int = 0, shape=SHAPE) -> list[tuple[np.ndarray, np.ndarray]]:
