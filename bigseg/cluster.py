@@ -40,6 +40,60 @@ def progress_bar(label: str, total: int, unit: str = "image", delay: float = 0.0
                 mininterval=0.1 if interactive else 30.0)
 
 
+#: a compute whose graph has this many tasks per object or more shows its tasks on the bar (a large image's tiles)
+TASKS_PER_OBJECT_SHOWN = 16
+
+
+def _task_note(bar, n_objects: int):
+    """``on_tasks(done, total)`` for :meth:`Runner._evaluate`: the finished tasks in the bar's postfix, at most a
+    hundred redraws a compute, and only for graphs of many tasks an object (a few images of many tiles)."""
+    def note(done, total):
+        if total >= TASKS_PER_OBJECT_SHOWN * n_objects and done % max(1, total // 100) == 0:
+            bar.set_postfix_str(f"{done}/{total} tasks", refresh=True)
+    return note
+
+
+class StepBar:
+    """A bar over a long step of parts (:meth:`Runner.progress` with ``counted``): first ``counted`` computed
+    objects, then steps marked done one by one.
+
+    :meth:`update` is what :meth:`Runner.compute` calls for each finished
+    object: it counts up to ``counted`` and no further, so the computations
+    of the later steps (a fit's streamed passes, its boundary windows) never
+    push the bar to its total while a step is left. The postfix says what runs.
+    """
+
+    def __init__(self, bar, counted: int, note: str = "", after: str = ""):
+        self.bar, self.counted, self.seen, self.after = bar, int(counted), 0, after
+        self.note(note)
+
+    def update(self, n: int = 1) -> None:
+        k = min(int(n), self.counted - self.seen)
+        if k > 0:
+            self.seen += k
+            self.bar.update(k)
+            if self.seen == self.counted and self.after:
+                self.note(self.after)
+
+    def step(self, note: str = "") -> None:
+        """Mark one step done (and the counted part, whatever it counted); ``note`` says what runs next."""
+        self.update(self.counted - self.seen)
+        self.bar.update(1)
+        self.note(note)
+
+    def note(self, text: str) -> None:
+        self.bar.set_postfix_str(text, refresh=True)
+
+    def finish(self) -> None:
+        """Every step done: the bar at its total."""
+        self.update(self.counted - self.seen)
+        self.note("")
+        self.bar.update(self.bar.total - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Runner:
     """Evaluates lists of dask objects on the chosen scheduler, with optional progress."""
 
@@ -62,14 +116,17 @@ class Runner:
         elif label and not self.quiet:
             # a second or less of work needs no bar (as dask's ProgressBar(minimum=1.0) had it)
             bar = own = progress_bar(label, len(objs), unit="part", delay=1.0)
+        # a bar counting objects stands still while one large image's many tiles compute: its tasks show too
+        tasks = None if bar is None or isinstance(bar, StepBar) else _task_note(bar, len(objs))
         try:
-            return self._evaluate(objs, bar.update if bar is not None else None)
+            return self._evaluate(objs, bar.update if bar is not None else None, tasks)
         finally:
             if own is not None:
                 own.close()
 
-    def _evaluate(self, objs, on_done):
-        """Compute ``objs``; ``on_done()`` once per object as it finishes (at the end where not traceable)."""
+    def _evaluate(self, objs, on_done, on_tasks=None):
+        """Compute ``objs``; ``on_done()`` once per object as it finishes (at the end where not traceable);
+        ``on_tasks(done, total)`` as the tasks of the graph finish (threads only)."""
         import dask
 
         if self.client is not None:
@@ -93,9 +150,17 @@ class Runner:
             owner.update(dict.fromkeys(keys, i))
             left.append(len(keys))
 
+        tasks = [0, 0]
+
         class Finished(Callback):
+            def _start_state(self, dsk, state):
+                tasks[1] = len(dsk)
+
             # the threaded scheduler calls this from its own loop, one finished task at a time
             def _posttask(self, key, result, dsk, state, worker_id):
+                tasks[0] += 1
+                if on_tasks is not None:
+                    on_tasks(*tasks)
                 i = owner.pop(key, None)
                 if i is not None:
                     left[i] -= 1
@@ -172,6 +237,8 @@ class Runner:
                 before = bar.n if bar is not None else 0
                 try:
                     results += self.compute([obj for _, obj in todo], label if todo else "")
+                    if bar is not None:
+                        bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=False)
                 except Exception:
                     if on_error is None:
                         raise
@@ -193,13 +260,23 @@ class Runner:
         return results
 
     @contextlib.contextmanager
-    def progress(self, label: str, total: int, unit: str = "image"):
+    def progress(self, label: str, total: int, unit: str = "image", counted: int | None = None, note: str = "",
+                 after: str = ""):
         """One bar for a stage or a long step: each :meth:`compute` inside counts its finished objects on it.
 
         Yields the tqdm bar, or None when ``quiet``, unlabelled or empty. A large
         image's bands, say: ``with runner.progress(f"segment {id}", n_bands, "band"):``.
+
+        With ``counted``, the bar is a :class:`StepBar`: the objects computed
+        inside count only up to ``counted`` (a fit's sampled images), and the
+        other ``total - counted`` units are steps the caller marks done with
+        :meth:`StepBar.step`, so the bar reaches its total only when the last
+        step is done, however many objects the steps compute. ``note`` says
+        what runs first, ``after`` what runs once the counted part is done.
         """
         bar = progress_bar(label, total, unit) if label and total and not self.quiet else None
+        if bar is not None and counted is not None:
+            bar = StepBar(bar, counted, note, after)
         outer, self._stage_bar = self._stage_bar, bar
         try:
             yield bar

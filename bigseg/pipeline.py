@@ -369,13 +369,22 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
                 return _with_constituents(out_dir, existing, FeatureSources(out_dir, ids, settings), settings,
                                           runner)
     sources = FeatureSources(out_dir, ids, settings)
-    model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
-                log=log.info, batch_images=runner.batch_images,
-                **regions.fit_hooks(lambda: estimator.transition_windows(
-                    sources, lambda objs: runner.compute(objs, "fit: boundaries")), settings))
-    model.report["images"] = len(ids)
-    model.report["inputs"] = seen
-    model = _with_constituents(out_dir, model, sources, settings, runner)
+    # one bar: the images sampled, then the fit's steps (the NMF, its boundary components, the phases, the
+    # constituent level); it reaches its total when the model is saved
+    steps = FIT_STEPS + bool(settings["n_constituents"])
+    with runner.progress("fit", len(ids) + steps, "step", counted=len(ids), note="sampling pixels",
+                         after="NMF") as bar:
+        hooks = regions.fit_hooks(lambda: estimator.transition_windows(
+            sources, lambda objs: runner.compute(objs, "fit: boundaries")), settings)
+        model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
+                    log=_noting(bar, log.info), batch_images=runner.batch_images, **_stepping(hooks, bar))
+        model.report["images"] = len(ids)
+        model.report["inputs"] = seen
+        if bar is not None:
+            bar.step("constituents" if settings["n_constituents"] else "saving the model")
+        model = _with_constituents(out_dir, model, sources, settings, runner)
+        if bar is not None:
+            bar.finish()
     r = model.report
     log.info("fit (%s): relative error %.4f, %d iterations, converged=%s", r["solver"], r["relative_error"],
              r["n_iter"], r["converged"])
@@ -383,6 +392,38 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
         log.info("%d component(s) live on phase boundaries (between shares %s): they explain edges and label no "
                  "pixel; %d phases", len(model.transitions), r.get("between_shares"), model.n_phases)
     return model
+
+
+#: the steps the fit's bar counts after its sampled images: the NMF, the boundary components, the phases
+FIT_STEPS = 3
+
+
+def _stepping(hooks: dict, bar) -> dict:
+    """The fit's callbacks (``regions.fit_hooks``), each marking the step before it done on ``bar``: the NMF is
+    done when the boundary components are looked for, those when the phases are assigned."""
+    if bar is None:
+        return hooks
+    notes = {"find_transitions": "boundary components", "choose_assignment": "phase assignment"}
+
+    def marking(name, func):
+        def call(*args, **kwargs):
+            bar.step(notes[name])
+            return func(*args, **kwargs)
+        return call
+
+    return {name: marking(name, func) if name in notes and func is not None else func for name, func in hooks.items()}
+
+
+def _noting(bar, log_info):
+    """The fit's log, its streamed passes also shown on ``bar`` (a pass can take minutes on an archive)."""
+    if bar is None:
+        return log_info
+
+    def say(message):
+        log_info(message)
+        if message.startswith("minibatch pass"):
+            bar.note("NMF, " + message.split(":")[0])
+    return say
 
 
 def _with_constituents(out_dir, model: Model, sources, settings, runner) -> Model:
@@ -499,8 +540,6 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     in one whole-image graph; only the margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
     not by the image, whatever order the scheduler picks inside a band.
     """
-    import dask.array as da
-
     out_dir = Path(out_dir)
     source = root[f"images/{image_id}/0"]
     h, w = (int(v) for v in source.shape)
@@ -508,15 +547,40 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         log.warning("%s: segmented band by band; its microconstituents are not written (an image of one "
                     "graph is)", image_id)
     chunk = features.chunk_side((h, w), settings)
+    band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
+    # one bar for the image: its preprocessing constants, each band of rows, the exports
+    with runner.progress(f"segment {image_id}", len(range(0, h, band)) + 2, "step", counted=0,
+                         note="preprocessing constants") as bar:
+        result, moved = _segment_bands(out_dir, root, source, image_id, model, settings, runner, chunk, band,
+                                       bar or _NO_BAR)
+    _finish(dict(result, boundary_pixels=round(moved / max(h * w, 1), 6)), str(out_dir), image_id, made_by)
+
+
+class _NoBar:
+    """What a bar's steps do when no bar is shown (``--quiet``)."""
+
+    def step(self, note: str = "") -> None:
+        pass
+
+
+_NO_BAR = _NoBar()
+
+
+def _segment_bands(out_dir, root, source, image_id, model, settings, runner, chunk, band, bar):
+    """:func:`segment_large`'s work, each part marked done on ``bar``: returns the exports' result and the
+    count of pixels the boundary-pixel step moved."""
+    import dask.array as da
+
+    h, w = (int(v) for v in source.shape)
     k, n_phases = model.n_components, model.n_phases
     l1, l2 = regularisation(model.settings, model.H.shape[1])
     pp = {key: settings[key] for key in ("normalize_percentiles", "clahe", "clahe_clip_limit", "clahe_kernel_size",
                                          "void_class")}
     (stats,) = runner.compute([clahe.stats_graph(source, pp, chunk)], f"segment {image_id}: preprocessing constants")
+    bar.step(f"rows 0-{min(h, band)} of {h}")
     # a settled label reads the labels within the boundary step's halo: their rows must come out exact too
     margin = features.segment_halo(settings) + regions.boundary_halo(regions.boundary_radius(settings))
     moved = 0
-    band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
     names = model.phase_names
     memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16",
@@ -541,11 +605,13 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
         _, band_moved = runner.compute([stored, (before != after)[band_rows].sum()],
                                        f"segment {image_id}: rows {r0}-{r1} of {h}")
         moved += int(band_moved)
+        bar.step(f"rows {r1}-{min(h, r1 + band)} of {h}" if r1 < h else "exports")
     # phases as centres are no component's activation: their panels show the memberships
     panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
     result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source,
                           pixel_size=store.image_info(root, image_id).get("pixel_size"))
-    _finish(dict(result, boundary_pixels=round(moved / max(h * w, 1), 6)), str(out_dir), image_id, made_by)
+    bar.step()
+    return result, moved
 
 
 def _segment_whole(out_dir, image_id: str, model: Model, settings: dict, made_by: dict) -> dict:
@@ -777,10 +843,14 @@ def _select_k(inputs, out_dir: Path, settings, runner, k_values, n_seeds: int) -
     ids, more = prepare_features(out_dir, ids, settings, runner)
     if not ids:
         raise ValueError("no image left to choose k on: every input was skipped")
-    X, _, _, void_below, X_void = void_split(FeatureSources(out_dir, ids, settings), settings,
-                                             lambda objs: runner.compute(objs, "select-k: sampling pixels"),
-                                             runner.batch_images)
-    result = selectk.scan(X, k_values, settings, n_seeds)
+    # one bar: the images sampled, then each k's resampled fits
+    k_values = list(k_values)
+    with runner.progress("select-k", len(ids) + len(k_values) * n_seeds, "step", counted=len(ids),
+                         note="sampling pixels", after=f"k={k_values[0]}" if k_values else "") as bar:
+        X, _, _, void_below, X_void = void_split(FeatureSources(out_dir, ids, settings), settings,
+                                                 lambda objs: runner.compute(objs), runner.batch_images)
+        result = selectk.scan(X, k_values, settings, n_seeds,
+                              progress=None if bar is None else lambda k, seed: bar.step(f"k={k}: {seed + 1} of {n_seeds} fits"))
     result.update({"images": len(ids), "sample_pixels": int(X.shape[0] + X_void.shape[0]), "skipped": skipped + more})
     if void_below is not None:
         # the scan's k counts the phases NMF fits on the pixels that are no void; a run's n_components

@@ -31,8 +31,9 @@ def matched_cosine(A: np.ndarray, B: np.ndarray) -> float:
     return float(S[r, c].mean())
 
 
-def scan(X: np.ndarray, k_values, settings: dict, n_seeds: int = 3, subsample: float = 0.7) -> dict:
-    """Error and stability for each k; the recommended k."""
+def scan(X: np.ndarray, k_values, settings: dict, n_seeds: int = 3, subsample: float = 0.7, progress=None) -> dict:
+    """Error and stability for each k; the recommended k. ``progress(k, seed)``, when given, is told of each fit
+    as it ends (``bigseg select-k``'s bar)."""
     X = np.asarray(X, dtype=np.float64)
     rows = []
     for k in k_values:
@@ -45,6 +46,8 @@ def scan(X: np.ndarray, k_values, settings: dict, n_seeds: int = 3, subsample: f
             H, _ = fit_cd(X[idx], dict(s, init="random", random_state=settings["random_state"] + seed))
             Hs.append(normalise_rows(H))
             errs.append(reconstruction(X, Hs[-1], s)["relative_error"])
+            if progress is not None:
+                progress(int(k), seed)
         pairs = [matched_cosine(a, b) for a, b in itertools.combinations(Hs, 2)]
         rows.append({"k": int(k), "error": float(np.mean(errs)), "error_std": float(np.std(errs)),
                      "stability": float(np.mean(pairs)) if pairs else 1.0})

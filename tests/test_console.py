@@ -156,3 +156,72 @@ def test_computes_inside_one_progress_count_on_its_bar(capsys):
         assert r.compute([dask.delayed(int)(1), dask.delayed(int)(2)], "segment big: rows 5-10") == [1, 2]
     (line,) = _bar_lines(capsys.readouterr().err, "segment big")
     assert "3/3" in line and "band" in line
+
+
+# --- the long steps: the fit, select-k, one large image -------------------------------------------------------
+
+def test_a_step_bar_counts_computed_objects_only_up_to_its_counted_part(capsys):
+    r = Runner()
+    with r.progress("fit", 4 + 2, "step", counted=4, note="sampling pixels", after="NMF") as bar:
+        assert r.compute([dask.delayed(int)(i) for i in range(3)]) == [0, 1, 2]
+        assert bar.bar.n == 3
+        r.compute([dask.delayed(int)(i) for i in range(5)])          # later computations: not counted past 4
+        assert bar.bar.n == 4 and bar.bar.postfix == "NMF"
+        bar.step("boundary components")
+        assert bar.bar.n == 5 < bar.bar.total                         # never the total while a step is left
+        bar.finish()
+    (line,) = _bar_lines(capsys.readouterr().err, "fit")
+    assert "100%" in line and "6/6" in line
+
+
+def test_the_fit_shows_its_progress_and_reaches_its_total_only_when_the_model_is_saved(synth_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """The fit's bar while it runs: the sampled images, then a step each for the NMF and the boundary components;
+    read where the fit calls its hooks, so the test does not depend on speed."""
+    from bigseg import config, io, pipeline, regions
+
+    runner = Runner()
+    seen = []
+
+    def spy(name, func):
+        def call(*args, **kwargs):
+            bar = runner._stage_bar
+            seen.append((name, bar.bar.n, bar.bar.total, (tmp_path / "out" / "model").exists()))
+            return func(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(regions, "find_transitions", spy("boundaries", regions.find_transitions))
+    monkeypatch.setattr(regions, "choose_assignment", spy("assignment", regions.choose_assignment))
+    settings = config.validate({"resize": "native", "chunk_size": 64, "sample_size": 6000, "max_iter": 100,
+                                "n_components": 3})
+    ids, _ = pipeline.ingest(io.find_images([synth_dir / "images"]), tmp_path / "out", settings, runner)
+    capsys.readouterr()
+    pipeline.fit_stage(tmp_path / "out", ids, settings, runner)
+    n = len(ids)
+    assert seen == [("boundaries", n + 1, n + 3, False), ("assignment", n + 2, n + 3, False)]
+    (line,) = _bar_lines(capsys.readouterr().err, "fit")
+    assert "100%" in line and f"{n + 3}/{n + 3}" in line
+
+
+def test_select_k_tells_of_each_fit():
+    import numpy as np
+
+    from bigseg import config, selectk
+
+    X = np.random.default_rng(0).random((400, 6))
+    calls = []
+    selectk.scan(X, [2, 3], config.validate({"max_iter": 50}), n_seeds=2, progress=lambda k, s: calls.append((k, s)))
+    assert calls == [(2, 0), (2, 1), (3, 0), (3, 1)]
+
+
+def test_one_image_of_many_tiles_shows_its_tasks_on_the_stage_bar(capsys):
+    import dask.array as da
+
+    r = Runner()
+    with r.progress("segment", 1) as bar:
+        assert r.compute([(da.ones((64, 64), chunks=8) + 1).sum()]) == [2 * 64 * 64]
+        done, total = (int(v) for v in re.fullmatch(r"(\d+)/(\d+) tasks", bar.postfix).groups())
+        assert 0 < done <= total and total >= 64
+    with r.progress("segment", 2) as bar:               # objects of a task or two: no tasks shown
+        r.compute([dask.delayed(int)(1), dask.delayed(int)(2)])
+        assert not bar.postfix
