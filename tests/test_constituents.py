@@ -221,3 +221,15 @@ def test_rename_names_the_constituents_everywhere(runs):
     assert (out / "constituents" / "c0.png").read_bytes() == labels_before
     res = CliRunner().invoke(main, ["rename", str(outs[0]), "--constituents", "0=x"])
     assert res.exit_code != 0 and "no constituents" in res.output
+
+
+def test_a_run_in_uneven_chunks_writes_the_same_constituents(runs):
+    """The chunked path (activations tile by tile with their halos) gives the constituents of the whole image."""
+    tmp, outs, args = runs
+    out = tmp / "chunked"
+    res = CliRunner().invoke(main, ["run", "--input", str(tmp / "images"), "--out", str(out), "--set",
+                                    "n_constituents=3", "--set", "chunk_size=72"] + args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for stem in ("c0", "c1", "c2"):
+        assert (out / "constituents" / f"{stem}.png").read_bytes() == \
+            (outs[3] / "constituents" / f"{stem}.png").read_bytes()
