@@ -472,9 +472,7 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
     def build(image_id):
         if segment_current(out_dir, image_id, made_by):
             return None
-        if _is_large(root, image_id, settings):
-            if image_id not in large:
-                large.append(image_id)
+        if image_id in large:       # segmented band by band before the others, with a bar of its own
             return None
         if estimator.one_chunk(checked_shape(root, image_id, settings), settings):
             # the per-image path in one task: no graph to build per image, and the store's arrays are made
@@ -499,14 +497,18 @@ def segment_stage(out_dir, ids, model: Model, settings, runner) -> tuple[list[st
                                                                 root[f"images/{image_id}/0"], settings)
         return dask.delayed(_finish, pure=False)(fractions, str(out_dir), image_id, made_by)
 
-    done_now = runner.compute_batches(ids, build, "segment",
-                                      on_error=lambda i, exc: skipped.append(_failure("segment", i, exc)))
+    # images too large for one graph first, each with its own bar, so the stage's bar, which counts them as
+    # done, never reads 100 % while one of them is left
+    large += [i for i in ids if not segment_current(out_dir, i, made_by) and _is_large(root, i, settings)]
+    done_now = []
     for image_id in large:
         try:
             segment_large(out_dir, root, image_id, model, settings, runner, made_by)
             done_now.append(image_id)
         except Exception as exc:   # one montage failing costs only itself
             skipped.append(_failure("segment", image_id, exc))
+    done_now += runner.compute_batches(ids, build, "segment",
+                                       on_error=lambda i, exc: skipped.append(_failure("segment", i, exc)))
     store.write_index(root, out_dir)      # the store root lists every image (an OME-Zarr collection)
     return done_now, skipped
 

@@ -165,3 +165,23 @@ def test_images_joining_a_folder_change_its_scale_and_the_stored_features_follow
     from bigseg.pipeline import stored_feature_settings
 
     assert stored_feature_settings(tmp_path / "out" / "store.zarr", "frame0")["clahe_kernel_size"] == [32, 40]
+
+
+def test_a_run_names_the_images_it_cannot_bring_to_its_scale(tmp_path, synth_dir):
+    """Frames with a pixel size set the scale in micrometres; one without is resampled by the factor and named."""
+    from click.testing import CliRunner
+
+    from bigseg.cli import main
+
+    stems = sorted(p.stem for p in (synth_dir / "images").iterdir())
+    sidecar = tmp_path / "px.csv"
+    sidecar.write_text("image,pixel_size_um\n" + "".join(f"{s},0.05\n" for s in stems[1:]))
+    res = CliRunner().invoke(main, ["run", "--input", str(synth_dir / "images"), "--out", str(tmp_path / "o"), "-k",
+                                    "3", "--set", "sample_size=6000", "--set", "max_iter=100", "--set", "resize=192",
+                                    "--set", f"pixel_size_csv={sidecar}"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["scale"]["resize"]["um_per_pixel"] > 0.05 and list(summary["scale"]["unmatched"]) == [stems[0]]
+    (warning,) = [w for w in summary["warnings"] if w["kind"] == "scale"]
+    assert warning["images"] == [stems[0]] and stems[0] in warning["message"]
+    assert f"{stems[0]}: its pixel size is unknown" in res.output
