@@ -185,3 +185,22 @@ def test_a_run_names_the_images_it_cannot_bring_to_its_scale(tmp_path, synth_dir
     (warning,) = [w for w in summary["warnings"] if w["kind"] == "scale"]
     assert warning["images"] == [stems[0]] and stems[0] in warning["message"]
     assert f"{stems[0]}: its pixel size is unknown" in res.output
+
+
+def test_a_model_saved_without_a_scale_still_segments_and_says_so(fitted, tmp_path):
+    """A model from before models carried their scale: each image resized on its own, as then, with a warning."""
+    from click.testing import CliRunner
+
+    from bigseg.cli import main
+
+    seg, frames, _ = fitted
+    seg.save(tmp_path / "model")
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    meta["settings"].update(resize=160, clahe_kernel_size=None)
+    (tmp_path / "model" / "model.json").write_text(json.dumps(meta))
+    (tmp_path / "new").mkdir()
+    Image.fromarray((frames[0] * 255).round().astype(np.uint8)).save(tmp_path / "new" / "frame.png")
+    res = CliRunner().invoke(main, ["segment", str(tmp_path / "model"), "--input", str(tmp_path / "new"),
+                                    "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "carries no scale" in res.output
