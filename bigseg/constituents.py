@@ -226,12 +226,14 @@ def fit(membership_maps, label_maps, n_constituents: int, settings: dict, phase_
     Returns
     -------
     dict
-        ``H`` (unit-norm rows over :func:`feature_names`), ``lo``/``hi`` (the
-        features' scaling), ``sigmas``, ``names`` (from the fingerprints,
-        :func:`describe`), ``profiles`` (each constituent's mean share and
-        variation of each phase on the sample) and ``report`` (the scales'
-        measurement, sample size, each constituent's sample share, and
-        ``adds_nothing``: every constituent is one smooth phase).
+        ``H`` (unit-norm rows over :func:`feature_names`), ``centres`` (each
+        constituent's centre in W), ``lo``/``hi`` (the features' scaling),
+        ``sigmas``, ``names`` (from what each is made of, :func:`describe`),
+        ``profiles`` (each constituent's mean share and variation of each
+        phase at each scale on the sample: its fingerprint) and ``report``
+        (the scales' measurement, sample size, each constituent's share of the
+        fit images' pixels and its phase composition, and ``adds_nothing``:
+        every constituent is one smooth phase).
     """
     from .model import fit_cd
 
