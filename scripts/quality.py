@@ -25,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -33,24 +34,68 @@ import numpy as np
 
 from bigseg import config, evaluate, features, io, model, preprocess, regions, segment, synth
 
-METALDAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "MetalDAM"
-METALDAM_CLASSES = ("matrix", "austenite", "martensite/austenite", "precipitate", "defect")
-METHODS = ("bigseg", "bigseg, no boundary step", "k-means", "plain NMF")
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+METHODS = ("bigseg", "bigseg, no boundary step", "k-means", "multi-Otsu per image", "global multi-Otsu",
+           "plain NMF")
+BASELINES = METHODS[2:]
 
 
 # --- sets ---------------------------------------------------------------------------
 
+def _natural(p: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.stem)]
+
+
+def real_sets() -> dict[str, Path]:
+    """Every labelled real set under ``../shared/data``: a folder with ``images/`` and ``labels/``
+    holding one PNG mask per image stem."""
+    if not DATA.is_dir():
+        return {}
+    return {d.name.lower(): d for d in sorted(DATA.iterdir())
+            if (d / "images").is_dir() and (d / "labels").is_dir()}
+
+
+def class_names(folder: Path, k: int) -> tuple[str, ...]:
+    """Class names from the set's ``SOURCE.md`` table (``| value | class | ...``), else ``class 0`` ..."""
+    names = {}
+    source = folder / "SOURCE.md"
+    if source.is_file():
+        for line in source.read_text(errors="replace").splitlines():
+            m = re.match(r"\|\s*(\d+)\s*\|\s*([^|]+?)\s*\|", line)
+            if m and int(m.group(1)) < k:
+                names.setdefault(int(m.group(1)), m.group(2).split("(")[0].strip())
+    return tuple(names.get(c, f"class {c}") for c in range(k))
+
+
+def load_real_set(folder: Path, quick: bool):
+    """``(k, class names, [(id, grey image, truth)])`` of a real set. Where the frames hold more rows than
+    their masks (the masks were drawn on frames without the SEM information band), the bottom rows the
+    mask lacks are cropped, so image and mask stay pixel-aligned; k is the set's class count."""
+    from bigseg.io import IMAGE_SUFFIXES
+
+    images = sorted((p for p in (folder / "images").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural)
+    if quick:
+        images = images[::4]
+    items, k = [], 0
+    for p in images:
+        mask = folder / "labels" / f"{p.stem}.png"
+        if not mask.is_file():
+            continue
+        truth = io.read_label_mask(mask)
+        grey = io.read_image(p).data
+        extra = grey.shape[0] - truth.shape[0]
+        if extra > 0:
+            grey, _ = io.crop_rows(grey, extra, str(p))
+        items.append((p.stem, grey, truth))
+        k = max(k, int(truth.max()) + 1)
+    return k, class_names(folder, k), items
+
+
 def load_set(name: str, quick: bool):
     """``(k, class names, [(id, grey image, truth)])`` of one set."""
-    if name == "metaldam":
-        images = sorted((METALDAM / "images").glob("*.jpg"), key=lambda p: int("".join(filter(str.isdigit, p.stem))))
-        if quick:
-            images = images[::4]
-        items = []
-        for p in images:
-            grey, _ = io.crop_rows(io.read_image(p).data, 65, str(p))   # configs/metaldam.yaml: crop_bottom 65
-            items.append((p.stem, grey, io.read_label_mask(METALDAM / "labels" / f"{p.stem}.png")))
-        return 5, METALDAM_CLASSES, items
+    reals = real_sets()
+    if name in reals:
+        return load_real_set(reals[name], quick)
     n = 2 if quick else 4
     if name == "demo":
         # as `bigseg demo` writes them: 8 images, 320x384 and 352x416
@@ -63,8 +108,8 @@ def load_set(name: str, quick: bool):
 
 
 def available_sets() -> list[str]:
-    out = ["metaldam"] if (METALDAM / "images").is_dir() else []
-    return out + list(synth.FAMILIES)
+    """The real sets first, then the synthetic families."""
+    return list(real_sets()) + list(synth.FAMILIES)
 
 
 # --- the per-image path -----------------------------------------------------------------
@@ -161,6 +206,25 @@ def baseline_labels(prepared, s, k, method):
     return preds
 
 
+def otsu_labels(items, k, method, seed=0):
+    """Multi-Otsu on the grey level: thresholds per image, or one set of thresholds for the collection
+    (each image min-max scaled to [0, 1] first, thresholds from a pooled sample of every image)."""
+    from skimage.filters import threshold_multiotsu
+
+    def unit(grey):
+        lo, hi = float(grey.min()), float(grey.max())
+        return (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
+
+    if method == "multi-Otsu per image":
+        return [np.digitize(grey, threshold_multiotsu(grey, classes=k)) if np.ptp(grey) > 0
+                else np.zeros(grey.shape, np.int64) for _, grey, _ in items]
+    rng = np.random.default_rng(seed)
+    pooled = np.concatenate([rng.choice(unit(g).ravel(), min(g.size, 200_000 // len(items) + 1), replace=False)
+                             for _, g, _ in items])
+    thresholds = threshold_multiotsu(pooled, classes=k, nbins=256)
+    return [np.digitize(unit(grey), thresholds) for _, grey, _ in items]
+
+
 def run_set(name, settings, methods, quick):
     """Scores of each method on one set: ``(class names, {method: scores}, notes)``."""
     k, names, items = load_set(name, quick)
@@ -182,6 +246,8 @@ def run_set(name, settings, methods, quick):
             preds, _ = bigseg_labels(prepared, dict(s, transition_share=1.0, boundary_radius=0))
         elif m in ("k-means", "plain NMF"):
             preds = baseline_labels(prepared, s, k, m)
+        elif m in ("multi-Otsu per image", "global multi-Otsu"):
+            preds = otsu_labels(items, k, m, s["random_state"])
         else:
             raise SystemExit(f"unknown method {m!r}; one of {METHODS}")
         results[m] = dict(score(preds, prepared, k, names), seconds=time.perf_counter() - t)
@@ -198,13 +264,24 @@ def format_rows(set_name, names, results) -> list[str]:
     return lines
 
 
+def lead_line(set_name, results) -> str | None:
+    """How far bigseg's mean IoU lies above (or below) the best baseline's on one set."""
+    base = {m: r["mean_iou"] for m, r in results.items() if m in BASELINES}
+    if "bigseg" not in results or not base:
+        return None
+    best = max(base, key=base.get)
+    lead = results["bigseg"]["mean_iou"] - base[best]
+    return f"{set_name}: bigseg {'leads' if lead >= 0 else 'trails'} the best baseline ({best}, " \
+           f"{base[best]:.3f}) by {abs(lead):.3f} mean IoU"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sets", nargs="+", default=None, help=f"sets to score (default: all found): {available_sets()}")
-    p.add_argument("--methods", nargs="+", default=["bigseg", "k-means", "plain NMF"], help=f"any of {METHODS}")
+    p.add_argument("--methods", nargs="+", default=["bigseg", *BASELINES], help=f"any of {METHODS}")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (YAML value), e.g. --set spatial_weight=0")
-    p.add_argument("--quick", action="store_true", help="a quarter of MetalDAM, half of each synthetic family")
+    p.add_argument("--quick", action="store_true", help="a quarter of each real set, half of each synthetic family")
     a = p.parse_args(argv)
     import yaml
     settings = config.defaults()
@@ -218,10 +295,13 @@ def main(argv=None):
     print(f"quick={a.quick} overrides={a.overrides}")
     print("| set | method | mean IoU | ARI | accuracy | per-class IoU |")
     print("|---|---|---|---|---|---|")
+    leads = []
     for name in sets:
         names, results, notes = run_set(name, settings, a.methods, a.quick)
         print("\n".join(format_rows(name, names, results)), flush=True)
         print(f"<!-- {name}: {notes} -->", file=sys.stderr, flush=True)
+        leads.append(lead_line(name, results))
+    print("\n" + "\n".join(f"- {line}" for line in leads if line))
 
 
 if __name__ == "__main__":
