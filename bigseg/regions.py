@@ -229,18 +229,38 @@ ASSIGNMENT_PIXELS = 200_000
 CENTRES_RAGGED_SHARE = 0.9
 
 
-def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.ndarray | None, float | None, dict]:
+def separation(X: np.ndarray, labels: np.ndarray) -> float:
+    """Calinski-Harabasz variance ratio of a labelling of feature vectors ``X`` (pixels, features):
+    the spread between the phases' means over the spread within them, each per degree of freedom.
+    0 where fewer than two labels occur."""
+    labels = np.asarray(labels).ravel()
+    used = np.unique(labels)
+    n, m = X.shape[0], len(used)
+    if m < 2 or n <= m:
+        return 0.0
+    X = np.asarray(X, np.float64)
+    mean = X.mean(axis=0)
+    between = within = 0.0
+    for c in used:
+        part = X[labels == c]
+        centre = part.mean(axis=0)
+        between += len(part) * float(((centre - mean) ** 2).sum())
+        within += float(((part - centre) ** 2).sum())
+    return between * (n - m) / (within * (m - 1)) if within > 0 else float("inf")
+
+
+def choose_assignment(maps, transitions, n_phases: int, settings, features=None) -> tuple[np.ndarray | None, float | None, dict]:
     """Phases as H rows or as centres in activation space, decided on a few images' coupled activations.
 
     Arg max over the phase rows treats each phase as one part of H; that fails
     where two phases share their parts and differ in how much of each (islands a
     little darker and rougher than their matrix break into speckle). Centres
     fitted by k-means on every pixel's whole activation vector tell such phases
-    apart. With ``settings["assignment"]`` auto, the centres are used when their
-    label maps are clearly the more coherent (:func:`coherence`: a phase is a
-    region; at most ``CENTRES_RAGGED_SHARE`` of the rows' ragged pixels) and none
-    of them lives on boundaries (:func:`pooled_between_share` above
-    ``transition_share``: a boundary is not a phase).
+    apart. With ``settings["assignment"]`` auto, :func:`decide_assignment` picks
+    from the two labellings' coherence and, where that is a tie, their
+    separation in the scaled features; centres of which one lives on boundaries
+    (:func:`pooled_between_share` above ``transition_share``: a boundary is not a
+    phase) are never chosen.
 
     Parameters
     ----------
@@ -252,6 +272,9 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
         Phases asked for: the number of centres.
     settings : dict
         ``assignment``, ``random_state``, ``transition_share``, the derivative sigmas.
+    features : list of ndarray, shape (y, x, f), optional
+        The same images' features scaled as the model scales them (:func:`scaled_features`), for
+        :func:`separation`; without them a coherence tie keeps the rows.
 
     Returns
     -------
@@ -278,8 +301,8 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     rng = np.random.default_rng(settings["random_state"])
     pick = np.sort(rng.choice(int(sizes.sum()), min(ASSIGNMENT_PIXELS, int(sizes.sum())), replace=False))
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    sample = np.concatenate([maps[i].reshape(k, -1)[:, pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i]].T
-                             for i in range(len(maps))]).astype(np.float64)
+    picks = [pick[(pick >= starts[i]) & (pick < starts[i + 1])] - starts[i] for i in range(len(maps))]
+    sample = np.concatenate([maps[i].reshape(k, -1)[:, picks[i]].T for i in range(len(maps))]).astype(np.float64)
     km = KMeans(n_clusters=n_phases, n_init=3, random_state=settings["random_state"]).fit(sample)
     centres = np.maximum(km.cluster_centers_, 0.0)
     by_centres = [nearest_centre(m, centres) for m in maps]
@@ -293,13 +316,59 @@ def choose_assignment(maps, transitions, n_phases: int, settings) -> tuple[np.nd
     usable = (counts > 0).all() and len({c.tobytes() for c in centres}) == n_phases and spread > 0
     rims = bool((shares > settings["transition_share"]).any())
     info["centres_on_boundaries"] = rims
+    ragged_rows, ragged_centres = 1.0 - ordered_rows, 1.0 - ordered_centres
+    if features is not None:
+        F = np.concatenate([features[i].reshape(-1, features[i].shape[-1])[picks[i]] for i in range(len(maps))])
+        sep_rows = separation(F, np.concatenate([by_rows[i].ravel()[picks[i]] for i in range(len(maps))]))
+        sep_centres = separation(F, np.concatenate([by_centres[i].ravel()[picks[i]] for i in range(len(maps))]))
+        info["separation"] = {"components": round(sep_rows, 2), "centres": round(sep_centres, 2)}
     if mode == "centres" and usable:
         info["chosen"] = "centres"
-    elif mode == "auto" and usable and not rims and 1 - ordered_centres <= CENTRES_RAGGED_SHARE * (1 - ordered_rows):
-        info["chosen"] = "centres"
+    elif mode == "auto" and usable and not rims:
+        chosen, decided_by, margin = decide_assignment(ragged_rows, ragged_centres, info.get("separation"))
+        info.update(chosen=chosen, decided_by=decided_by, margin=round(margin, 4))
     if info["chosen"] != "centres":
         return None, None, info
     return centres, spread, info
+
+
+def decide_assignment(ragged_rows: float, ragged_centres: float, separations=None) -> tuple[str, str, float]:
+    """The auto assignment from what both labellings measured on the same pixels.
+
+    A clear difference in coherence decides (a phase is a region): one labelling
+    leaves at most ``CENTRES_RAGGED_SHARE`` of the other's ragged pixels. Within
+    that band coherence is a coin flip (a map dominated by one label is
+    coherent because it says little), so the labelling whose phases differ more
+    in the features themselves decides (:func:`separation`: a phase has its own
+    texture). Without separations, the rows stay.
+
+    Parameters
+    ----------
+    ragged_rows, ragged_centres : float
+        Share of pixels whose neighbours are not all of their phase (1 - :func:`coherence`).
+    separations : dict or None
+        ``{"components": ..., "centres": ...}`` variance ratios of the two labellings.
+
+    Returns
+    -------
+    chosen : {"components", "centres"}
+    decided_by : {"coherence", "separation", "default"}
+    margin : float
+        How clearly: the log ratio of the deciding statistic beyond its band (coherence) or the log
+        ratio of the separations; 0 for the default.
+    """
+    import math
+
+    rr, rc = max(ragged_rows, 1e-12), max(ragged_centres, 1e-12)
+    band = -math.log(CENTRES_RAGGED_SHARE)
+    if rc <= CENTRES_RAGGED_SHARE * rr:
+        return "centres", "coherence", math.log(rr / rc) - band
+    if rr <= CENTRES_RAGGED_SHARE * rc:
+        return "components", "coherence", math.log(rc / rr) - band
+    if separations:
+        sr, sc = max(separations["components"], 1e-12), max(separations["centres"], 1e-12)
+        return ("centres" if sc > sr else "components"), "separation", abs(math.log(sc / sr))
+    return "components", "default", 0.0
 
 
 def fit_hooks(windows, settings) -> dict:
@@ -317,7 +386,16 @@ def fit_hooks(windows, settings) -> dict:
 
     return {"find_transitions": lambda H, lo, hi: find_transitions(feature_maps(), H, lo, hi, settings),
             "choose_assignment": lambda H, lo, hi, transitions, n_phases: choose_assignment(
-                activation_maps(feature_maps(), H, lo, hi, settings), transitions, n_phases, settings)}
+                activation_maps(feature_maps(), H, lo, hi, settings), transitions, n_phases, settings,
+                [scaled_features(f, lo, hi) for f in feature_maps()])}
+
+
+def scaled_features(f: np.ndarray, lo, hi) -> np.ndarray:
+    """The NMF features of an in-memory ``(y, x, f)`` stack, scaled as the model scales them."""
+    from .model import apply_scaling
+
+    n = len(lo)
+    return apply_scaling(f[..., :n].reshape(-1, n), lo, hi).reshape(f.shape[:2] + (n,))
 
 
 

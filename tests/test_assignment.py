@@ -1,4 +1,4 @@
-"""Phases as H rows or as centres in activation space: chosen by coherence, kept in the model, one label path."""
+"""Phases as H rows or as centres in activation space: chosen by coherence and separation, kept in the model, one label path."""
 
 import json
 
@@ -168,3 +168,46 @@ def test_too_few_pixels_keep_the_rows():
     maps = [np.random.default_rng(0).random((4, 3, 5)).astype(np.float32)]
     centres, spread, info = regions.choose_assignment(maps, [3], 3, dict(s, assignment="centres"))
     assert centres is None and spread is None and info["chosen"] == "components" and "too few" in info["note"]
+
+
+def test_separation_is_the_calinski_harabasz_ratio():
+    from sklearn.metrics import calinski_harabasz_score
+
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(0, 1, (300, 4)), rng.normal(3, 1, (200, 4))])
+    truth = np.repeat([0, 1], [300, 200])
+    noise = rng.integers(0, 2, 500)
+    assert regions.separation(X, truth) == pytest.approx(calinski_harabasz_score(X, truth), rel=1e-9)
+    assert regions.separation(X, truth) > 10 * regions.separation(X, noise)
+    assert regions.separation(X, np.zeros(500, int)) == 0.0
+
+
+@pytest.mark.parametrize("ragged, seps, chosen, by", [
+    ((0.30, 0.20), {"components": 5.0, "centres": 1.0}, "centres", "coherence"),       # clearly fewer ragged
+    ((0.20, 0.30), {"components": 1.0, "centres": 5.0}, "components", "coherence"),
+    ((0.163, 0.161), {"components": 67.0, "centres": 97.0}, "centres", "separation"),  # a tie: the features decide
+    ((0.161, 0.163), {"components": 97.0, "centres": 67.0}, "components", "separation"),
+    ((0.161, 0.163), None, "components", "default"),
+])
+def test_coherence_decides_when_clear_and_separation_within_its_band(ragged, seps, chosen, by):
+    got, decided_by, margin = regions.decide_assignment(*ragged, seps)
+    assert (got, decided_by) == (chosen, by)
+    assert margin >= 0 and (margin > 0) == (by != "default")
+
+
+def test_phases_that_share_a_part_get_centres_by_separation():
+    # two regions of one part at two levels, and a speckle part that the arg max of the rows reads as a
+    # phase: the rows' map is one big label with specks (coherent because it says little), the centres'
+    # map splits the two levels; in the features the levels differ far more than the specks do
+    rng = np.random.default_rng(0)
+    level = np.where(np.arange(96)[None, :] < 48, 1.0, 1.6) * np.ones((96, 96))
+    level += rng.normal(0, 0.14, level.shape)
+    speck = np.where(rng.random(level.shape) < 0.02, 1.9, 0.0)
+    maps = [np.stack([level, speck]).astype(np.float32)]
+    feats = [np.stack([level, 0.2 * speck], axis=-1).astype(np.float32)]
+    s = _settings(n_components=2)
+    centres, _, info = regions.choose_assignment(maps, [], 2, s, feats)
+    assert info["decided_by"] == "separation" and info["chosen"] == "centres" and centres is not None
+    assert info["separation"]["centres"] > 10 * info["separation"]["components"]
+    ragged = [1 - info["coherence"][m] for m in ("components", "centres")]
+    assert max(ragged) * regions.CENTRES_RAGGED_SHARE < min(ragged)        # coherence alone: a coin flip
