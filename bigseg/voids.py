@@ -61,10 +61,11 @@ def enabled(settings) -> bool:
 
 
 def plane_percentiles(settings) -> tuple[float, float]:
-    """The percentiles of each image mapped to 0 and 1 in the void plane: the features' low end, and
-    their high end but at most :data:`HIGH_PERCENTILE`."""
-    lo, hi = (float(p) for p in settings["normalize_percentiles"])
-    return lo, min(hi, HIGH_PERCENTILE)
+    """The percentiles of each image mapped to 0 and 1 in the void plane: the darkest pixel, and the
+    features' high end but at most :data:`HIGH_PERCENTILE`. A void mode may hold less than a percent
+    of the pixels, so a robust low end that clips the darkest ones would erase it."""
+    hi = float(settings["normalize_percentiles"][1])
+    return 0.0, min(hi, HIGH_PERCENTILE)
 
 
 def level_sigma(settings) -> float:
