@@ -1,0 +1,56 @@
+"""scripts/quality.py finds every labelled real set in the shared layout and scores the baselines on it."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+
+@pytest.fixture
+def shared(tmp_path, monkeypatch):
+    import quality
+
+    rng = np.random.default_rng(0)
+    for name, rows_extra in (("Alloy_A", 0), ("SteelB", 6)):
+        d = tmp_path / name
+        (d / "images").mkdir(parents=True)
+        (d / "labels").mkdir()
+        for i in (10, 2):                       # natural order: 2 before 10
+            truth = np.zeros((40, 48), np.uint8)
+            truth[:, 24:] = 1
+            truth[5:9, 5:9] = 2
+            grey = np.where(truth == 1, 180, 60).astype(np.uint8) + rng.integers(0, 10, truth.shape).astype(np.uint8)
+            grey = np.concatenate([grey, np.full((rows_extra, 48), 255, np.uint8)])   # a data bar the mask lacks
+            Image.fromarray(grey).save(d / "images" / f"m{i}.png")
+            Image.fromarray(truth).save(d / "labels" / f"m{i}.png")
+        (d / "SOURCE.md").write_text("| value | class | share |\n|---|---|---|\n| 0 | matrix (dark) | 50 % |\n"
+                                     "| 1 | islands | 45 % |\n")
+    (tmp_path / "no_labels" / "images").mkdir(parents=True)
+    monkeypatch.setattr(quality, "DATA", tmp_path)
+    return quality
+
+
+def test_real_sets_are_found_cropped_to_their_masks_and_named(shared):
+    assert list(shared.real_sets()) == ["alloy_a", "steelb"]
+    assert shared.available_sets()[:2] == ["alloy_a", "steelb"]
+    k, names, items = shared.load_set("steelb", quick=False)
+    assert k == 3 and names == ("matrix", "islands", "class 2")
+    assert [i for i, _, _ in items] == ["m2", "m10"]
+    assert all(grey.shape == truth.shape == (40, 48) for _, grey, truth in items)
+
+
+def test_otsu_baselines_and_the_lead_line(shared):
+    k, names, items = shared.load_set("alloy_a", quick=False)
+    for method in ("multi-Otsu per image", "global multi-Otsu"):
+        preds = shared.otsu_labels(items, 2, method)
+        assert [p.shape for p in preds] == [t.shape for _, _, t in items]
+        # dark matrix and bright islands fall on either side of a threshold
+        assert all((p[:, :24].max() < p[:, 24:].min()) for p in preds)
+    results = {"bigseg": {"mean_iou": 0.5}, "k-means": {"mean_iou": 0.42}, "plain NMF": {"mean_iou": 0.3}}
+    assert shared.lead_line("x", results) == "x: bigseg leads the best baseline (k-means, 0.420) by 0.080 mean IoU"
+    assert "trails" in shared.lead_line("x", dict(results, bigseg={"mean_iou": 0.4}))
+    assert shared.lead_line("x", {"k-means": {"mean_iou": 0.4}}) is None
