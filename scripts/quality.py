@@ -207,7 +207,8 @@ def baseline_labels(prepared, s, k, method):
 
 
 def otsu_labels(items, k, method, seed=0):
-    """Multi-Otsu on the grey level: thresholds per image, or one set of thresholds for the collection
+    """Multi-Otsu on the grey level (a pixel above a threshold is in the class above, as skimage
+    reads its thresholds): thresholds per image, or one set of thresholds for the collection
     (each image min-max scaled to [0, 1] first, thresholds from a pooled sample of every image)."""
     from skimage.filters import threshold_multiotsu
 
@@ -216,13 +217,13 @@ def otsu_labels(items, k, method, seed=0):
         return (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
 
     if method == "multi-Otsu per image":
-        return [np.digitize(grey, threshold_multiotsu(grey, classes=k)) if np.ptp(grey) > 0
+        return [np.digitize(grey, threshold_multiotsu(grey, classes=k), right=True) if np.ptp(grey) > 0
                 else np.zeros(grey.shape, np.int64) for _, grey, _ in items]
     rng = np.random.default_rng(seed)
     pooled = np.concatenate([rng.choice(unit(g).ravel(), min(g.size, 200_000 // len(items) + 1), replace=False)
                              for _, g, _ in items])
     thresholds = threshold_multiotsu(pooled, classes=k, nbins=256)
-    return [np.digitize(unit(grey), thresholds) for _, grey, _ in items]
+    return [np.digitize(unit(grey), thresholds, right=True) for _, grey, _ in items]
 
 
 def run_set(name, settings, methods, quick):
