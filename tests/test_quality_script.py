@@ -49,7 +49,7 @@ def test_otsu_baselines_and_the_lead_line(shared):
         preds = shared.otsu_labels(items, 2, method)
         assert [p.shape for p in preds] == [t.shape for _, _, t in items]
         # dark matrix and bright islands fall on either side of a threshold
-        assert all((p[:, :24].max() < p[:, 24:].min()) for p in preds)
+        assert all(np.mean(p == (t == 1)) > 0.95 for p, (_, _, t) in zip(preds, items)), method
     results = {"bigseg": {"mean_iou": 0.5}, "k-means": {"mean_iou": 0.42}, "plain NMF": {"mean_iou": 0.3}}
     assert shared.lead_line("x", results) == "x: bigseg leads the best baseline (k-means, 0.420) by 0.080 mean IoU"
     assert "trails" in shared.lead_line("x", dict(results, bigseg={"mean_iou": 0.4}))
