@@ -209,12 +209,13 @@ def baseline_labels(prepared, s, k, method):
 def otsu_labels(items, k, method, seed=0):
     """Multi-Otsu on the grey level (a pixel above a threshold is in the class above, as skimage
     reads its thresholds): thresholds per image, or one set of thresholds for the collection
-    (each image min-max scaled to [0, 1] first, thresholds from a pooled sample of every image)."""
+    (each image min-max scaled to 256 levels first, thresholds from a pooled sample of every image)."""
     from skimage.filters import threshold_multiotsu
 
     def unit(grey):
+        # each image min-max scaled to 256 levels, so the pooled histogram's bins are the levels themselves
         lo, hi = float(grey.min()), float(grey.max())
-        return (grey - lo) / (hi - lo) if hi > lo else np.zeros_like(grey)
+        return np.round((grey - lo) * (255.0 / (hi - lo))).astype(np.uint8) if hi > lo else np.zeros(grey.shape, np.uint8)
 
     if method == "multi-Otsu per image":
         return [np.digitize(grey, threshold_multiotsu(grey, classes=k), right=True) if np.ptp(grey) > 0
@@ -222,7 +223,7 @@ def otsu_labels(items, k, method, seed=0):
     rng = np.random.default_rng(seed)
     pooled = np.concatenate([rng.choice(unit(g).ravel(), min(g.size, 200_000 // len(items) + 1), replace=False)
                              for _, g, _ in items])
-    thresholds = threshold_multiotsu(pooled, classes=k, nbins=256)
+    thresholds = threshold_multiotsu(pooled, classes=k)
     return [np.digitize(unit(grey), thresholds, right=True) for _, grey, _ in items]
 
 
