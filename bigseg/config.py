@@ -464,8 +464,11 @@ OPTIONS: dict[str, Option] = {
                          "how pixels become phases. components: the phase component with the largest activation "
                          "(parts-based: a phase is one H row); centres: the nearest of n_components centres in "
                          "the space of all activations (k-means over W: phases that share their parts but differ "
-                         "in how much of each); auto: on a few images of the fit, the one whose maps are more "
-                         "coherent regions (a phase is a region), never centres of which one lives on boundaries",
+                         "in how much of each); auto: on a few images of the fit, the one whose maps are clearly "
+                         "more coherent regions (at most 0.9 of the other's ragged pixels: a phase is a region), "
+                         "within that the one whose phases are better separated in the features "
+                         "(Calinski-Harabasz: a phase has its own texture); never centres of which one lives on "
+                         "boundaries",
                          "fit", role="fit"),
     "n_constituents": Option(0, _int(0, MAX_EXACT_K),
                              "microconstituents fitted after the phases (0 = off): regions made of several phases "
