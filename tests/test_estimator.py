@@ -514,7 +514,8 @@ def test_import_bigseg_is_light_and_names_its_api():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=env_for_subprocess()).stdout.splitlines()
     assert out[0] == "[]"
-    assert out[1] == str(sorted(["PhaseSegmenter", "Settings", "load_settings", "__version__"]))
+    assert out[1] == str(sorted(["PhaseSegmenter", "Settings", "load_settings", "fractions_table", "fractions_summary",
+                                 "__version__"]))
     assert out[2] == "True PhaseSegmenter True"
 
 
