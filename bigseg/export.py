@@ -140,6 +140,33 @@ def export_constituents(scores: np.ndarray, native_shape, out_dir, image_id: str
     return {"constituent_fractions": {f"constituent_{i}": float(c) / labels.size for i, c in enumerate(counts)}}
 
 
+def write_label_tiffs(out_dir, image_id: str, labels_zarr, tile: int = 256, folders=("labels", "color")) -> None:
+    """``labels/<id>.tif`` and ``color/<id>.tif`` (or ``folders``) as tiled TIFFs, read from the store a tile
+    at a time."""
+    h, w = labels_zarr.shape
+
+    def tiles(colour: bool):
+        for y in range(0, h, tile):
+            for x in range(0, w, tile):
+                t = np.asarray(labels_zarr[y:y + tile, x:x + tile])
+                yield viz.colorize(t) if colour else t
+
+    io.write_tiled_tiff(Path(out_dir) / folders[0] / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
+    io.write_tiled_tiff(Path(out_dir) / folders[1] / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
+
+
+def export_constituents_large(labels_zarr, out_dir, image_id: str, names, counts, grey=None, pixel_size=None,
+                              tile: int = 256) -> dict:
+    """:func:`export_constituents` of an image segmented band by band: the constituent labels read back from
+    the store (``constituents/<id>.tif``, ``constituents_color/<id>.tif``, the overlay from a strided view)
+    and ``counts``, the pixels of each constituent."""
+    write_label_tiffs(out_dir, image_id, labels_zarr, tile, CONSTITUENT_DIRS[:2])
+    if grey is not None:
+        write_overlay(out_dir, image_id, grey, labels_zarr, list(names), CONSTITUENT_DIRS[2], pixel_size)
+    total = max(int(np.sum(counts)), 1)
+    return {"constituent_fractions": {f"constituent_{i}": float(c) / total for i, c in enumerate(counts)}}
+
+
 def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: int = 256, names=None,
                  grey=None, pixel_size=None) -> dict:
     """Exports of an image too large to hold, read back from the store a band or a tile at a time.
@@ -164,14 +191,7 @@ def export_large(labels_zarr, acts_zarr, out_dir, image_id: str, phases, tile: i
         changes += int((own[:, 1:] != own[:, :-1]).sum() + (lab[1:] != lab[:-1]).sum())
     pairs = h * (w - 1) + (h - 1) * w
 
-    def tiles(colour: bool):
-        for y in range(0, h, tile):
-            for x in range(0, w, tile):
-                t = np.asarray(labels_zarr[y:y + tile, x:x + tile])
-                yield viz.colorize(t) if colour else t
-
-    io.write_tiled_tiff(out_dir / "labels" / f"{image_id}.tif", tiles(False), (h, w), np.uint8, tile)
-    io.write_tiled_tiff(out_dir / "color" / f"{image_id}.tif", tiles(True), (h, w, 3), np.uint8, tile)
+    write_label_tiffs(out_dir, image_id, labels_zarr, tile)
     step = max(1, int(np.ceil(max(h, w) / PANEL_MAX_SIDE)))
     names = _names(names, k)
     io.atomic_write_bytes(out_dir / "activations" / f"{image_id}.png",

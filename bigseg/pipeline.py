@@ -20,7 +20,8 @@ import numpy as np
 
 from . import __version__, clahe, estimator, features, io, preprocess, regions, rename, store
 from .config import FIT_KEYS, SEGMENT_KEYS, ConfigError, check_same, model_bound, resolved_store_features
-from .export import EXPORT_DIRS, export_constituents, export_image, export_large, write_tables
+from .export import (EXPORT_DIRS, export_constituents, export_constituents_large, export_image, export_large,
+                     write_tables)
 from .lock import OUTPUT_ENTRIES, output_lock
 from .safety import excerpt
 from .report import write_report
@@ -538,16 +539,15 @@ def segment_large(out_dir, root, image_id: str, model: Model, settings: dict, ru
     """Segment an image too large to hold: its preprocessing constants first, then one band of rows at a time.
 
     Each band is read with a margin of ``halo + spatial_sweeps`` rows on both
-    sides and the boundary-pixel step's halo, so its rows come out exactly as
-    in one whole-image graph; only the margins are computed twice. Memory is bounded by the band (``BAND_PIXELS``),
-    not by the image, whatever order the scheduler picks inside a band.
+    sides, the boundary-pixel step's halo and the constituents' windows' halo,
+    so its rows (phases and constituents) come out exactly as in one
+    whole-image graph; only the margins are computed twice. Memory is bounded
+    by the band (``BAND_PIXELS``), not by the image, whatever order the
+    scheduler picks inside a band.
     """
     out_dir = Path(out_dir)
     source = root[f"images/{image_id}/0"]
     h, w = (int(v) for v in source.shape)
-    if model.constituents is not None:
-        log.warning("%s: segmented band by band; its microconstituents are not written (an image of one "
-                    "graph is)", image_id)
     chunk = features.chunk_side((h, w), settings)
     band = max(chunk, BAND_PIXELS // max(w, 1) // chunk * chunk)
     # one bar for the image: its preprocessing constants, each band of rows, the exports
@@ -582,12 +582,21 @@ def _segment_bands(out_dir, root, source, image_id, model, settings, runner, chu
     bar.step(f"rows 0-{min(h, band)} of {h}")
     # a settled label reads the labels within the boundary step's halo: their rows must come out exact too
     margin = features.segment_halo(settings) + regions.boundary_halo(regions.boundary_radius(settings))
+    level = model.constituents
+    if level is not None:      # a constituent reads the memberships within its windows' halo
+        from .constituents import halo
+
+        margin += halo(level["sigmas"], settings["truncate"])
     moved = 0
     act_arr = store.create_activations(root, image_id, (h, w), k, chunk)
     names = model.phase_names
     memb_arr = store.create_activations(root, image_id, (h, w), n_phases, chunk, "memberships", "float16",
                                         names=names, colors=PALETTE)
     lab_arr = store.create_labels(root, image_id, (h, w), n_phases, PALETTE, chunk, names=names)
+    if level is not None:
+        con_arr = store.create_labels(root, image_id, (h, w), len(level["names"]), PALETTE, chunk,
+                                      names=level["names"], name=store.CONSTITUENTS_NAME)
+        con_counts = np.zeros(len(level["names"]), np.int64)
     for r0 in range(0, h, band):
         r1 = min(h, r0 + band)
         e0, e1 = max(0, r0 - margin), min(h, r1 + margin)
@@ -600,18 +609,28 @@ def _segment_bands(out_dir, root, source, image_id, model, settings, runner, chu
         scores, probs, before, after = regions.settled_maps(model, acts, settings)
         band_rows, rows = slice(r0 - e0, r1 - e0), slice(r0, r1)
         labels = scores.argmax(axis=0).astype(np.uint8)
-        stored = da.store(**store.store_args([acts[:, band_rows], probs[:, band_rows].astype(np.float16),
-                                              labels[band_rows]], [act_arr, memb_arr, lab_arr],
-                                             [(slice(None), rows), (slice(None), rows), (rows,)]),
-                          lock=False, compute=False)
-        _, band_moved = runner.compute([stored, (before != after)[band_rows].sum()],
-                                       f"segment {image_id}: rows {r0}-{r1} of {h}")
+        sources, targets, regions_ = ([acts[:, band_rows], probs[:, band_rows].astype(np.float16), labels[band_rows]],
+                                      [act_arr, memb_arr, lab_arr], [(slice(None), rows), (slice(None), rows), (rows,)])
+        extra = []
+        if level is not None:
+            # the native grid: the constituents' labels are the arg max of their scores, as labels_at gives
+            con = estimator.constituent_activations(probs, model, settings).argmax(axis=0).astype(np.uint8)[band_rows]
+            sources, targets, regions_ = sources + [con], targets + [con_arr], regions_ + [(rows,)]
+            extra = [da.bincount(con.ravel().astype(np.intp), minlength=len(con_counts))]
+        stored = da.store(**store.store_args(sources, targets, regions_), lock=False, compute=False)
+        _, band_moved, *band_counts = runner.compute([stored, (before != after)[band_rows].sum()] + extra,
+                                                     f"segment {image_id}: rows {r0}-{r1} of {h}")
         moved += int(band_moved)
+        if band_counts:
+            con_counts += np.asarray(band_counts[0], np.int64)
         bar.step(f"rows {r1}-{min(h, r1 + band)} of {h}" if r1 < h else "exports")
     # phases as centres are no component's activation: their panels show the memberships
     panels, rows = (act_arr, model.phases) if model.centres is None else (memb_arr, list(range(n_phases)))
     result = export_large(lab_arr, panels, str(out_dir), image_id, rows, names=list(model.phase_names), grey=source,
                           pixel_size=store.image_info(root, image_id).get("pixel_size"))
+    if level is not None:
+        result.update(export_constituents_large(con_arr, str(out_dir), image_id, level["names"], con_counts, grey=source,
+                                                pixel_size=store.image_info(root, image_id).get("pixel_size")))
     bar.step()
     return result, moved
 

@@ -233,3 +233,27 @@ def test_a_run_in_uneven_chunks_writes_the_same_constituents(runs):
     for stem in ("c0", "c1", "c2"):
         assert (out / "constituents" / f"{stem}.png").read_bytes() == \
             (outs[3] / "constituents" / f"{stem}.png").read_bytes()
+
+
+def test_a_montage_segmented_band_by_band_has_the_constituents_of_the_whole(runs, monkeypatch):
+    """Every image read band by band, preprocessed tile by tile (the montage path): the same constituents,
+    as tiled TIFFs, and the same fractions."""
+    import tifffile
+
+    from bigseg import io, pipeline
+
+    tmp, outs, args = runs
+    monkeypatch.setattr(io, "LARGE_IMAGE_PIXELS", 0)
+    monkeypatch.setattr(pipeline, "BAND_PIXELS", 64 * 256)      # three bands of 64 rows, each with margins
+    out = tmp / "bands"
+    res = CliRunner().invoke(main, ["run", "--input", str(tmp / "images"), "--out", str(out), "--set",
+                                    "n_constituents=3", "--set", "chunk_size=64"] + args, catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for stem in ("c0", "c1", "c2"):
+        whole = np.asarray(Image.open(outs[3] / "constituents" / f"{stem}.png"))
+        np.testing.assert_array_equal(tifffile.imread(out / "constituents" / f"{stem}.tif"), whole)
+        assert tifffile.imread(out / "constituents_color" / f"{stem}.tif").shape == SHAPE + (3,)
+        assert (out / "constituents_overlay" / f"{stem}.png").exists()
+    fractions = (out / "constituent_fractions.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1:4] for r in fractions] == \
+        [r.split(",")[1:4] for r in (outs[3] / "constituent_fractions.csv").read_text().splitlines()[1:]]
