@@ -56,6 +56,8 @@ through ``model.fit_cd``.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -324,3 +326,30 @@ def fingerprints(level: dict, phase_names) -> list[dict]:
     fit's sample (``level["profiles"]``), keyed by :func:`feature_names`."""
     names = feature_names(phase_names, level["sigmas"])
     return [{n: round(float(v), 6) for n, v in zip(names, row)} for row in np.asarray(level["profiles"])]
+
+
+def fingerprint_png(level: dict, phase_names) -> bytes:
+    """Each constituent's fingerprint as a picture: which phases at which scale.
+
+    One panel per constituent, a grid of its mean windowed share of each phase
+    (rows) at each window scale (columns, the finest first), on the fit's sample
+    (``level["profiles"]``); the PNG bytes of ``constituent_fingerprints.png``.
+    """
+    from .viz import figure_png, pyplot
+
+    sigmas, names = level["sigmas"], level["names"]
+    n_phases = len(phase_names)
+    shares = np.asarray(level["profiles"], np.float64).reshape(len(names), len(sigmas), 2, n_phases)[:, :, 0]
+    fig, axes = pyplot().subplots(1, len(names), figsize=(3.2 * len(names), 0.4 * n_phases + 2.4), squeeze=False)
+    top = max(float(shares.max()), 1e-6)     # memberships are soft: one colour scale for all panels, to the largest
+    for i, ax in enumerate(axes[0]):
+        ax.imshow(shares[i].T, vmin=0.0, vmax=top, cmap="viridis", aspect="auto")
+        for (c, r), v in np.ndenumerate(shares[i]):
+            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white" if v < top / 2 else "black")
+        ax.set_xticks(range(len(sigmas)), [f"{s:g}" for s in sigmas], fontsize=7)
+        ax.set_yticks(range(n_phases), list(phase_names) if i == 0 else [""] * n_phases, fontsize=7)
+        ax.set_xlabel("window sigma (px)", fontsize=7)
+        ax.set_title("\n".join(textwrap.wrap(f"{i}: {names[i]}", 40)), fontsize=7)
+    axes[0][0].set_ylabel("mean share of each phase", fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)

@@ -28,8 +28,8 @@ from .segment import labels_at
 
 #: the per-image picture folders of the microconstituents (``n_constituents`` > 0): labels, colour, overlay
 CONSTITUENT_DIRS = ("constituents", "constituents_color", "constituents_overlay")
-#: the constituents' per-image table and the collection's (:func:`write_constituent_table`)
-CONSTITUENT_TABLES = ("constituent_fractions.csv", "constituent_fractions_summary.csv")
+#: the constituents' per-image table, the collection's, and their fingerprints (:func:`write_constituent_table`)
+CONSTITUENT_TABLES = ("constituent_fractions.csv", "constituent_fractions_summary.csv", "constituent_fingerprints.png")
 #: the per-image picture folders; a new model clears them (with the records) before it segments
 EXPORT_DIRS = ("labels", "color", "activations", "overlay") + CONSTITUENT_DIRS
 #: longest side of the activation panels: larger images get a strided view
@@ -264,13 +264,14 @@ def write_tables(out_dir, records, model, summary: dict, pixel_sizes=None) -> di
 
 
 def write_constituent_table(out_dir, records, model, pixel_sizes=None) -> dict:
-    """``constituent_fractions.csv`` and ``constituent_fractions_summary.csv`` (the phases' tables,
+    """``constituent_fractions.csv``, ``constituent_fractions_summary.csv`` (the phases' tables,
     :func:`bigseg.fractions.write_tables`, for the constituents: fractions, areas, mean and 95 % interval
-    across images) and what ``summary.json`` says of the level: each constituent's name, column, share of
+    across images), ``constituent_fingerprints.png`` (which phases at which scale) and what ``summary.json``
+    says of the level: each constituent's name, column, share of
     all pixels and fingerprint (its mean share and variation of every phase at every window scale), the
     scales and how they were measured, and the fractions' statistics."""
     from . import fractions
-    from .constituents import fingerprints as level_fingerprints
+    from .constituents import fingerprint_png, fingerprints as level_fingerprints
 
     level = model.constituents
     m = len(level["names"])
@@ -285,6 +286,7 @@ def write_constituent_table(out_dir, records, model, pixel_sizes=None) -> dict:
     totals = (values.reshape(-1, m) * pixels[:, None]).sum(axis=0)
     shares = totals / max(totals.sum(), 1)
     prints = level_fingerprints(level, model.phase_names)
+    io.atomic_write_bytes(Path(out_dir) / CONSTITUENT_TABLES[2], fingerprint_png(level, model.phase_names))
     return {"scales_px": list(level["sigmas"]), "fit": level["report"], "fractions": stats,
             "items": [{"index": i, "name": level["names"][i], "column": columns[i],
                        "share": round(float(shares[i]), 6), "fingerprint": prints[i]} for i in range(m)]}

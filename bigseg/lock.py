@@ -27,6 +27,7 @@ LOCK_NAME = ".bigseg.lock"
 OUTPUT_ENTRIES = ("store.zarr", "records", "model", "labels", "color", "activations", "overlay", "constituents",
                   "constituents_color", "constituents_overlay", "summary.json", "phase_fractions.csv",
                   "phase_fractions_summary.csv", "constituent_fractions.csv", "constituent_fractions_summary.csv",
+                  "constituent_fingerprints.png",
                   "fingerprints.png", "report.html", "select_k.json", "select_k.png",
                   "comparison.md", "comparison.json", "baselines", "run")
 #: the folders whose files a killed writer may have left half-written under a temporary name

@@ -233,7 +233,7 @@ def rename_constituents(out_dir, assignments) -> list[str]:
     constituent's name (``bigseg rename OUT --constituents ...``).
 
     Rewrites ``model/model.json``'s constituent names, ``summary.json``'s
-    ``constituents``, the header of ``constituent_fractions.csv``, the legends
+    ``constituents``, the constituent fraction tables and fingerprints, the legends
     of ``constituents_overlay/``, the store's constituent label metadata and
     ``report.html``; no label changes. Everything is read and every picture
     drawn before the first file changes, as for the phases.
@@ -280,7 +280,12 @@ def rename_constituents(out_dir, assignments) -> list[str]:
         for item in level.get("items", []):
             if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
                 item["name"], item["column"] = names[item["index"]], columns[item["index"]]
-        _fraction_tables(out_dir, names, level.get("fractions"), table, *CONSTITUENT_TABLES)
+        _fraction_tables(out_dir, names, level.get("fractions"), table, *CONSTITUENT_TABLES[:2])
+        if (out_dir / CONSTITUENT_TABLES[2]).exists():       # the fingerprints' titles are the names
+            from .constituents import fingerprint_png
+
+            io.atomic_write_bytes(out_dir / CONSTITUENT_TABLES[2],
+                                  fingerprint_png(dict(model.constituents, names=names), model.phase_names))
         if isinstance(summary, dict):
             io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
         model_json["constituents"] = dict(model_json["constituents"], names=names)

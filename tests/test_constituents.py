@@ -157,6 +157,7 @@ def test_a_run_writes_the_constituents_beside_unchanged_labels(runs):
         assert con.shape == SHAPE and con.dtype == np.uint8 and con.max() < 3
         assert (outs[3] / "constituents_color" / f"{stem}.png").exists()
         assert (outs[3] / "constituents_overlay" / f"{stem}.png").exists()
+    assert Image.open(outs[3] / "constituent_fingerprints.png").size[0] > 0
     assert not (outs[0] / "constituents").exists() and not (outs[0] / "constituent_fractions.csv").exists()
     rows = (outs[3] / "constituent_fractions.csv").read_text().splitlines()
     assert len(rows) == 4 and rows[0].split(",")[0] == "image" and len(rows[0].split(",")) == 1 + 3 + 1 + 3
