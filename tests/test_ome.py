@@ -172,7 +172,8 @@ def test_activations_are_placed_on_the_image(run_dir):
         native = root[f"images/{image_id}/0"].shape
         acts = root[f"activations/{image_id}"]
         grid = acts["0"].shape[1:]
-        assert grid != native and max(grid) == 200                # a coarser processing grid
+        # a coarser processing grid: the collection's one scale (resize 200 on its median frame)
+        assert all(g < n for g, n in zip(grid, native)) and 150 <= max(grid) <= 250
         img_scale, img_shift = _transform(root[f"images/{image_id}"])
         scale, shift = _transform(acts)
         # the same extent as the image, in the same units
