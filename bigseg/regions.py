@@ -15,10 +15,12 @@ and, where used, activations ``(k, y, x)`` or features ``(y, x, f)``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage as ndi
 
-from .model import nearest_centre
+from .model import apply_scaling, nearest_centre
 
 #: images of a collection whose label maps decide which components are transitions, and the
 #: largest window of each that is read: a decision over a few images, in bounded memory
@@ -249,7 +251,8 @@ def separation(X: np.ndarray, labels: np.ndarray) -> float:
     return between * (n - m) / (within * (m - 1)) if within > 0 else float("inf")
 
 
-def choose_assignment(maps, transitions, n_phases: int, settings, features=None) -> tuple[np.ndarray | None, float | None, dict]:
+def choose_assignment(maps, transitions, n_phases: int, settings, features=None,
+                      scaling=None) -> tuple[np.ndarray | None, float | None, dict]:
     """Phases as H rows or as centres in activation space, decided on a few images' coupled activations.
 
     Arg max over the phase rows treats each phase as one part of H; that fails
@@ -273,8 +276,10 @@ def choose_assignment(maps, transitions, n_phases: int, settings, features=None)
     settings : dict
         ``assignment``, ``random_state``, ``transition_share``, the derivative sigmas.
     features : list of ndarray, shape (y, x, f), optional
-        The same images' features scaled as the model scales them (:func:`scaled_features`), for
-        :func:`separation`; without them a coherence tie keeps the rows.
+        The same images' features, for :func:`separation`; without them a coherence tie keeps the rows.
+    scaling : (lo, hi), optional
+        The model's feature scaling (:func:`bigseg.model.apply_scaling`), applied to the sampled
+        pixels' first ``len(lo)`` features (the NMF's); without it the features are taken as given.
 
     Returns
     -------
@@ -319,6 +324,8 @@ def choose_assignment(maps, transitions, n_phases: int, settings, features=None)
     ragged_rows, ragged_centres = 1.0 - ordered_rows, 1.0 - ordered_centres
     if features is not None:
         F = np.concatenate([features[i].reshape(-1, features[i].shape[-1])[picks[i]] for i in range(len(maps))])
+        if scaling is not None:
+            F = apply_scaling(F[:, :len(scaling[0])], *scaling)
         sep_rows = separation(F, np.concatenate([by_rows[i].ravel()[picks[i]] for i in range(len(maps))]))
         sep_centres = separation(F, np.concatenate([by_centres[i].ravel()[picks[i]] for i in range(len(maps))]))
         info["separation"] = {"components": round(sep_rows, 2), "centres": round(sep_centres, 2)}
@@ -357,8 +364,6 @@ def decide_assignment(ragged_rows: float, ragged_centres: float, separations=Non
         How clearly: the log ratio of the deciding statistic beyond its band (coherence) or the log
         ratio of the separations; 0 for the default.
     """
-    import math
-
     rr, rc = max(ragged_rows, 1e-12), max(ragged_centres, 1e-12)
     band = -math.log(CENTRES_RAGGED_SHARE)
     if rc <= CENTRES_RAGGED_SHARE * rr:
@@ -387,15 +392,7 @@ def fit_hooks(windows, settings) -> dict:
     return {"find_transitions": lambda H, lo, hi: find_transitions(feature_maps(), H, lo, hi, settings),
             "choose_assignment": lambda H, lo, hi, transitions, n_phases: choose_assignment(
                 activation_maps(feature_maps(), H, lo, hi, settings), transitions, n_phases, settings,
-                [scaled_features(f, lo, hi) for f in feature_maps()])}
-
-
-def scaled_features(f: np.ndarray, lo, hi) -> np.ndarray:
-    """The NMF features of an in-memory ``(y, x, f)`` stack, scaled as the model scales them."""
-    from .model import apply_scaling
-
-    n = len(lo)
-    return apply_scaling(f[..., :n].reshape(-1, n), lo, hi).reshape(f.shape[:2] + (n,))
+                feature_maps(), (lo, hi))}
 
 
 
