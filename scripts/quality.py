@@ -207,24 +207,25 @@ def baseline_labels(prepared, s, k, method):
 
 
 def otsu_labels(items, k, method, seed=0):
-    """Multi-Otsu on the grey level (a pixel above a threshold is in the class above, as skimage
-    reads its thresholds): thresholds per image, or one set of thresholds for the collection
-    (each image min-max scaled to 256 levels first, thresholds from a pooled sample of every image)."""
+    """Multi-Otsu on the grey level, each image min-max scaled to 256 levels (a 16-bit image's 65,536
+    would make the search's table too large to hold): thresholds per image, or one set of thresholds
+    from a pooled sample of every image. A pixel above a threshold is in the class above, as skimage
+    reads its thresholds."""
     from skimage.filters import threshold_multiotsu
 
-    def unit(grey):
-        # each image min-max scaled to 256 levels, so the pooled histogram's bins are the levels themselves
+    def levels(grey):
         lo, hi = float(grey.min()), float(grey.max())
         return np.round((grey - lo) * (255.0 / (hi - lo))).astype(np.uint8) if hi > lo else np.zeros(grey.shape, np.uint8)
 
+    images = [levels(grey) for _, grey, _ in items]
     if method == "multi-Otsu per image":
-        return [np.digitize(grey, threshold_multiotsu(grey, classes=k), right=True) if np.ptp(grey) > 0
-                else np.zeros(grey.shape, np.int64) for _, grey, _ in items]
+        return [np.digitize(img, threshold_multiotsu(img, classes=k), right=True) if img.max() > 0
+                else np.zeros(img.shape, np.int64) for img in images]
     rng = np.random.default_rng(seed)
-    pooled = np.concatenate([rng.choice(unit(g).ravel(), min(g.size, 200_000 // len(items) + 1), replace=False)
-                             for _, g, _ in items])
+    pooled = np.concatenate([rng.choice(img.ravel(), min(img.size, 200_000 // len(images) + 1), replace=False)
+                             for img in images])
     thresholds = threshold_multiotsu(pooled, classes=k)
-    return [np.digitize(unit(grey), thresholds, right=True) for _, grey, _ in items]
+    return [np.digitize(img, thresholds, right=True) for img in images]
 
 
 def run_set(name, settings, methods, quick):
