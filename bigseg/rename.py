@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import fractions, io, viz
@@ -81,15 +82,8 @@ def apply_names(out_dir, model, tables: bool = True) -> None:
     summary = _read_json(out_dir / "summary.json") if tables else None
     table = _read_text(out_dir / "phase_fractions.csv") if tables else None
     _check_store(out_dir)
-    staged = stage_pictures(out_dir, names)
-    try:
+    with _published(stage_pictures(out_dir, names)):
         mark_pending(out_dir, names)
-        for tmp, path in staged:
-            io.publish(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
     if (out_dir / "store.zarr").exists():     # the OME label images' properties, the memberships' channels
         from . import store
 
@@ -102,6 +96,21 @@ def apply_names(out_dir, model, tables: bool = True) -> None:
 
         write_report(out_dir)
     (out_dir / PENDING).unlink(missing_ok=True)
+
+
+@contextmanager
+def _published(staged: list):
+    """Yield ``staged``, a list of ``(temporary file, path)`` pairs the block may add to; when the block
+    ends, put each in place (:func:`bigseg.io.publish`). If the block or a publish fails, the temporary
+    files left are removed and the error goes on."""
+    try:
+        yield staged
+        for tmp, path in staged:
+            io.publish(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def mark_pending(out_dir, names) -> None:
@@ -259,19 +268,12 @@ def rename_constituents(out_dir, assignments) -> list[str]:
         model_json = _read_json(out_dir / "model" / "model.json", required=True)
         summary = _read_json(out_dir / "summary.json")
         table = _read_text(out_dir / CONSTITUENT_TABLES[0])
-        staged: list[tuple[str, Path]] = []
-        try:
+        with _published([]) as staged:
             for path in sorted((out_dir / "constituents_overlay").glob("*.png")):
                 meta = _picture_meta(path)
                 if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
                     continue
                 staged.append((io.staged_bytes(path, viz.relegend_overlay(path, names)), path))
-            for tmp, path in staged:
-                io.publish(tmp, path)
-        except BaseException:
-            for tmp, _ in staged:
-                Path(tmp).unlink(missing_ok=True)
-            raise
         if (out_dir / "store.zarr").exists():
             from . import store
 
