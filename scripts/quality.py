@@ -130,7 +130,7 @@ def onehot_native(lab, k, shape):
 
 
 def score(preds, prepared, k, names):
-    cm = np.zeros((k, int(max(p.max() for p in preds)) + 1 if preds else k), np.int64)
+    """One pooled confusion matrix over the set (each prediction resampled to its mask), scored."""
     n_clu = max(k, int(max(p.max() for p in preds)) + 1)
     cm = np.zeros((k, n_clu), np.int64)
     for pred, (_, _, _, truth) in zip(preds, prepared):
