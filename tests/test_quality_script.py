@@ -54,3 +54,27 @@ def test_otsu_baselines_and_the_lead_line(shared):
     assert shared.lead_line("x", results) == "x: bigseg leads the best baseline (k-means, 0.420) by 0.080 mean IoU"
     assert "trails" in shared.lead_line("x", dict(results, bigseg={"mean_iou": 0.4}))
     assert shared.lead_line("x", {"k-means": {"mean_iou": 0.4}}) is None
+
+
+def test_supervised_ceiling_is_held_out_and_never_the_best_baseline(shared):
+    rng = np.random.default_rng(1)
+    items, mixed = [], []
+    for i in range(4):
+        truth = np.zeros((24, 30), np.int64)
+        truth[:, 15:] = 1
+        f = np.zeros((24, 30, 2), np.float32)
+        f[..., 0] = truth + rng.normal(0, 0.05, truth.shape)      # a feature that tells the classes apart
+        f[..., 1] = rng.random(truth.shape)
+        items.append((f"m{i}", truth.shape, f, truth))
+        # the same masks, but only the first fold's images (even positions) carry them in their features: the
+        # others hold the same values shuffled over the pixels
+        shuffled = rng.permutation(f.reshape(-1, 2)).reshape(f.shape)
+        mixed.append((f"m{i}", truth.shape, f if i % 2 == 0 else shuffled, truth))
+    preds = shared.ceiling_labels(items, 2, per_image=200)
+    assert shared.score(preds, items, 2, ("a", "b"))["mean_iou"] > 0.95
+    # each image is predicted by a model fitted on the other fold: the informative images are predicted by
+    # a model that learnt from noise, so they come out near chance, not as they would from their own masks
+    preds = shared.ceiling_labels(mixed, 2, per_image=200)
+    assert all(max(np.mean(p == t), np.mean(p != t)) < 0.8 for p, (_, _, _, t) in zip(preds[::2], mixed[::2]))
+    results = {"bigseg": {"mean_iou": 0.5}, "k-means": {"mean_iou": 0.42}, shared.CEILING: {"mean_iou": 0.9}}
+    assert "(k-means, 0.420)" in shared.lead_line("x", results)
