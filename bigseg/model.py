@@ -934,7 +934,7 @@ def void_split(feature_arrays, settings: dict, compute, batch_images: int = 32):
 
 
 def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_images: int = 32,
-        find_transitions=None, choose_assignment=None) -> Model:
+        find_transitions=None, choose_assignment=None, scan_progress=None) -> Model:
     """Fit scaling and NMF on lazy (y, x, f) feature arrays of many images.
 
     ``feature_arrays`` is a sequence (a list, or one that builds each graph on
@@ -953,6 +953,10 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     ``choose_assignment(H, lo, hi, transitions, n_phases)`` (see
     :func:`bigseg.regions.choose_assignment`) decides whether the phases are H's
     rows or centres in activation space, returning ``(centres or None, spread, info)``.
+
+    ``scan_progress(k, seed)``, when given, is told of each fit of the scan
+    behind ``n_components: auto`` (:func:`bigseg.selectk.auto_k`), which can
+    be the longest part of a fit.
 
     With ``void_class: auto``, the feature arrays carry the void levels after
     the features (``features.stack_names``) and the sample is tested for a
@@ -973,7 +977,7 @@ def fit(feature_arrays, feature_names, settings: dict, compute, log=None, batch_
     if settings["n_components"] == "auto":
         from .selectk import auto_k     # select-k's scan builds on this module's fit
 
-        k, scan = auto_k(X, settings)
+        k, scan = auto_k(X, settings, scan_progress)
         settings = dict(settings, n_components=k)
         auto = {"chosen": k, "scan": scan}
         if log:

@@ -378,7 +378,8 @@ def fit_stage(out_dir, ids, settings, runner) -> Model:
         hooks = regions.fit_hooks(lambda: estimator.transition_windows(
             sources, lambda objs: runner.compute(objs, "fit: boundaries")), settings)
         model = fit(sources, features.feature_names(settings), settings, lambda objs: runner.compute(objs),
-                    log=_noting(bar, log.info), batch_images=runner.batch_images, **_stepping(hooks, bar))
+                    log=_noting(bar, log.info), batch_images=runner.batch_images, **_stepping(hooks, bar),
+                    scan_progress=_scanning(bar, settings))
         model.report["images"] = len(ids)
         model.report["inputs"] = seen
         if bar is not None:
@@ -413,6 +414,15 @@ def _stepping(hooks: dict, bar) -> dict:
         return call
 
     return {name: marking(name, func) if name in notes and func is not None else func for name, func in hooks.items()}
+
+
+def _scanning(bar, settings):
+    """The fit's note on ``bar`` for each fit of ``n_components: auto``'s scan (none without the scan or a bar)."""
+    if bar is None or settings["n_components"] != "auto":
+        return None
+    from .selectk import AUTO_SEEDS
+
+    return lambda k, seed: bar.note(f"n_components auto: k={k}, fit {seed + 1} of {AUTO_SEEDS}")
 
 
 def _noting(bar, log_info):

@@ -60,10 +60,11 @@ AUTO_K_MAX = 8
 AUTO_SEEDS = 3
 
 
-def auto_k(X: np.ndarray, settings: dict) -> tuple[int, list[dict]]:
-    """The k ``n_components: auto`` stands for on the scaled pixel sample ``X``, and the scan behind it."""
+def auto_k(X: np.ndarray, settings: dict, progress=None) -> tuple[int, list[dict]]:
+    """The k ``n_components: auto`` stands for on the scaled pixel sample ``X``, and the scan behind it;
+    ``progress(k, seed)`` as in :func:`scan`."""
     k_values = range(2, max(2, min(AUTO_K_MAX, X.shape[1] - 1)) + 1)
-    result = scan(X, k_values, dict(settings, n_components=2), AUTO_SEEDS)
+    result = scan(X, k_values, dict(settings, n_components=2), AUTO_SEEDS, progress=progress)
     return result["recommended"], result["results"]
 
 

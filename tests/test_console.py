@@ -203,6 +203,23 @@ def test_the_fit_shows_its_progress_and_reaches_its_total_only_when_the_model_is
     assert "100%" in line and f"{n + 3}/{n + 3}" in line
 
 
+def test_the_fit_bar_tells_of_each_fit_of_the_auto_k_scan(synth_dir, tmp_path, monkeypatch):
+    """``n_components: auto`` scans k before the NMF; the fit's bar says which fit of which k runs."""
+    from bigseg import cluster, config, io, pipeline, selectk
+
+    notes = []
+    note = cluster.StepBar.note
+    monkeypatch.setattr(cluster.StepBar, "note", lambda self, text: (notes.append(text), note(self, text)))
+    runner = Runner()
+    settings = config.validate({"resize": "native", "chunk_size": 64, "sample_size": 3000, "max_iter": 50,
+                                "n_components": "auto", "void_class": "off"})
+    ids, _ = pipeline.ingest(io.find_images([synth_dir / "images"]), tmp_path / "out", settings, runner)
+    model = pipeline.fit_stage(tmp_path / "out", ids, settings, runner)
+    ks = [row["k"] for row in model.report["n_components_auto"]["scan"]]
+    assert ks and [n for n in notes if n.startswith("n_components auto")] == [
+        f"n_components auto: k={k}, fit {seed} of {selectk.AUTO_SEEDS}" for k in ks for seed in range(1, selectk.AUTO_SEEDS + 1)]
+
+
 def test_select_k_tells_of_each_fit():
     import numpy as np
 
