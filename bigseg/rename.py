@@ -6,7 +6,8 @@ atomically: ``model/model.json`` and ``model/fingerprints.png``,
 ``summary.json``, the header of ``phase_fractions.csv``, ``fingerprints.png``,
 the legend or title band of every ``overlay/`` and ``activations/`` picture
 (from the layout each carries, without the store), the names in the store's
-label and membership metadata, and ``report.html``. Everything is read,
+label and membership metadata, and ``report.html``; with microconstituents,
+their names the fit made from a phase's name follow it, and their chart. Everything is read,
 checked and drawn before the first file changes; a rename stopped half-way
 (killed, a full disk) leaves a record (:data:`PENDING`), and the next rename
 or run finishes it.
@@ -51,10 +52,31 @@ def rename(out_dir, assignments) -> list[str]:
     out_dir = Path(out_dir)
     with output_lock(out_dir):
         model = Model.load(out_dir / "model")
+        before = list(model.phase_names)
         names = parse_assignments(assignments, model.phase_names)
         set_names(model, names)
         apply_names(out_dir, model)
+        if model.constituents is not None:
+            # the constituents are named after the phases and their chart shows the phases' names
+            _apply_constituent_names(out_dir, model, constituent_names_after(model.constituents, before, names))
     return names
+
+
+def constituent_names_after(level: dict, before, after) -> list[str]:
+    """The constituents' names once the phases ``before`` are called ``after``: a name the fit gave
+    (:func:`bigseg.constituents.describe`, from ``level["report"]["phase_composition"]``) follows the phases;
+    a name given by hand stays."""
+    import numpy as np
+
+    from .constituents import PURE_SHARE, describe
+
+    current = list(level["names"])
+    comp = np.asarray(level.get("report", {}).get("phase_composition") or [], np.float64)
+    if comp.shape != (len(current), len(before)):
+        return current
+    mixed = comp.max(axis=1) < PURE_SHARE
+    given, renamed = describe(comp, mixed, list(before)), describe(comp, mixed, list(after))
+    return [new if name == old else name for name, old, new in zip(current, given, renamed)]
 
 
 #: the record of a renaming under way: written before the first file changes, removed after the last, so a
@@ -254,7 +276,6 @@ def rename_constituents(out_dir, assignments) -> list[str]:
     bigseg.model.ModelError
         When ``out_dir/model`` is missing or damaged.
     """
-    from .export import CONSTITUENT_TABLES
     from .lock import output_lock
     from .model import Model
 
@@ -264,39 +285,48 @@ def rename_constituents(out_dir, assignments) -> list[str]:
         if model.constituents is None:
             raise ValueError(f"{out_dir / 'model'}: the model has no constituents (n_constituents is 0)")
         names = parse_assignments(assignments, model.constituents["names"])
-        columns = csv_names(names)
-        model_json = _read_json(out_dir / "model" / "model.json", required=True)
-        summary = _read_json(out_dir / "summary.json")
-        table = _read_text(out_dir / CONSTITUENT_TABLES[0])
-        with _published([]) as staged:
-            for path in sorted((out_dir / "constituents_overlay").glob("*.png")):
-                meta = _picture_meta(path)
-                if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
-                    continue
-                staged.append((io.staged_bytes(path, viz.relegend_overlay(path, names)), path))
-        if (out_dir / "store.zarr").exists():
-            from . import store
-
-            store.rename_phases(store.open_root(out_dir / "store.zarr"), names, store.CONSTITUENTS_NAME)
-        level = (summary.get("constituents") or {}) if isinstance(summary, dict) else {}
-        for item in level.get("items", []):
-            if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
-                item["name"], item["column"] = names[item["index"]], columns[item["index"]]
-        _fraction_tables(out_dir, names, level.get("fractions"), table, *CONSTITUENT_TABLES[:2])
-        if (out_dir / CONSTITUENT_TABLES[2]).exists():       # the fingerprints' titles are the names
-            from .constituents import fingerprint_png
-
-            io.atomic_write_bytes(out_dir / CONSTITUENT_TABLES[2],
-                                  fingerprint_png(dict(model.constituents, names=names), model.phase_names))
-        if isinstance(summary, dict):
-            io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-        model_json["constituents"] = dict(model_json["constituents"], names=names)
-        io.atomic_write_text(out_dir / "model" / "model.json", json.dumps(model_json, indent=2, sort_keys=True))
-        if (out_dir / "report.html").exists():
-            from .report import write_report
-
-            write_report(out_dir)
+        _apply_constituent_names(out_dir, model, names)
     return names
+
+
+def _apply_constituent_names(out_dir: Path, model, names) -> None:
+    """Make every output of ``out_dir`` that names the constituents show ``names`` (its lock held), and draw
+    their chart with the model's phase names."""
+    from .export import CONSTITUENT_TABLES
+
+    columns = csv_names(names)
+    model_json = _read_json(out_dir / "model" / "model.json", required=True)
+    summary = _read_json(out_dir / "summary.json")
+    table = _read_text(out_dir / CONSTITUENT_TABLES[0])
+    with _published([]) as staged:
+        for path in sorted((out_dir / "constituents_overlay").glob("*.png")):
+            meta = _picture_meta(path)
+            if meta is None or meta.get("names") == names or len(meta.get("names") or []) != len(names):
+                continue
+            staged.append((io.staged_bytes(path, viz.relegend_overlay(path, names)), path))
+    if (out_dir / "store.zarr").exists():
+        from . import store
+
+        store.rename_phases(store.open_root(out_dir / "store.zarr"), names, store.CONSTITUENTS_NAME)
+    level = (summary.get("constituents") or {}) if isinstance(summary, dict) else {}
+    for item in level.get("items", []):
+        if isinstance(item, dict) and isinstance(item.get("index"), int) and 0 <= item["index"] < len(names):
+            item["name"], item["column"] = names[item["index"]], columns[item["index"]]
+    _fraction_tables(out_dir, names, level.get("fractions"), table, *CONSTITUENT_TABLES[:2])
+    if (out_dir / CONSTITUENT_TABLES[2]).exists():       # the fingerprints' titles are the names
+        from .constituents import fingerprint_png
+
+        io.atomic_write_bytes(out_dir / CONSTITUENT_TABLES[2],
+                              fingerprint_png(dict(model.constituents, names=names), model.phase_names))
+    if isinstance(summary, dict):
+        io.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    model_json["constituents"] = dict(model_json["constituents"], names=names)
+    io.atomic_write_text(out_dir / "model" / "model.json", json.dumps(model_json, indent=2, sort_keys=True))
+    model.constituents["names"] = list(names)
+    if (out_dir / "report.html").exists():
+        from .report import write_report
+
+        write_report(out_dir)
 
 
 def _fraction_tables(out_dir: Path, names, entry, table, image_table: str, summary_table: str) -> None:

@@ -224,6 +224,39 @@ def test_rename_names_the_constituents_everywhere(runs):
     assert res.exit_code != 0 and "no constituents" in res.output
 
 
+def test_renaming_a_phase_renames_the_constituents_named_after_it(runs, tmp_path):
+    """A constituent the fit named after its phases follows a phase's new name; one named by hand stays."""
+    import csv
+    import io
+    import shutil
+
+    from bigseg.phases import csv_names
+
+    _, outs, _ = runs
+    out = tmp_path / "run"
+    shutil.copytree(outs[3], out)
+    res = CliRunner().invoke(main, ["rename", str(out), "--constituents", "0=spheroidite"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    model = Model.load(out / "model")
+    before, phases = model.constituents["names"], model.phase_names
+    # the phase most constituents are named after (every constituent is named after one phase at least)
+    j = max(range(len(phases)), key=lambda i: sum(f" {phases[i]}" in f" {n}" for n in before[1:]))
+    chart = (out / "constituent_fingerprints.png").read_bytes()
+    res = CliRunner().invoke(main, ["rename", str(out), f"{j}=ferrite"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    names = Model.load(out / "model").constituents["names"]
+    assert names[0] == "spheroidite"
+    assert names[1:] == [n.replace(phases[j], "ferrite") for n in before[1:]] != before[1:]
+    assert [item["name"] for item in json.loads((out / "summary.json").read_text())["constituents"]["items"]] == names
+    header = next(csv.reader(io.StringIO((out / "constituent_fractions.csv").read_text())))
+    assert header[1:1 + len(names)] == csv_names(names)
+    root = zarr.open_group(str(out / "store.zarr"), mode="r")
+    props = root["images/c0/labels/constituents"].attrs["ome"]["image-label"]["properties"]
+    assert [p["name"] for p in props[1:]] == names
+    # the chart's rows are the phases, by name
+    assert (out / "constituent_fingerprints.png").read_bytes() != chart
+
+
 def test_a_run_in_uneven_chunks_writes_the_same_constituents(runs):
     """The chunked path (activations tile by tile with their halos) gives the constituents of the whole image."""
     tmp, outs, args = runs
