@@ -55,9 +55,10 @@ def rename(out_dir, assignments) -> list[str]:
         before = list(model.phase_names)
         names = parse_assignments(assignments, model.phase_names)
         set_names(model, names)
-        apply_names(out_dir, model)
+        # the constituents are named after the phases and their chart shows the phases' names: with them, the
+        # report is written once, after their names too
+        apply_names(out_dir, model, report=model.constituents is None)
         if model.constituents is not None:
-            # the constituents are named after the phases and their chart shows the phases' names
             _apply_constituent_names(out_dir, model, constituent_names_after(model.constituents, before, names))
     return names
 
@@ -86,7 +87,7 @@ PENDING = Path("records") / "relabel.json"
 MAX_READ_BYTES = 2**28
 
 
-def apply_names(out_dir, model, tables: bool = True) -> None:
+def apply_names(out_dir, model, tables: bool = True, report: bool = True) -> None:
     """Make every output of ``out_dir`` show ``model.phase_names``: all checked and drawn first, then changed.
 
     First every file to rewrite is read and checked (``summary.json``,
@@ -96,7 +97,8 @@ def apply_names(out_dir, model, tables: bool = True) -> None:
     named, with nothing changed. Then :data:`PENDING` records the names,
     the pictures are put in place, the store's names, tables and model
     follow, and the record goes. ``tables=False`` leaves ``summary.json``,
-    the CSV and ``fingerprints.png`` to the caller (a run writes them anew).
+    the CSV and ``fingerprints.png`` to the caller (a run writes them anew); ``report=False`` leaves
+    ``report.html`` to the caller.
     """
     out_dir = Path(out_dir)
     names = list(model.phase_names)
@@ -113,7 +115,7 @@ def apply_names(out_dir, model, tables: bool = True) -> None:
     if tables:
         _write_tables(out_dir, model, summary, table)
     _write_model_names(out_dir / "model", model, model_json)
-    if tables and (out_dir / "report.html").exists():
+    if tables and report and (out_dir / "report.html").exists():
         from .report import write_report
 
         write_report(out_dir)
